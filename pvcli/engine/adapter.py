@@ -1,0 +1,85 @@
+"""The Spatial Identity Adapter: LoRA (via peft) on the backbone's spatial layers only."""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+
+import torch
+
+from ..contracts import Backbone
+from ..errors import PVError
+
+ADAPTER_NAME = "pv_identity"
+
+
+def lora_layers(model: torch.nn.Module):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+
+
+def add_adapter(backbone: Backbone, targets: str, rank: int, alpha: float) -> list[str]:
+    """Inject the adapter into backbone.unet, freeze everything else, return adapted layer names."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    pattern = backbone.adapter_targets(targets)
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=pattern)
+    try:
+        inject_adapter_in_model(config, backbone.unet, adapter_name=ADAPTER_NAME)
+    except ValueError as exc:
+        raise PVError(f"cannot add the identity adapter ({targets}): {exc}") from None
+    names = [n for n, _ in lora_layers(backbone.unet)]
+    protected = re.compile(backbone.protected_pattern())
+    leaked = [n for n in names if protected.search(n)]
+    if leaked:  # a plugin's target regex must never reach the motion modules
+        raise PVError(f"adapter target set {targets!r} would touch protected modules: {leaked[:3]}")
+    for name, param in backbone.unet.named_parameters():
+        is_lora = f".{ADAPTER_NAME}." in name or name.endswith(f".{ADAPTER_NAME}")
+        param.requires_grad_(is_lora)
+        if is_lora:
+            param.data = param.data.float()  # train the adapter in fp32 even on a fp16 UNet
+    return names
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def adapter_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().float().cpu().contiguous()
+            for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME).items()}
+
+
+def load_adapter_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    from peft.utils import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, state, adapter_name=ADAPTER_NAME)
+    unexpected = getattr(result, "unexpected_keys", []) or []
+    missing = [k for k in (getattr(result, "missing_keys", []) or []) if ADAPTER_NAME in k]
+    if unexpected or missing:
+        raise PVError("the saved adapter does not fit this backbone "
+                      f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+
+
+def set_adapter_scale(model: torch.nn.Module, scale: float) -> None:
+    for _, layer in lora_layers(model):
+        layer.set_scale(ADAPTER_NAME, scale)
+
+
+@contextmanager
+def adapter_disabled(model: torch.nn.Module):
+    """Run the base model exactly (the adapter's layers pass through); requires_grad is restored."""
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    layers = [m for _, m in lora_layers(model)]
+    for m in layers:
+        m.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.enable_adapters(True)
+        for p in model.parameters():
+            p.requires_grad_(flags[id(p)])

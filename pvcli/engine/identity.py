@@ -1,0 +1,142 @@
+"""Faces in, embeddings out: reference photos, and the differentiable crop of faces in
+generated frames (detect on a detached copy, warp the live frames with an affine grid)."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..contracts import IdentityEncoder
+from ..errors import PVError
+from ..faces import Face, box_transform, similarity_transform
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+MIN_REFERENCE_FACE = 40  # px: smaller faces are too blurry to define an identity
+
+
+def expand_photos(items: list[str]) -> list[Path]:
+    """Files, folders (their images, sorted) and glob patterns -> image paths."""
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise PVError(f"no images in folder {item}")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        elif any(ch in item for ch in "*?["):
+            found = sorted(Path(q) for q in glob.glob(str(p)) if Path(q).suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise PVError(f"no images match {item}")
+            paths += found
+        else:
+            raise PVError(f"photo not found: {item}")
+    return paths
+
+
+def load_image(path: Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3); errors name the file."""
+    import cv2
+
+    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
+    if img is None:
+        raise PVError(f"cannot read {path} as an image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def warp_faces(images: torch.Tensor, matrices: np.ndarray, size: int) -> torch.Tensor:
+    """Differentiable affine warp: images (N, 3, H, W), matrices (N, 2, 3) mapping source pixels
+    to output pixels (dst = M @ [x, y, 1]) -> (N, 3, size, size). Outside the image is black."""
+    n, _, h, w = images.shape
+    out = []
+    for k in range(n):
+        m = np.vstack([matrices[k], [0, 0, 1]])
+        inv = np.linalg.inv(m)  # output pixel -> source pixel
+        # normalised coords (align_corners=False): x_pix = ((x_n + 1) * W - 1) / 2
+        to_pix = np.array([[size / 2, 0, (size - 1) / 2], [0, size / 2, (size - 1) / 2], [0, 0, 1]])
+        to_norm = np.array([[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]])
+        theta = (to_norm @ inv @ to_pix)[:2]
+        out.append(torch.as_tensor(theta, dtype=images.dtype, device=images.device))
+    theta = torch.stack(out)
+    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def face_matrix(face: Face, encoder: IdentityEncoder) -> np.ndarray:
+    return similarity_transform(face.landmarks, encoder.template)
+
+
+@dataclass
+class ReferenceFace:
+    path: Path
+    face: Face
+    faces_found: int
+    crop: np.ndarray  # aligned RGB uint8 (S, S, 3)
+
+
+def reference_faces(encoder: IdentityEncoder, paths: list[Path], face_index: int = 0,
+                    warn=lambda msg: None) -> list[ReferenceFace]:
+    """The `face_index`-th largest face of each photo, aligned to the encoder's template."""
+    refs = []
+    for path in paths:
+        img = load_image(path)
+        faces = sorted(encoder.detect(img), key=lambda f: -f.area)
+        if not faces:
+            raise PVError(f"no face found in {path}", "use a photo where the face is clearly visible")
+        if face_index >= len(faces):
+            raise PVError(f"{path} has {len(faces)} face(s); --face-index {face_index} is out of range")
+        face = faces[face_index]
+        if len(faces) > 1:
+            warn(f"{path.name}: {len(faces)} faces found, using the {'largest' if face_index == 0 else f'#{face_index}'}")
+        if face.size < MIN_REFERENCE_FACE:
+            warn(f"{path.name}: the face is only {face.size:.0f} px; identity will be weak")
+        live = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+        crop = warp_faces(live, face_matrix(face, encoder)[None], encoder.input_size)[0]
+        refs.append(ReferenceFace(path, face, len(faces),
+                                  (crop.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)))
+    return refs
+
+
+@torch.no_grad()
+def embed_crops(encoder: IdentityEncoder, crops: list[np.ndarray]) -> torch.Tensor:
+    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+    return encoder.embed(x).float().cpu()
+
+
+def mean_embedding(embeddings: torch.Tensor) -> torch.Tensor:
+    return F.normalize(embeddings.mean(0), dim=0)
+
+
+@dataclass
+class FrameFaces:
+    crops: torch.Tensor  # (M, 3, S, S), differentiable w.r.t. the frames
+    hits: int  # frames where a face was detected
+    total: int  # frames examined
+
+
+def frame_faces(frames: torch.Tensor, encoder: IdentityEncoder, no_face: str) -> FrameFaces:
+    """Align the faces of live frames (N, 3, H, W) in [0, 1]. Detection runs on a detached
+    copy; frames without a face use the centre crop (`no_face=center`) or are dropped (`skip`)."""
+    n, _, h, w = frames.shape
+    pixels = (frames.detach().permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
+    mats, keep, hits = [], [], 0
+    for k in range(n):
+        faces = sorted(encoder.detect(pixels[k]), key=lambda f: -f.area)
+        if faces:
+            hits += 1
+            mats.append(face_matrix(faces[0], encoder))
+            keep.append(k)
+        elif no_face == "center":
+            mats.append(box_transform((0, 0, w, h), encoder.input_size, 0.0))
+            keep.append(k)
+    if not keep:
+        return FrameFaces(frames.new_zeros((0, 3, encoder.input_size, encoder.input_size)), hits, n)
+    return FrameFaces(warp_faces(frames[keep], np.stack(mats), encoder.input_size), hits, n)

@@ -1,0 +1,64 @@
+"""One sampler for tuning and generation: the backbone's own scheduler, classifier-free
+guidance, and a configurable tail of steps under gradient.
+
+With AnimateDiff's DDIM settings (linspace spacing, set_alpha_to_one=False) the last step
+returns its input unchanged, so no gradient would flow from the final latents: tuning
+supervises the last step's predicted clean sample (x0) instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..contracts import Backbone
+
+
+@dataclass
+class SampleResult:
+    latents: torch.Tensor  # the scheduler's final sample (what generation decodes)
+    x0: torch.Tensor  # the last step's predicted clean sample (what tuning decodes)
+
+
+def initial_latents(backbone: Backbone, frames: int, height: int, width: int, generator: torch.Generator,
+                    batch: int = 1) -> torch.Tensor:
+    s = backbone.vae_scale_factor
+    shape = (batch, backbone.latent_channels, frames, height // s, width // s)
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(backbone.device)
+
+
+def sample(
+    backbone: Backbone,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    latents: torch.Tensor,
+    steps: int,
+    guidance_scale: float,
+    grad_steps: int = 0,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+) -> SampleResult:
+    """Denoise `latents` (pure noise) in `steps` steps. The last `grad_steps` run under grad;
+    the rest without. `uncond` is used when guidance_scale > 1."""
+    scheduler = backbone.new_scheduler()
+    scheduler.set_timesteps(steps, device=backbone.device)
+    latents = latents * scheduler.init_noise_sigma
+    use_cfg = guidance_scale > 1.0 and uncond is not None
+    embeds = torch.cat([uncond, cond]) if use_cfg else cond
+    x0 = latents
+    timesteps = scheduler.timesteps
+    for i, t in enumerate(timesteps):
+        with torch.enable_grad() if i >= len(timesteps) - grad_steps else torch.no_grad():
+            model_in = torch.cat([latents] * 2) if use_cfg else latents
+            model_in = scheduler.scale_model_input(model_in, t)
+            noise = backbone.predict_noise(model_in, t, embeds)
+            if use_cfg:
+                n_uncond, n_cond = noise.chunk(2)
+                noise = n_uncond + guidance_scale * (n_cond - n_uncond)
+            out = scheduler.step(noise, t, latents)
+            latents = out.prev_sample
+            x0 = out.pred_original_sample if getattr(out, "pred_original_sample", None) is not None else latents
+        if on_step is not None:
+            on_step(i, latents)
+    return SampleResult(latents=latents, x0=x0)

@@ -1,0 +1,27 @@
+"""The hooks plugins implement. Each hook hands the plugin a `register` callback, so one
+plugin can register several things and pv knows which plugin registered what. Register
+names and factories only: heavy imports belong inside the factories."""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("pv")
+
+
+@hookspec
+def register_backbones(register):
+    """Register text-to-video backbones: register(name, factory, description="")."""
+
+
+@hookspec
+def register_encoders(register):
+    """Register identity (face) encoders: register(name, factory, description="")."""
+
+
+@hookspec
+def register_conditioners(register):
+    """Register generation-time conditioners (ControlNet, style LoRA): register(name, factory, description="")."""
+
+
+@hookspec
+def register_commands(app):
+    """Add commands to the `pv` Typer app."""

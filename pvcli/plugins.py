@@ -1,0 +1,123 @@
+"""Plugin loading and the registry of what plugins provide.
+
+Plugins are modules registered through the `pv` entry-point group (pv's built-in ones too).
+`PV_PLUGINS` chooses which entry points load: unset = all, empty = none, or a comma list of
+entry-point names. A plugin that fails to import or to register is reported on stderr and
+skipped: a broken plugin never takes the CLI down.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pluggy
+
+from . import hookspecs
+from .errors import PVError
+
+KINDS = ("backbones", "encoders", "conditioners")
+_SINGULAR = {"backbones": "backbone", "encoders": "encoder", "conditioners": "conditioner"}
+
+
+@dataclass
+class Entry:
+    name: str
+    factory: Callable
+    plugin: str
+    description: str = ""
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str | None
+    hooks: list[str] = field(default_factory=list)
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Registry:
+    """What the loaded plugins registered, by kind, plus a record of each plugin."""
+
+    def __init__(self, pm: pluggy.PluginManager, plugins: dict[str, PluginInfo], warn: Callable[[str], None]):
+        self.pm = pm
+        self.plugins = plugins
+        self.entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        for kind in KINDS:
+            self._collect(kind, warn)
+
+    def _collect(self, kind: str, warn: Callable[[str], None]) -> None:
+        hook = getattr(self.pm.hook, f"register_{kind}")
+        for impl in hook.get_hookimpls():
+            plugin = self.pm.get_name(impl.plugin) or str(impl.plugin)
+
+            def register(name: str, factory: Callable, description: str = "", _plugin: str = plugin) -> None:
+                table = self.entries[kind]
+                if name in table:
+                    warn(f"plugin {_plugin!r} registers {_SINGULAR[kind]} {name!r}, already registered by "
+                         f"{table[name].plugin!r}: ignored")
+                    return
+                table[name] = Entry(name, factory, _plugin, description)
+                self.plugins.setdefault(_plugin, PluginInfo(_plugin, None)).registered.setdefault(kind, []).append(name)
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:  # a broken plugin must not take pv down
+                warn(f"plugin {plugin!r} failed in register_{kind}: {exc}")
+                if plugin in self.plugins:
+                    self.plugins[plugin].error = str(exc)
+
+    def get(self, kind: str, name: str) -> Entry:
+        table = self.entries[kind]
+        if name not in table:
+            known = ", ".join(sorted(table)) or "none"
+            raise PVError(f"unknown {_SINGULAR[kind]} {name!r} (known: {known})",
+                          "install the plugin that provides it, or check PV_PLUGINS")
+        return table[name]
+
+    def create(self, kind: str, name: str, **kwargs):
+        return self.get(kind, name).factory(**kwargs)
+
+
+def _dist_version(ep: md.EntryPoint) -> str | None:
+    dist = getattr(ep, "dist", None)
+    return dist.version if dist is not None else None
+
+
+def build_plugin_manager(extra: tuple = (), warn: Callable[[str], None] | None = None) -> Registry:
+    """Load the entry-point plugins (filtered by PV_PLUGINS) plus `extra` plugin objects."""
+    warn = warn or (lambda msg: print(f"Warning: {msg}", file=sys.stderr))
+    pm = pluggy.PluginManager("pv")
+    pm.add_hookspecs(hookspecs)
+    plugins: dict[str, PluginInfo] = {}
+    wanted = os.environ.get("PV_PLUGINS")
+    allow = None if wanted is None else {n.strip() for n in wanted.split(",") if n.strip()}
+    for ep in md.entry_points(group="pv"):
+        if allow is not None and ep.name not in allow:
+            continue
+        if pm.has_plugin(ep.name):
+            continue
+        info = PluginInfo(ep.name, _dist_version(ep))
+        plugins[ep.name] = info
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception as exc:
+            info.error = f"{type(exc).__name__}: {exc}"
+            warn(f"plugin {ep.name!r} could not be loaded: {info.error} (disable it with PV_PLUGINS)")
+    for obj in extra:
+        name = getattr(obj, "__name__", type(obj).__name__)
+        pm.register(obj, name=name)
+        plugins.setdefault(name, PluginInfo(name, None))
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        warn(f"a plugin implements an unknown hook: {exc}")
+    for name, info in plugins.items():
+        plugin = pm.get_plugin(name)
+        if plugin is not None:
+            info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+    return Registry(pm, plugins, warn)

@@ -1,0 +1,250 @@
+"""Typed settings and the profile layers: defaults -> profile YAML -> `--set a.b=v` -> flags.
+
+Profiles are sparse YAML overlays. Every value is validated into its typed field (YAML 1.1
+reads `1e-4` as a string: it is converted here), unknown keys are rejected with the path
+of the offending key. Plugin-specific options (`backbone.options`, `encoder.options`) are
+validated by the plugin that receives them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import PVError
+
+DEFAULT_PROFILE = "animatediff"
+
+
+@dataclass
+class BackboneSettings:
+    name: str = "animatediff"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class EncoderSettings:
+    name: str = "facenet"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class AdapterSettings:
+    targets: Literal["attention", "spatial"] = "attention"
+    rank: int = 16
+    alpha: float = 16.0
+
+
+@dataclass
+class TuneSettings:
+    steps: int = 500
+    lr: float = 2e-4
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+    warmup_steps: int = 10
+    seed: int = 0
+    frames: int = 16
+    height: int = 512
+    width: int = 512
+    num_inference_steps: int = 25
+    grad_steps: int = 2
+    guidance_scale: float = 7.5
+    supervised_frames: int = 4
+    no_face: Literal["center", "skip"] = "center"
+    token: str = "sks"
+    class_word: str = "person"
+    face_margin: float = 0.0
+
+
+@dataclass
+class GenerateSettings:
+    frames: int = 16
+    fps: int = 8
+    height: int = 512
+    width: int = 512
+    steps: int = 25
+    guidance_scale: float = 7.5
+    seed: int = 0
+    negative_prompt: str = "blurry, low quality, deformed face, watermark"
+    adapter_scale: float = 1.0
+
+
+@dataclass
+class Settings:
+    backbone: BackboneSettings = field(default_factory=BackboneSettings)
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    adapter: AdapterSettings = field(default_factory=AdapterSettings)
+    tune: TuneSettings = field(default_factory=TuneSettings)
+    generate: GenerateSettings = field(default_factory=GenerateSettings)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_RANGES = {
+    "adapter.rank": (1, 1024), "adapter.alpha": (1e-6, None),
+    "tune.steps": (0, None), "tune.lr": (0.0, 1.0), "tune.frames": (1, None), "tune.height": (8, None),
+    "tune.width": (8, None), "tune.num_inference_steps": (1, 1000), "tune.grad_steps": (1, 1000),
+    "tune.guidance_scale": (0.0, None), "tune.supervised_frames": (1, None), "tune.grad_clip": (0.0, None),
+    "tune.warmup_steps": (0, None), "tune.weight_decay": (0.0, None), "tune.face_margin": (0.0, 1.0),
+    "generate.frames": (1, None), "generate.fps": (1, 240), "generate.height": (8, None),
+    "generate.width": (8, None), "generate.steps": (1, 1000), "generate.guidance_scale": (0.0, None),
+    "generate.adapter_scale": (0.0, None),
+}
+_MULTIPLE_OF_8 = {"tune.height", "tune.width", "generate.height", "generate.width"}
+
+
+def _coerce(path: str, tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise PVError(f"{path} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise PVError(f"{path} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit())):
+            raise PVError(f"{path} must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise PVError(f"{path} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise PVError(f"{path} must be a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise PVError(f"{path} must be text, got {value!r}")
+        return str(value)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise PVError(f"{path} must be a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(tp, types.UnionType):
+        raise PVError(f"{path}: union types are not supported in settings")
+    raise PVError(f"{path}: unsupported setting type {tp}")
+
+
+def _merge_into(obj: Any, data: dict, prefix: str) -> None:
+    if not isinstance(data, dict):
+        raise PVError(f"{prefix or 'profile'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise PVError(f"unknown setting {path!r}", f"known in {prefix.rstrip('.') or 'profile'}: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge_into(current, value or {}, f"{path}.")
+        elif isinstance(current, dict) and isinstance(value, dict):
+            merged = copy.deepcopy(current)
+            merged.update(value)
+            setattr(obj, key, merged)
+        else:
+            setattr(obj, key, _coerce(path, hints[key], value))
+
+
+def _validate(s: Settings) -> None:
+    for path, (lo, hi) in _RANGES.items():
+        section, key = path.split(".")
+        v = getattr(getattr(s, section), key)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+            raise PVError(f"{path} must be {bound}, got {v}")
+    for path in _MULTIPLE_OF_8:
+        section, key = path.split(".")
+        if getattr(getattr(s, section), key) % 8:
+            raise PVError(f"{path} must be a multiple of 8, got {getattr(getattr(s, section), key)}")
+    if s.tune.grad_steps > s.tune.num_inference_steps:
+        raise PVError(f"tune.grad_steps ({s.tune.grad_steps}) cannot exceed tune.num_inference_steps "
+                      f"({s.tune.num_inference_steps})")
+    if s.tune.supervised_frames > s.tune.frames:
+        raise PVError(f"tune.supervised_frames ({s.tune.supervised_frames}) cannot exceed tune.frames ({s.tune.frames})")
+
+
+def shipped_profiles() -> dict[str, Path]:
+    root = resources.files("pvcli.profiles")
+    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def read_profile(name_or_path: str) -> tuple[str, dict]:
+    """Return (profile name, overlay dict) for a shipped profile name or a YAML file path."""
+    shipped = shipped_profiles()
+    if name_or_path in shipped:
+        path, name = shipped[name_or_path], name_or_path
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise PVError(f"no profile {name_or_path!r}", f"shipped profiles: {', '.join(sorted(shipped))}; or pass a YAML file")
+        name = str(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise PVError(f"cannot read profile {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise PVError(f"profile {path} must be a YAML mapping")
+    description = data.pop("description", "")
+    return name, {"description": description, **data}
+
+
+def parse_set(items: list[str]) -> dict:
+    """`a.b=v` items into a nested overlay; values are parsed as YAML scalars."""
+    overlay: dict = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise PVError(f"--set expects key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = overlay
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise PVError(f"--set {key}: {part} is not a section")
+        node[parts[-1]] = value
+    return overlay
+
+
+def resolve(profile: str | None = None, overlays: list[dict] | None = None) -> tuple[str, Settings]:
+    """Defaults, then the profile, then each overlay in order; validated."""
+    name, data = read_profile(profile or DEFAULT_PROFILE)
+    data.pop("description", None)
+    settings = Settings()
+    _merge_into(settings, data, "")
+    for overlay in overlays or []:
+        _merge_into(settings, overlay, "")
+    _validate(settings)
+    return name, settings
+
+
+def from_dict(data: dict) -> Settings:
+    """Rebuild settings saved with an identity (validated the same way)."""
+    settings = Settings()
+    _merge_into(settings, data, "")
+    _validate(settings)
+    return settings
+
+
+def validate_options(cls: type, options: dict, where: str):
+    """Helper for plugins: validate an options mapping into the dataclass `cls`."""
+    obj = cls()
+    _merge_into(obj, options or {}, f"{where}.")
+    return obj

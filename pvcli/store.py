@@ -1,0 +1,111 @@
+"""The identity store: `$PV_HOME/identities/<name>/`.
+
+An identity folder holds `adapter.safetensors` (LoRA weights + metadata), `reference.safetensors`
+(the reference embedding and per-photo embeddings), `refs/` (aligned reference crops),
+`config.yaml` (the resolved settings) and `identity.json` (a summary). A folder is written
+in full under a temporary name and renamed into place, so a crash or Ctrl-C never leaves a
+half-written identity, and `--force` replaces the old one only once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import PVError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+IDENTITY_FILE = "identity.json"
+
+
+def home() -> Path:
+    env = os.environ.get("PV_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("pv", appauthor=False))
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name or "") or name.endswith((".tmp", ".old")):
+        raise PVError(f"invalid identity name {name!r}",
+                      "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return name
+
+
+class Store:
+    def __init__(self, root: Path | None = None):
+        self.root = (root or home()) / "identities"
+
+    def path(self, name: str) -> Path:
+        return self.root / validate_name(name)
+
+    def exists(self, name: str) -> bool:
+        return (self.path(name) / IDENTITY_FILE).is_file()
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if NAME_RE.match(p.name) and (p / IDENTITY_FILE).is_file())
+
+    def load_info(self, name: str) -> dict:
+        path = self.path(name) / IDENTITY_FILE
+        if not path.is_file():
+            known = ", ".join(self.names()) or "none yet"
+            raise PVError(f"no identity named {name!r} (known: {known})", "create one with `pv tune PHOTO --name NAME`")
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PVError(f"identity {name!r} is damaged: cannot read {path}: {exc}") from None
+
+    def check_free(self, name: str, force: bool) -> None:
+        if self.exists(name) and not force:
+            raise PVError(f"identity {name!r} already exists", "pick another --name, or pass --force to replace it")
+
+    @contextmanager
+    def writer(self, name: str, force: bool):
+        """Yield a temporary folder; on success it becomes identities/<name> atomically."""
+        self.check_free(name, force)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.root))
+        try:
+            yield tmp
+            final = self.path(name)
+            old = None
+            if final.exists():
+                self.check_free(name, force)
+                old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=self.root))
+                os.replace(final, old / "previous")
+            os.replace(tmp, final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def remove(self, name: str) -> Path:
+        path = self.path(name)
+        if not self.exists(name):
+            self.load_info(name)  # raises the "no identity" error
+        trash = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=self.root))
+        os.replace(path, trash / name)
+        shutil.rmtree(trash, ignore_errors=True)
+        return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
