@@ -1,0 +1,302 @@
+"""The `pv` command line. Thin: parse, resolve settings, call a job, print the result.
+Heavy imports (torch, diffusers) happen inside the jobs, so `pv --help` stays fast."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import typer
+
+from . import __version__
+from .console import RichReporter, emit, err
+from .errors import PVError
+from .settings import DEFAULT_PROFILE, parse_set, read_profile, resolve, shipped_profiles
+from .store import Store
+
+JSON_OPT = typer.Option(False, "--json", help="Print the result as one line of JSON on stdout; no progress bars.")
+SET_OPT = typer.Option(None, "--set", help="Override a setting: --set tune.lr=5e-4 (repeatable).")
+PROFILE_OPT = typer.Option(None, "--profile", "-p", help="Profile name (see `pv profiles`) or YAML file.")
+DEVICE_OPT = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+
+
+def _fail(message: str, hint: str | None = None, code: int = 1):
+    err.print(f"[red]Error:[/red] {message}", soft_wrap=True)
+    if hint:
+        err.print(f"  {hint}", soft_wrap=True, style="dim")
+    raise typer.Exit(code)
+
+
+def handle_errors(fn):
+    """Known failures -> one line + hint, exit 1; Ctrl-C -> exit 130; PV_DEBUG=1 shows tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except PVError as exc:
+            if os.environ.get("PV_DEBUG"):
+                raise
+            _fail(exc.message, exc.hint)
+        except KeyboardInterrupt:
+            err.print("[yellow]Interrupted.[/yellow] Nothing was saved for the unfinished job.")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get("PV_DEBUG"):
+                raise
+            _fail(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                  "this is a bug in pv or a plugin; rerun with PV_DEBUG=1 for the traceback")
+
+    return wrapper
+
+
+def _overlays(flags: dict, sets: list[str] | None) -> list[dict]:
+    """--set items, then explicit flags (which win), as settings overlays."""
+    nested: dict = {}
+    for path, value in flags.items():
+        if value is None:
+            continue
+        section, key = path.split(".")
+        nested.setdefault(section, {})[key] = value
+    return [parse_set(sets or []), nested]
+
+
+def _registry():
+    from .plugins import build_plugin_manager
+
+    return build_plugin_manager(warn=lambda m: err.print(f"[yellow]Warning:[/yellow] {m}"))
+
+
+def create_app() -> typer.Typer:
+    app = typer.Typer(
+        name="pv", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+        help="PersonalVideo: teach a text-to-video model a person's identity from one photo, then make videos of them.",
+    )
+
+    @app.callback(invoke_without_command=True)
+    def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
+        if version:
+            emit(__version__, False)
+            raise typer.Exit()
+
+    @app.command()
+    @handle_errors
+    def tune(
+        photos: list[str] = typer.Argument(..., help="Reference photo(s): files, folders or globs."),
+        name: str = typer.Option(..., "--name", "-n", help="Name of the identity to create."),
+        profile: str = PROFILE_OPT,
+        sets: list[str] = SET_OPT,
+        steps: int = typer.Option(None, "--steps", help="Tuning steps."),
+        lr: float = typer.Option(None, "--lr", help="Learning rate."),
+        seed: int = typer.Option(None, "--seed", help="Seed for noise, prompts and frames."),
+        rank: int = typer.Option(None, "--rank", help="LoRA rank of the identity adapter."),
+        targets: str = typer.Option(None, "--targets", help="Adapter target set: attention or spatial."),
+        class_word: str = typer.Option(None, "--class-word", help="Class word in prompts: person, man, woman..."),
+        face_index: int = typer.Option(0, "--face-index", min=0, help="Use the N-th largest face of each photo."),
+        prompts: str = typer.Option(None, "--prompts", help="File of tuning prompts (one per line, {id} = identity)."),
+        force: bool = typer.Option(False, "--force", help="Replace an existing identity of that name."),
+        device: str = DEVICE_OPT,
+        as_json: bool = JSON_OPT,
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    ):
+        """Tune an identity adapter from reference photo(s)."""
+        from . import jobs
+
+        flags = {"tune.steps": steps, "tune.lr": lr, "tune.seed": seed, "adapter.rank": rank,
+                 "adapter.targets": targets, "tune.class_word": class_word}
+        prof, settings = resolve(profile, _overlays(flags, sets))
+        reporter = RichReporter(quiet=quiet or as_json)
+        info = jobs.tune(_registry(), Store(), photos, name, settings, prof, force=force, face_index=face_index,
+                         prompts_file=prompts, device=device, reporter=reporter)
+        if not (quiet or as_json):
+            before, after = info["held_out_id_sim_before"], info["held_out_id_sim_after"]
+            err.print(f"[green]Tuned[/green] {name}: {info['steps']} steps, {info['seconds_per_step']} s/step; "
+                      f"held-out ID similarity ({info['encoder']}) {before} -> {after}")
+            if info["note"]:
+                err.print(f"[dim]Note: {info['note']}[/dim]")
+        emit(info if as_json else name, as_json)
+
+    @app.command()
+    @handle_errors
+    def generate(
+        name: str = typer.Argument(..., help="Identity name (see `pv list`)."),
+        prompt: str = typer.Argument(..., help="What the person does; the identity phrase is added unless {id} is used."),
+        output: Path = typer.Option(None, "--output", "-o", help="Output .mp4 (default: NAME_PROMPT_sSEED.mp4)."),
+        profile: str = PROFILE_OPT,
+        sets: list[str] = SET_OPT,
+        seed: int = typer.Option(None, "--seed"),
+        steps: int = typer.Option(None, "--steps", help="Denoising steps."),
+        frames: int = typer.Option(None, "--frames", help="Number of frames."),
+        fps: int = typer.Option(None, "--fps", help="Frames per second of the mp4."),
+        height: int = typer.Option(None, "--height"),
+        width: int = typer.Option(None, "--width"),
+        guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
+        negative: str = typer.Option(None, "--negative", help="Negative prompt."),
+        adapter_scale: float = typer.Option(None, "--adapter-scale", help="Strength of the identity adapter."),
+        no_adapter: bool = typer.Option(False, "--no-adapter", help="Generate with the base model (adapter off)."),
+        device: str = DEVICE_OPT,
+        as_json: bool = JSON_OPT,
+        quiet: bool = typer.Option(False, "--quiet", "-q"),
+    ):
+        """Generate an mp4 of an identity; prints the output path."""
+        from . import jobs
+        from .identity import read_settings
+        from .settings import from_dict
+
+        store = Store()
+        store.load_info(name)
+        flags = {"generate.seed": seed, "generate.steps": steps, "generate.frames": frames, "generate.fps": fps,
+                 "generate.height": height, "generate.width": width, "generate.guidance_scale": guidance,
+                 "generate.negative_prompt": negative, "generate.adapter_scale": adapter_scale}
+        if profile:
+            _, settings = resolve(profile, _overlays(flags, sets))
+        else:  # the identity's own resolved settings, then overrides
+            base = read_settings(store.path(name))
+            settings = from_dict(base)
+            for overlay in _overlays(flags, sets):
+                settings = from_dict(_deep_merge(settings.to_dict(), overlay))
+        out = output or jobs.default_output(name, prompt, settings.generate.seed)
+        record = jobs.generate(_registry(), store, name, prompt, settings, out, device=device, adapter=not no_adapter,
+                               reporter=RichReporter(quiet=quiet or as_json))
+        emit(record if as_json else record["path"], as_json)
+
+    @app.command("list")
+    @handle_errors
+    def list_(as_json: bool = JSON_OPT):
+        """List tuned identities."""
+        store = Store()
+        rows = [store.load_info(n) for n in store.names()]
+        if as_json:
+            emit([{k: r.get(k) for k in ("name", "backbone", "encoder", "steps", "created")} for r in rows], True)
+            return
+        for r in rows:
+            emit(r["name"], False)
+        if not rows:
+            err.print("[dim]No identities yet: pv tune PHOTO --name NAME --profile tiny[/dim]")
+
+    @app.command()
+    @handle_errors
+    def show(name: str = typer.Argument(...), as_json: bool = JSON_OPT):
+        """Show an identity's details."""
+        store = Store()
+        info = {**store.load_info(name), "path": str(store.path(name))}
+        if as_json:
+            emit(info, True)
+        else:
+            for k, v in info.items():
+                emit(f"{k}: {v}", False)
+
+    @app.command()
+    @handle_errors
+    def rm(name: str = typer.Argument(...), yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")):
+        """Delete an identity."""
+        store = Store()
+        store.load_info(name)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise PVError(f"refusing to delete {name!r} without confirmation", "pass --yes")
+            if not typer.confirm(f"Delete identity {name!r}?", err=True):
+                raise typer.Exit(1)
+        emit(str(store.remove(name)), False)
+
+    @app.command()
+    @handle_errors
+    def plugins(as_json: bool = JSON_OPT):
+        """List plugins, their versions and what each registered."""
+        reg = _registry()
+        rows = [{"name": p.name, "version": p.version, "hooks": p.hooks, "registered": p.registered,
+                 **({"error": p.error} if p.error else {})} for p in reg.plugins.values()]
+        if as_json:
+            emit(rows, True)
+            return
+        for r in rows:
+            what = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["registered"].items()) or "nothing"
+            line = f"{r['name']} {r['version'] or ''}".strip() + f"  ({what})"
+            emit(line + (f"  ERROR: {r['error']}" if r.get("error") else ""), False)
+
+    @app.command()
+    @handle_errors
+    def profiles(
+        show: str = typer.Option(None, "--show", help="Print a profile's fully resolved settings as YAML."),
+        as_json: bool = JSON_OPT,
+    ):
+        """List the shipped profiles, or show one resolved."""
+        import yaml
+
+        if show:
+            _, settings = resolve(show)
+            emit(settings.to_dict() if as_json else yaml.safe_dump(settings.to_dict(), sort_keys=False).rstrip(), as_json)
+            return
+        rows = []
+        for name in sorted(shipped_profiles()):
+            _, data = read_profile(name)
+            rows.append({"name": name, "default": name == DEFAULT_PROFILE, "description": data.get("description", "")})
+        if as_json:
+            emit(rows, True)
+        else:
+            for r in rows:
+                emit(f"{r['name']}{' (default)' if r['default'] else ''}: {r['description']}", False)
+
+    @app.command()
+    @handle_errors
+    def env(as_json: bool = JSON_OPT):
+        """Versions, devices and providers, for bug reports."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        info = {"pv": __version__, "python": platform.python_version(), "platform": platform.platform(),
+                "pv_home": str(Store().root.parent)}
+        for pkg in ("torch", "diffusers", "transformers", "peft", "onnxruntime", "onnxruntime-gpu", "insightface",
+                    "opencv-python", "moviepy", "imageio-ffmpeg"):
+            try:
+                info[pkg] = version(pkg)
+            except PackageNotFoundError:
+                info[pkg] = None
+        import torch
+
+        info["cuda"] = torch.cuda.is_available()
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        try:
+            import onnxruntime
+
+            info["onnxruntime_providers"] = onnxruntime.get_available_providers()
+        except ImportError:
+            info["onnxruntime_providers"] = []
+        try:
+            import imageio_ffmpeg
+
+            info["ffmpeg"] = imageio_ffmpeg.get_ffmpeg_exe()
+        except Exception:
+            info["ffmpeg"] = None
+        if as_json:
+            emit(info, True)
+        else:
+            for k, v in info.items():
+                emit(f"{k}: {v}", False)
+
+    reg_hooks = os.environ.get("PV_PLUGINS", None) != ""
+    if reg_hooks:
+        try:
+            _registry().pm.hook.register_commands(app=app)
+        except Exception as exc:
+            err.print(f"[yellow]Warning:[/yellow] a plugin failed to add commands: {exc}")
+    return app
+
+
+def _deep_merge(base: dict, overlay: dict) -> dict:
+    out = json.loads(json.dumps(base))
+    for k, v in overlay.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def main() -> None:
+    create_app()()

@@ -1,0 +1,82 @@
+"""mp4 in and out. Writes go to a temporary file that is renamed into place. The JSON record
+(prompt, seed, identity, ...) goes into the mp4's `comment` tag."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PVError
+
+
+def _ffmpeg() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def write_mp4(frames: np.ndarray, path: Path, fps: int, metadata: dict | None = None) -> Path:
+    """frames: (F, H, W, 3) uint8 RGB."""
+    from moviepy import ImageSequenceClip
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (F, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise PVError(f"output must be an .mp4 file, got {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.mp4", dir=path.parent)
+    os.close(fd)
+    params = ["-movflags", "+faststart"]
+    if metadata:
+        params += ["-metadata", f"comment={json.dumps(metadata, sort_keys=True)}"]
+    try:
+        clip = ImageSequenceClip(list(frames), fps=fps)
+        clip.write_videofile(tmp, fps=fps, codec="libx264", audio=False, logger=None, preset="medium",
+                             pixel_format="yuv420p", ffmpeg_params=params)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise PVError(f"cannot write {path}: {exc}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def read_frames(path: Path) -> np.ndarray:
+    """(F, H, W, 3) uint8 RGB."""
+    import imageio_ffmpeg
+
+    path = Path(path)
+    if not path.is_file():
+        raise PVError(f"video not found: {path}")
+    reader = imageio_ffmpeg.read_frames(str(path))
+    try:
+        meta = next(reader)
+        w, h = meta["size"]
+        frames = [np.frombuffer(buf, np.uint8).reshape(h, w, 3) for buf in reader]
+    except (RuntimeError, StopIteration) as exc:
+        raise PVError(f"cannot read {path} as a video: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    return np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)
+
+
+def read_metadata(path: Path) -> dict:
+    """The JSON record pv wrote into the `comment` tag ({} if none)."""
+    out = subprocess.run([_ffmpeg(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
+                         capture_output=True, text=True, check=False)
+    # json.dumps never writes a raw newline, so the tag is one line; ffmetadata escapes
+    # '=', ';', '#' and '\\' with a backslash.
+    line = next((ln for ln in out.stdout.split("\n") if ln.startswith("comment=")), None)
+    if line is None:
+        return {}
+    unescaped = re.sub(r"\\(.)", r"\1", line[len("comment="):])
+    try:
+        return json.loads(unescaped)
+    except json.JSONDecodeError:
+        return {}
