@@ -25,9 +25,13 @@ DECODE_CHUNK = 8
 
 
 def _quiet_libraries() -> None:
+    """Library progress bars and warnings would pollute stderr; call before importing pipelines."""
+    import warnings
+
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
+    warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
     dlog.disable_progress_bar()
     dlog.set_verbosity_error()
     tlog.disable_progress_bar()
@@ -127,10 +131,10 @@ def build_tiny_components(seed: int = 0) -> dict:
     """Every AnimateDiff component, tiny, from configs, deterministic for a seed. UNet 1.8M
     params; a 3-level VAE (64 px frames -> 16x16 latents); a character-level CLIP tokenizer
     read from files that ship with pv."""
-    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+    _quiet_libraries()
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    _quiet_libraries()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet2d = UNet2DConditionModel(
@@ -140,7 +144,6 @@ def build_tiny_components(seed: int = 0) -> dict:
         )
         adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_norm_num_groups=2,
                                 motion_num_attention_heads=4, motion_max_seq_length=32)
-        unet = UNetMotionModel.from_unet2d(unet2d, adapter)
         vae = AutoencoderKL(
             block_out_channels=[32, 64, 64], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
             down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, sample_size=64,
@@ -152,14 +155,32 @@ def build_tiny_components(seed: int = 0) -> dict:
         ))
     tok_dir = Path(__file__).parent / "tokenizer"
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=ddim_scheduler())
+    return dict(unet2d=unet2d, motion_adapter=adapter, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                scheduler=ddim_scheduler())
+
+
+def save_tiny(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write the tiny components in the layout real weights come in: an SD 1.5 base folder and a
+    separate MotionAdapter folder (what `animatediff` loads with base_model= / motion_adapter=)."""
+    from diffusers import StableDiffusionPipeline
+
+    c = build_tiny_components(seed)
+    base, motion = Path(folder) / "base", Path(folder) / "motion_adapter"
+    StableDiffusionPipeline(vae=c["vae"], text_encoder=c["text_encoder"], tokenizer=c["tokenizer"], unet=c["unet2d"],
+                            scheduler=c["scheduler"], safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(base)
+    c["motion_adapter"].save_pretrained(motion)
+    return base, motion
 
 
 def make_tiny(options: dict | None = None, device: str | None = "cpu") -> AnimateDiffBackbone:
     opts = validate_options(TinyOptions, options or {}, "backbone.options")
     dev = _resolve_device(device)
+    from diffusers import UNetMotionModel
+
     c = build_tiny_components(opts.seed)
-    return AnimateDiffBackbone("animatediff-tiny", c["unet"], c["vae"], c["text_encoder"], c["tokenizer"],
+    unet = UNetMotionModel.from_unet2d(c["unet2d"], c["motion_adapter"])
+    return AnimateDiffBackbone("animatediff-tiny", unet, c["vae"], c["text_encoder"], c["tokenizer"],
                                c["scheduler"], {"base_model": f"tiny(seed={opts.seed})", "motion_adapter": "tiny"},
                                dev, _resolve_dtype(opts.dtype, dev))
 
@@ -187,17 +208,36 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub endpoint (HF_ENDPOINT honoured), instead of minutes of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def _load(what: str, ref: str, loader, **kwargs):
     """Local files first (a folder, a file, or the HF cache: no network), then the hub unless
-    HF_HUB_OFFLINE is set. Any failure becomes one line saying what to fetch."""
-    if _is_single_file(ref) and not Path(ref).expanduser().is_file():
-        raise PVError(f"{what} file not found: {ref}")
+    HF_HUB_OFFLINE is set or it cannot be reached. Failures become one line saying what to fetch."""
     local = Path(ref).expanduser().exists()
     try:
         return loader(ref, local_files_only=True, **kwargs)
     except Exception as first:
-        if local or _offline():
-            reason = str(first).strip().splitlines()[0][:200] if str(first).strip() else type(first).__name__
+        if local or _offline() or not _hub_reachable():
+            reason = (_short(first) if local else "not in the local cache and HF_HUB_OFFLINE is set" if _offline()
+                      else "not in the local cache and the hub is unreachable")
             raise PVError(
                 f"cannot load {what} {ref!r} offline ({reason})",
                 f"download it first (`hf download {ref}`), point --set backbone.options.{what}=PATH at a local "
@@ -206,10 +246,10 @@ def _load(what: str, ref: str, loader, **kwargs):
     try:
         return loader(ref, **kwargs)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = _short(exc)
         raise PVError(
             f"cannot load {what} {ref!r}: {reason}",
-            f"check the id or path, your network and HF token; or run offline with --profile tiny",
+            "check the id or path, your network and HF token; or run offline with --profile tiny",
         ) from None
 
 
@@ -217,9 +257,12 @@ def make_animatediff(options: dict | None = None, device: str | None = None) -> 
     opts = validate_options(AnimateDiffOptions, options or {}, "backbone.options")
     dev = _resolve_device(device)
     dtype = _resolve_dtype(opts.dtype, dev)
+    for what, ref in (("base_model", opts.base_model), ("motion_adapter", opts.motion_adapter)):
+        if _is_single_file(ref) and not Path(ref).expanduser().is_file():
+            raise PVError(f"{what} file not found: {ref}")
+    _quiet_libraries()
     from diffusers import AnimateDiffPipeline, MotionAdapter, StableDiffusionPipeline
 
-    _quiet_libraries()
     extra = {}
     if opts.variant:
         extra["variant"] = opts.variant

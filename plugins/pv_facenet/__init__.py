@@ -7,8 +7,12 @@ from __future__ import annotations
 from pvcli import hookimpl
 
 
-@hookimpl
-def register_encoders(register):
+def facenet(**kwargs):
     from .encoder import make_facenet
 
-    register("facenet", make_facenet, description="FaceNet Inception-ResNet-v1 (512-d) + MTCNN; offline, MIT weights")
+    return make_facenet(**kwargs)
+
+
+@hookimpl
+def register_encoders(register):
+    register("facenet", facenet, description="FaceNet Inception-ResNet-v1 (512-d) + MTCNN; offline, MIT weights")

@@ -101,7 +101,7 @@ def _tensor(buf: bytes) -> np.ndarray:
 
 
 def _attr_value(buf: bytes):
-    for num, wt, val in _fields(buf):
+    for num, _, val in _fields(buf):
         if num == 1:  # ListValue
             items: list = []
             for n2, w2, v2 in _fields(val):

@@ -100,7 +100,7 @@ class MTCNN:
         boxes, points = self._stage3(image, boxes)
         faces = [
             Face(box=tuple(float(v) for v in b[:4]), score=float(b[4]), landmarks=p.reshape(2, 5).T.copy())
-            for b, p in zip(boxes, points)
+            for b, p in zip(boxes, points, strict=True)
         ]
         return sorted(faces, key=lambda f: -f.score)
 

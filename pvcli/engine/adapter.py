@@ -49,7 +49,7 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 def adapter_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
 
-    return {k: v.detach().float().cpu().contiguous()
+    return {k: v.detach().float().cpu().clone()  # a snapshot, never a view of live weights
             for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME).items()}
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..contracts import Backbone, IdentityEncoder
 from ..errors import PVError
 from ..settings import Settings
-from .adapter import add_adapter, adapter_disabled, trainable_parameters
+from .adapter import adapter_disabled, add_adapter, trainable_parameters
 from .identity import frame_faces
 from .prompts import PROMPTS, PromptSampler, identity_phrase
 from .sampling import initial_latents, sample

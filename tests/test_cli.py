@@ -1,0 +1,130 @@
+"""`pv` end to end through the real commands: tiny backbone, real FaceNet, real photo."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from pvcli.cli import create_app
+from pvcli.video import read_frames, read_metadata
+
+
+def run(*args, env=None):
+    result = CliRunner().invoke(create_app(), [str(a) for a in args], env=env)
+    return result
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, astronaut):
+    """One identity tuned through the CLI, shared by the module (PV_HOME set per test)."""
+    home = tmp_path_factory.mktemp("home")
+    r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "2", "--json",
+            env={"PV_HOME": str(home)})
+    assert r.exit_code == 0, r.stderr
+    return home, json.loads(r.stdout)
+
+
+def test_tune_writes_a_complete_identity(tuned):
+    home, info = tuned
+    folder = home / "identities" / "alice"
+    assert info["name"] == "alice" and info["path"] == str(folder)
+    for f in ("adapter.safetensors", "reference.safetensors", "config.yaml", "identity.json", "refs/face_0.png"):
+        assert (folder / f).is_file(), f
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "adapter.safetensors"), "pt") as fh:
+        meta = fh.metadata()
+    assert meta["backbone"] == "animatediff-tiny" and meta["encoder"] == "facenet"
+    assert meta["rank"] == "16" and meta["targets"] == "spatial" and meta["steps"] == "2"
+    assert json.loads(meta["lora_adapter_metadata"])["r"] == 16
+    assert info["adapter_layers"] == 96 and info["held_out_id_sim_before"] is not None
+    assert not [p for p in (home / "identities").iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_generate_writes_mp4_with_asked_frames_and_metadata(tuned, tmp_path, monkeypatch):
+    home, _ = tuned
+    monkeypatch.setenv("PV_HOME", str(home))
+    out = tmp_path / "clip.mp4"
+    r = run("generate", "alice", "surfing at sunset", "-o", out, "--frames", "6", "--seed", "5", "--fps", "4")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip() == str(out)  # stdout carries only the result
+    assert read_frames(out).shape == (6, 64, 64, 3)
+    meta = read_metadata(out)
+    assert meta["seed"] == 5 and meta["prompt"] == "sks person, surfing at sunset" and meta["fps"] == 4
+
+    r = run("generate", "alice", "surfing at sunset", "-o", tmp_path / "off.mp4", "--frames", "6", "--seed", "5",
+            "--no-adapter", "--json")
+    rec = json.loads(r.stdout)
+    assert rec["adapter_scale"] == 0.0 and rec["frames"] == 6
+
+
+def test_list_show_rm(tuned, monkeypatch):
+    home, _ = tuned
+    monkeypatch.setenv("PV_HOME", str(home))
+    assert run("list").stdout.split() == ["alice"]
+    assert json.loads(run("list", "--json").stdout)[0]["name"] == "alice"
+    assert json.loads(run("show", "alice", "--json").stdout)["backbone"] == "animatediff-tiny"
+    r = run("rm", "alice")  # no tty and no --yes: refuse
+    assert r.exit_code == 1 and "--yes" in r.stderr
+    assert (home / "identities" / "alice").exists()
+
+
+def test_rm_with_yes_deletes(tuned, tmp_path, monkeypatch):
+    import shutil
+
+    home = tmp_path / "copy"
+    shutil.copytree(tuned[0], home)
+    monkeypatch.setenv("PV_HOME", str(home))
+    assert run("rm", "bob", "--yes").exit_code == 1
+    r = run("rm", "alice", "--yes")
+    assert r.exit_code == 0 and not (home / "identities" / "alice").exists()
+    assert run("list", "--json").stdout.strip() == "[]"
+
+
+def _error(r, code=1):
+    assert r.exit_code == code, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    return r.stderr
+
+
+def test_bad_inputs_give_one_clear_error(tuned, astronaut, photo_dir, monkeypatch, tmp_path):
+    home, _ = tuned
+    monkeypatch.setenv("PV_HOME", str(home))
+    assert "no identity named 'bob'" in _error(run("generate", "bob", "x"))
+    assert "already exists" in _error(run("tune", astronaut, "--name", "alice", "--profile", "tiny"))
+    assert "invalid identity name" in _error(run("tune", astronaut, "--name", "../evil", "--profile", "tiny"))
+    assert "photo not found" in _error(run("tune", tmp_path / "nope.jpg", "--name", "x", "--profile", "tiny"))
+    assert "no face found in" in _error(run("tune", photo_dir / "blank.png", "--name", "x", "--profile", "tiny",
+                                           "--steps", "1"))
+    assert "unknown setting 'tune.lrr'" in _error(run("tune", astronaut, "--name", "x", "--profile", "tiny",
+                                                      "--set", "tune.lrr=1"))
+    assert "multiple of 8" in _error(run("generate", "alice", "x", "--height", "60"))
+    assert "limit of 32 frames" in _error(run("generate", "alice", "x", "--frames", "40", "-o", tmp_path / "a.mp4"))
+    assert "must be an .mp4" in _error(run("generate", "alice", "x", "-o", tmp_path / "a.gif"))
+    assert "no profile 'nope'" in _error(run("tune", astronaut, "--name", "x", "--profile", "nope"))
+    assert "was tuned on backbone 'animatediff-tiny'" in _error(run("generate", "alice", "x", "--profile", "animatediff"))
+    assert not (home / "identities" / "x").exists()
+
+
+def test_default_profile_offline_names_the_tiny_profile(astronaut, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    err = _error(run("tune", astronaut, "--name", "real"))
+    assert "cannot load" in err and "offline" in err and "--profile tiny" in err
+
+
+def test_help_and_plugins_do_not_import_torch():
+    code = ("import sys; from pvcli.cli import create_app; from typer.testing import CliRunner; "
+            "r = CliRunner().invoke(create_app(), ['plugins', '--json']); assert r.exit_code == 0; "
+            "r = CliRunner().invoke(create_app(), ['--help']); assert r.exit_code == 0; "
+            "print('torch' in sys.modules, 'diffusers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
+def test_console_script_and_module_entry_work():
+    out = subprocess.run([sys.executable, "-m", "pvcli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip()
+    out = subprocess.run(["pv", "profiles", "--json"], capture_output=True, text=True)
+    assert {p["name"] for p in json.loads(out.stdout)} >= {"tiny", "animatediff"}

@@ -1,0 +1,135 @@
+"""The method's mechanics on the tiny backbone with the real FaceNet encoder."""
+
+import random
+import re
+
+import pytest
+import torch
+
+from pvcli.engine.adapter import (
+    adapter_disabled,
+    adapter_state_dict,
+    add_adapter,
+    load_adapter_state_dict,
+    set_adapter_scale,
+)
+from pvcli.engine.sampling import initial_latents, sample
+from pvcli.engine.tune import Tuner
+
+
+def _clip(bb, seed=3, prompt="sks person surfing at sunset", guidance=1.0, steps=4):
+    with torch.no_grad():
+        lat = initial_latents(bb, 4, 64, 64, torch.Generator().manual_seed(seed))
+        uncond = bb.encode_prompt([""]) if guidance > 1 else None
+        return bb.decode(sample(bb, bb.encode_prompt([prompt]), uncond, lat, steps, guidance).latents)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 7.5])
+def test_sampler_reproduces_diffusers_animatediff_pipeline(tiny, guidance):
+    from diffusers import AnimateDiffPipeline, MotionAdapter
+
+    pipe = AnimateDiffPipeline(vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
+                               unet=tiny.unet, motion_adapter=MotionAdapter(block_out_channels=(32, 64),
+                               motion_layers_per_block=2, motion_norm_num_groups=2, motion_num_attention_heads=4),
+                               scheduler=tiny.new_scheduler())
+    pipe.unet = tiny.unet  # the pipeline rebuilds the UNet; compare against ours exactly
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe("sks person surfing at sunset", negative_prompt="", num_frames=4, height=64, width=64,
+                  num_inference_steps=4, guidance_scale=guidance, generator=torch.Generator().manual_seed(3),
+                  output_type="pt").frames[0]
+    ours = _clip(tiny, guidance=guidance)[0]
+    assert ours.shape == theirs.shape == (4, 3, 64, 64)
+    assert (ours - theirs).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("targets,count", [("attention", 48), ("spatial", 96)])
+def test_adapter_targets_spatial_layers_only(tiny, targets, count):
+    names = add_adapter(tiny, targets, rank=4, alpha=4)
+    assert len(names) == count
+    assert not [n for n in names if "motion_modules" in n]
+    if targets == "attention":
+        assert all(re.search(r"\.attentions\.\d+\.transformer_blocks\.\d+\.attn[12]\.", n) for n in names)
+    trainable = [n for n, p in tiny.unet.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any(p.requires_grad for p in tiny.text_encoder.parameters())
+    assert not any(p.requires_grad for p in tiny.vae.parameters())
+
+
+def test_fresh_adapter_changes_nothing_then_trained_adapter_does(tiny):
+    base = _clip(tiny)
+    add_adapter(tiny, "spatial", rank=4, alpha=4)
+    assert torch.equal(_clip(tiny), base)  # lora_B starts at zero
+    with torch.no_grad():
+        for n, p in tiny.unet.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    assert (_clip(tiny) - base).abs().max() > 1e-3
+    with adapter_disabled(tiny.unet):
+        assert torch.equal(_clip(tiny), base)
+    set_adapter_scale(tiny.unet, 0.0)
+    assert (_clip(tiny) - base).abs().max() < 1e-6
+
+
+def test_adapter_save_load_round_trip(tiny):
+    from pv_animatediff.backbone import make_tiny
+
+    add_adapter(tiny, "attention", rank=4, alpha=8)
+    with torch.no_grad():
+        for n, p in tiny.unet.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    state = adapter_state_dict(tiny.unet)
+    assert state and all("lora_A" in k or "lora_B" in k for k in state)
+    other = make_tiny()
+    add_adapter(other, "attention", rank=4, alpha=8)
+    load_adapter_state_dict(other.unet, state)
+    assert (_clip(other) - _clip(tiny)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("targets", ["attention", "spatial"])
+def test_tuning_leaves_frozen_parts_bit_identical(tiny, encoder, reference, tiny_settings, targets):
+    settings = type(tiny_settings)(**{**tiny_settings.__dict__})
+    settings.adapter = type(tiny_settings.adapter)(targets=targets, rank=4, alpha=4)
+    frozen = {f"{name}.{k}": v.clone() for name, mod in tiny.protected_modules().items()
+              for k, v in mod.state_dict().items()}
+    base_unet = {k: v.clone() for k, v in tiny.unet.state_dict().items()}
+    tuner = Tuner(tiny, encoder, settings, reference)
+    before = adapter_state_dict(tiny.unet)
+    for _ in range(2):
+        stats = tuner.step()
+        assert stats.loss is not None and 0 < stats.loss < 2
+    after = adapter_state_dict(tiny.unet)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the adapter learned
+    for name, mod in tiny.protected_modules().items():
+        for k, v in mod.state_dict().items():
+            assert torch.equal(v, frozen[f"{name}.{k}"]), f"{name}.{k} changed"
+    for k, v in tiny.unet.state_dict().items():  # every non-adapter UNet tensor too
+        if "lora_" not in k:  # peft moves an adapted layer's weight under `.base_layer`
+            assert torch.equal(v, base_unet[k.replace(".base_layer", "")]), k
+
+
+def test_training_clip_similarity_rises_step_over_step(tiny, encoder, reference, tiny_settings):
+    """Same noise and prompt every step: the supervised clip's ID similarity climbs."""
+    tuner = Tuner(tiny, encoder, tiny_settings, reference)
+    tuner.prompts.prompts = tuner.prompts.prompts[:1]
+    sims = []
+    for _ in range(12):
+        tuner.noise = torch.Generator().manual_seed(11)
+        tuner.frame_rng = random.Random(0)
+        sims.append(tuner.step().id_sim)
+    rises = sum(b > a for a, b in zip(sims[:-1], sims[1:], strict=True))
+    assert rises >= 9, sims
+    assert sims[-1] - sims[0] > 0.05, sims
+
+
+def test_tuning_raises_held_out_similarity_and_off_is_exact(tiny, encoder, reference, tiny_settings):
+    """Fresh noise each step (the broad target set): clips from unseen seeds move towards the
+    reference (measured ~+0.10 in 40 steps); adapter off reproduces the untuned number."""
+    seeds = [101, 102, 103]
+    tuner = Tuner(tiny, encoder, tiny_settings, reference)
+    before = tuner.held_out_similarity(seeds)
+    for _ in range(40):
+        tuner.step()
+    after = tuner.held_out_similarity(seeds)
+    assert after - before > 0.05, (before, after)
+    assert tuner.held_out_similarity(seeds, adapter=False) == pytest.approx(before, abs=1e-6)

@@ -1,0 +1,41 @@
+import pytest
+import yaml
+
+from pvcli.errors import PVError
+from pvcli.settings import parse_set, resolve, shipped_profiles
+
+
+@pytest.mark.parametrize("name", sorted(shipped_profiles()))
+def test_every_shipped_profile_validates(name):
+    prof, s = resolve(name)
+    assert prof == name and s.backbone.name and s.encoder.name
+    assert s.tune.height % 8 == 0 and s.generate.frames >= 1
+
+
+def test_defaults_are_the_real_gpu_profile():
+    _, s = resolve(None)
+    assert s.backbone.name == "animatediff"
+    assert (s.generate.height, s.generate.frames, s.generate.fps, s.adapter.rank) == (512, 16, 8, 16)
+    assert 25 <= s.generate.steps <= 30 and s.adapter.targets == "attention"
+
+
+def test_layers_apply_in_order_and_yaml_floats_parse(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text(yaml.safe_dump({"tune": {"lr": "1e-4", "steps": 7}}))
+    _, s = resolve(str(p), [parse_set(["tune.steps=9", "generate.negative_prompt=ugly"]), {"tune": {"seed": 4}}])
+    assert s.tune.lr == pytest.approx(1e-4) and isinstance(s.tune.lr, float)
+    assert (s.tune.steps, s.tune.seed, s.generate.negative_prompt) == (9, 4, "ugly")
+
+
+@pytest.mark.parametrize("item,message", [
+    ("tune.nope=1", "unknown setting 'tune.nope'"),
+    ("tune.steps=abc", "tune.steps must be an integer"),
+    ("tune.lr=fast", "tune.lr must be a number"),
+    ("adapter.targets=all", "adapter.targets must be one of attention, spatial"),
+    ("tune.grad_steps=99", "cannot exceed"),
+    ("generate.fps=0", "generate.fps must be between"),
+    ("novalue", "--set expects key=value"),
+])
+def test_bad_values_are_refused(item, message):
+    with pytest.raises(PVError, match=message):
+        resolve("tiny", [parse_set([item])])
