@@ -43,7 +43,7 @@ def handle_errors(fn):
         except PVError as exc:
             if os.environ.get("PV_DEBUG"):
                 raise
-            _fail(exc.message, exc.hint)
+            _fail(exc.message, exc.hint, exc.exit_code)
         except KeyboardInterrupt:
             err.print("[yellow]Interrupted.[/yellow] Nothing was saved for the unfinished job.")
             raise typer.Exit(130) from None
@@ -88,8 +88,9 @@ def create_app() -> typer.Typer:
     @app.command()
     @handle_errors
     def tune(
-        photos: list[str] = typer.Argument(..., help="Reference photo(s): files, folders or globs."),
-        name: str = typer.Option(..., "--name", "-n", help="Name of the identity to create."),
+        photos: list[str] = typer.Argument(None, help="Reference photo(s): files, folders or globs."),
+        name: str = typer.Option(None, "--name", "-n", help="Name of the identity to create."),
+        resume: str = typer.Option(None, "--resume", help="Resume the interrupted run of this identity."),
         profile: str = PROFILE_OPT,
         sets: list[str] = SET_OPT,
         steps: int = typer.Option(None, "--steps", help="Tuning steps."),
@@ -100,20 +101,36 @@ def create_app() -> typer.Typer:
         class_word: str = typer.Option(None, "--class-word", help="Class word in prompts: person, man, woman..."),
         face_index: int = typer.Option(0, "--face-index", min=0, help="Use the N-th largest face of each photo."),
         prompts: str = typer.Option(None, "--prompts", help="File of tuning prompts (one per line, {id} = identity)."),
+        prompts_mode: str = typer.Option(None, "--prompts-mode", help="replace (default) or extend the built-in prompts."),
+        augment: bool = typer.Option(None, "--augment/--no-augment", help="Simulated prompt augmentation (default on)."),
+        active_fraction: float = typer.Option(None, "--active-fraction",
+                                              help="Adapter active in the last fraction of denoising steps (1 = all)."),
+        scr_weight: float = typer.Option(None, "--scr-weight", help="Semantic Consistency Reward weight (0 = off)."),
         force: bool = typer.Option(False, "--force", help="Replace an existing identity of that name."),
         device: str = DEVICE_OPT,
         as_json: bool = JSON_OPT,
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     ):
-        """Tune an identity adapter from reference photo(s)."""
+        """Tune an identity adapter from reference photo(s); `--resume NAME` finishes an interrupted run."""
         from . import jobs
 
-        flags = {"tune.steps": steps, "tune.lr": lr, "tune.seed": seed, "adapter.rank": rank,
-                 "adapter.targets": targets, "tune.class_word": class_word}
-        prof, settings = resolve(profile, _overlays(flags, sets))
         reporter = RichReporter(quiet=quiet or as_json)
-        info = jobs.tune(_registry(), Store(), photos, name, settings, prof, force=force, face_index=face_index,
-                         prompts_file=prompts, device=device, reporter=reporter)
+        if resume:
+            if photos or name or profile or sets:
+                raise PVError("--resume takes the photos, profile and settings of the interrupted run",
+                              "only --steps, --device and output options may be given with it")
+            info = jobs.tune(_registry(), Store(), [], resume, None, "", resume=True, steps=steps, device=device,
+                             reporter=reporter)
+            name = resume
+        else:
+            if not photos or not name:
+                raise PVError("tune needs reference photo(s) and --name", "e.g. pv tune face.jpg --name alice")
+            flags = {"tune.steps": steps, "tune.lr": lr, "tune.seed": seed, "adapter.rank": rank,
+                     "adapter.targets": targets, "tune.class_word": class_word, "tune.prompts_mode": prompts_mode,
+                     "tune.augment": augment, "adapter.active_fraction": active_fraction, "tune.scr_weight": scr_weight}
+            prof, settings = resolve(profile, _overlays(flags, sets))
+            info = jobs.tune(_registry(), Store(), photos, name, settings, prof, force=force, face_index=face_index,
+                             prompts_file=prompts, device=device, reporter=reporter)
         if not (quiet or as_json):
             before, after = info["held_out_id_sim_before"], info["held_out_id_sim_after"]
             err.print(f"[green]Tuned[/green] {name}: {info['steps']} steps, {info['seconds_per_step']} s/step; "

@@ -1,8 +1,8 @@
 """What the engine needs from plugins. The engine knows nothing else about any backbone or
 face model: a third-party plugin implements these and registers a factory through a hook.
 
-Backbone factories are called as `factory(options=dict, device=str)`; encoder factories as
-`factory(options=dict, device=str)`. Both raise `PVError` for bad options or missing weights.
+Every factory is called as `factory(options=dict, device=str)` and raises `PVError` for bad
+options or missing weights.
 """
 
 from __future__ import annotations
@@ -91,3 +91,14 @@ class IdentityEncoder(ABC):
 
     def describe(self) -> dict[str, str]:
         return {"encoder": self.name}
+
+
+class FrameScorer(ABC):
+    """An image-text preference model scoring video frames against a prompt (CLIP score, HPSv2):
+    used by the Semantic Consistency Reward."""
+
+    name: str
+
+    @abstractmethod
+    def score(self, frames: torch.Tensor, prompt: str) -> torch.Tensor:
+        """Scores (N,) of frames (N, 3, H, W) in [0, 1] for one prompt; differentiable w.r.t. frames."""

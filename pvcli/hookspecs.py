@@ -23,5 +23,10 @@ def register_conditioners(register):
 
 
 @hookspec
+def register_scorers(register):
+    """Register frame scorers (CLIP score, HPSv2) for the semantic reward: register(name, factory, description="")."""
+
+
+@hookspec
 def register_commands(app):
     """Add commands to the `pv` Typer app."""

@@ -19,8 +19,8 @@ import pluggy
 from . import hookspecs
 from .errors import PVError
 
-KINDS = ("backbones", "encoders", "conditioners")
-_SINGULAR = {"backbones": "backbone", "encoders": "encoder", "conditioners": "conditioner"}
+KINDS = ("backbones", "encoders", "conditioners", "scorers")
+_SINGULAR = {"backbones": "backbone", "encoders": "encoder", "conditioners": "conditioner", "scorers": "scorer"}
 
 
 @dataclass

@@ -41,6 +41,8 @@ class AdapterSettings:
     targets: Literal["attention", "spatial"] = "attention"
     rank: int = 16
     alpha: float = 16.0
+    # late-step gating: the adapter acts only in the last fraction of denoising steps (1.0 = all)
+    active_fraction: float = 0.25
 
 
 @dataclass
@@ -61,7 +63,18 @@ class TuneSettings:
     no_face: Literal["center", "skip"] = "center"
     token: str = "sks"
     class_word: str = "person"
-    face_margin: float = 0.0
+    augment: bool = True  # simulated prompt augmentation; false = one fixed prompt (ablation)
+    prompts_mode: Literal["replace", "extend"] = "replace"  # how --prompts FILE combines with the built-ins
+    reference_augment: bool = True  # crop and colour jitter of the reference faces every step
+    scr_weight: float = 0.0  # Semantic Consistency Reward weight (0 = off)
+    scorer: str = "clip"
+    scorer_options: dict = field(default_factory=dict)
+    scr_frames: int = 4
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    sample_every: int = 0
 
 
 @dataclass
@@ -94,7 +107,9 @@ _RANGES = {
     "tune.steps": (0, None), "tune.lr": (0.0, 1.0), "tune.frames": (1, None), "tune.height": (8, None),
     "tune.width": (8, None), "tune.num_inference_steps": (1, 1000), "tune.grad_steps": (1, 1000),
     "tune.guidance_scale": (0.0, None), "tune.supervised_frames": (1, None), "tune.grad_clip": (0.0, None),
-    "tune.warmup_steps": (0, None), "tune.weight_decay": (0.0, None), "tune.face_margin": (0.0, 1.0),
+    "tune.warmup_steps": (0, None), "tune.weight_decay": (0.0, None), "adapter.active_fraction": (1e-6, 1.0),
+    "tune.scr_weight": (0.0, None), "tune.scr_frames": (2, None), "tune.checkpoint_every": (0, None),
+    "tune.keep_checkpoints": (1, None), "tune.sample_every": (0, None),
     "generate.frames": (1, None), "generate.fps": (1, 240), "generate.height": (8, None),
     "generate.width": (8, None), "generate.steps": (1, 1000), "generate.guidance_scale": (0.0, None),
     "generate.adapter_scale": (0.0, None),

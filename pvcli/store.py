@@ -41,7 +41,9 @@ def validate_name(name: str) -> str:
 
 class Store:
     def __init__(self, root: Path | None = None):
-        self.root = (root or home()) / "identities"
+        self.home = root or home()
+        self.root = self.home / "identities"
+        self.runs = self.home / "runs"
 
     def path(self, name: str) -> Path:
         return self.root / validate_name(name)

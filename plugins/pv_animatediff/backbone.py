@@ -129,11 +129,12 @@ class TinyOptions:
 
 def build_tiny_components(seed: int = 0) -> dict:
     """Every AnimateDiff component, tiny, from configs, deterministic for a seed. UNet 1.8M
-    params; a 3-level VAE (64 px frames -> 16x16 latents); a character-level CLIP tokenizer
-    read from files that ship with pv."""
+    params; a 3-level VAE (64 px frames -> 16x16 latents); pv's offline character tokenizer."""
     _quiet_libraries()
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from pvcli.tiny import BOS_ID, CHAR_VOCAB_SIZE, EOS_ID, char_tokenizer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -149,13 +150,11 @@ def build_tiny_components(seed: int = 0) -> dict:
             down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, sample_size=64,
         )
         text_encoder = CLIPTextModel(CLIPTextConfig(
-            bos_token_id=512, eos_token_id=513, pad_token_id=513, hidden_size=32, intermediate_size=37,
-            layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5, vocab_size=514,
+            bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID, hidden_size=32, intermediate_size=37,
+            layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5, vocab_size=CHAR_VOCAB_SIZE,
             max_position_embeddings=77,
         ))
-    tok_dir = Path(__file__).parent / "tokenizer"
-    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77)
-    return dict(unet2d=unet2d, motion_adapter=adapter, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+    return dict(unet2d=unet2d, motion_adapter=adapter, vae=vae, text_encoder=text_encoder, tokenizer=char_tokenizer(),
                 scheduler=ddim_scheduler())
 
 

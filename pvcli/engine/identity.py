@@ -80,6 +80,7 @@ class ReferenceFace:
     face: Face
     faces_found: int
     crop: np.ndarray  # aligned RGB uint8 (S, S, 3)
+    image: np.ndarray  # the whole photo, RGB uint8, for per-step augmentation
 
 
 def reference_faces(encoder: IdentityEncoder, paths: list[Path], face_index: int = 0,
@@ -101,8 +102,33 @@ def reference_faces(encoder: IdentityEncoder, paths: list[Path], face_index: int
         live = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
         crop = warp_faces(live, face_matrix(face, encoder)[None], encoder.input_size)[0]
         refs.append(ReferenceFace(path, face, len(faces),
-                                  (crop.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)))
+                                  (crop.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8), img))
     return refs
+
+
+def jittered_crops(refs: list[ReferenceFace], encoder: IdentityEncoder, rng: np.random.Generator) -> torch.Tensor:
+    """The reference faces re-cropped with a small random similarity (shift, scale, rotation)
+    and colour jitter (brightness, contrast, saturation): the paper's reference-side augmentation."""
+    size = encoder.input_size
+    out = []
+    for ref in refs:
+        angle = np.deg2rad(rng.uniform(-5, 5))
+        scale = rng.uniform(0.95, 1.05)
+        shift = rng.uniform(-0.04, 0.04, size=2) * size
+        c = np.array([size / 2, size / 2])
+        rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        jitter = np.eye(3)
+        jitter[:2, :2], jitter[:2, 2] = rot, c + shift - rot @ c
+        m = (jitter @ np.vstack([face_matrix(ref.face, encoder), [0, 0, 1]]))[:2]
+        img = torch.from_numpy(ref.image).permute(2, 0, 1)[None].float() / 255
+        crop = warp_faces(img, m[None], size)[0]
+        crop = crop * rng.uniform(0.85, 1.15)  # brightness
+        mean = crop.mean()
+        crop = (crop - mean) * rng.uniform(0.85, 1.15) + mean  # contrast
+        grey = crop.mean(0, keepdim=True)
+        crop = (crop - grey) * rng.uniform(0.85, 1.15) + grey  # saturation
+        out.append(crop.clamp(0, 1))
+    return torch.stack(out)
 
 
 @torch.no_grad()

@@ -8,12 +8,15 @@ supervises the last step's predicted clean sample (x0) instead.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from ..contracts import Backbone
+from .adapter import adapter_disabled
 
 
 @dataclass
@@ -38,9 +41,12 @@ def sample(
     guidance_scale: float,
     grad_steps: int = 0,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    adapter_steps: int | None = None,
 ) -> SampleResult:
     """Denoise `latents` (pure noise) in `steps` steps. The last `grad_steps` run under grad;
-    the rest without. `uncond` is used when guidance_scale > 1."""
+    the rest without. `uncond` is used when guidance_scale > 1. The identity adapter is active
+    only in the last `adapter_steps` steps (None: all): late-step gating, motion forms early and
+    appearance late."""
     scheduler = backbone.new_scheduler()
     scheduler.set_timesteps(steps, device=backbone.device)
     latents = latents * scheduler.init_noise_sigma
@@ -48,8 +54,10 @@ def sample(
     embeds = torch.cat([uncond, cond]) if use_cfg else cond
     x0 = latents
     timesteps = scheduler.timesteps
+    first_adapted = 0 if adapter_steps is None else len(timesteps) - adapter_steps
     for i, t in enumerate(timesteps):
-        with torch.enable_grad() if i >= len(timesteps) - grad_steps else torch.no_grad():
+        gate = adapter_disabled(backbone.unet) if i < first_adapted else nullcontext()
+        with gate, torch.enable_grad() if i >= len(timesteps) - grad_steps else torch.no_grad():
             model_in = torch.cat([latents] * 2) if use_cfg else latents
             model_in = scheduler.scale_model_input(model_in, t)
             noise = backbone.predict_noise(model_in, t, embeds)
@@ -62,3 +70,8 @@ def sample(
         if on_step is not None:
             on_step(i, latents)
     return SampleResult(latents=latents, x0=x0)
+
+
+def adapted_steps(steps: int, fraction: float) -> int:
+    """How many final denoising steps the adapter is active in (at least one)."""
+    return max(1, min(steps, math.ceil(steps * fraction - 1e-9)))

@@ -1,6 +1,9 @@
-"""PersonalVideo tuning, version 1: the T2V model samples a short clip from an augmented
-prompt, the last steps run under grad, supervised frames are decoded to pixels, faces are
-aligned differentiably and `1 - cos(face, reference)` trains the spatial adapter only."""
+"""PersonalVideo tuning: the T2V model samples a short clip from an augmented prompt, the
+adapter acts only in the last fraction of denoising steps, the adapted tail runs under grad,
+supervised frames are decoded to pixels, faces are aligned differentiably and
+`1 - cos(face, reference)` (plus the optional Semantic Consistency Reward) trains the spatial
+adapter only. The tuner's full state (adapter, optimizer, schedule, every RNG) checkpoints and
+resumes exactly."""
 
 from __future__ import annotations
 
@@ -11,16 +14,17 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..contracts import Backbone, IdentityEncoder
+from ..contracts import Backbone, FrameScorer, IdentityEncoder
 from ..errors import PVError
 from ..settings import Settings
-from .adapter import adapter_disabled, add_adapter, trainable_parameters
-from .identity import frame_faces
+from .adapter import adapter_disabled, adapter_state_dict, add_adapter, load_adapter_state_dict, trainable_parameters
+from .identity import ReferenceFace, embed_crops, frame_faces, jittered_crops, mean_embedding
 from .prompts import PROMPTS, PromptSampler, identity_phrase
-from .sampling import initial_latents, sample
+from .sampling import adapted_steps, initial_latents, sample
 
 
 @dataclass
@@ -28,6 +32,7 @@ class StepStats:
     step: int
     loss: float | None
     id_sim: float | None
+    scr: float | None
     face_hits: int
     frames: int
     lr: float
@@ -48,80 +53,158 @@ class PromptEmbeddings:
         return self.cache[prompt]
 
 
+def tuning_prompts(settings: Settings, extra: list[str] | None) -> list[str]:
+    t = settings.tune
+    if not t.augment:
+        return ["a photo of {id}"]
+    if extra and t.prompts_mode == "replace":
+        return extra
+    return PROMPTS + (extra or [])
+
+
+def scr_loss(tuned_scores: torch.Tensor, frozen_scores: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(tuned) || softmax(frozen)) over the frames of one clip."""
+    log_p = F.log_softmax(tuned_scores, dim=0)
+    log_q = F.log_softmax(frozen_scores.detach(), dim=0)
+    return (log_p.exp() * (log_p - log_q)).sum()
+
+
+def _optimizer(name: str, params, lr: float, weight_decay: float):
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise PVError("tune.optimizer=adamw8bit needs bitsandbytes", "pip install bitsandbytes, or use adamw") from None
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
 class Tuner:
-    def __init__(self, backbone: Backbone, encoder: IdentityEncoder, settings: Settings, reference: torch.Tensor,
-                 prompts: list[str] | None = None, on_step: Callable[[StepStats], None] | None = None):
+    def __init__(self, backbone: Backbone, encoder: IdentityEncoder, settings: Settings,
+                 reference: torch.Tensor | list[ReferenceFace], prompts: list[str] | None = None,
+                 scorer: FrameScorer | None = None, on_step: Callable[[StepStats], None] | None = None):
         self.bb, self.enc, self.s = backbone, encoder, settings
         t = settings.tune
         if t.frames > backbone.max_frames:
             raise PVError(f"tune.frames={t.frames} exceeds this backbone's limit of {backbone.max_frames} frames")
-        self.reference = F.normalize(reference.float(), dim=0).to(backbone.device)
+        if t.scr_weight > 0 and scorer is None:
+            raise PVError("tune.scr_weight > 0 needs a scorer")
+        self.refs = reference if isinstance(reference, list) else None
+        fixed = mean_embedding(embed_crops(encoder, [r.crop for r in self.refs])) if self.refs else reference
+        self.reference = F.normalize(fixed.float(), dim=0).to(backbone.device)
         self.layers = add_adapter(backbone, settings.adapter.targets, settings.adapter.rank, settings.adapter.alpha)
+        if t.gradient_checkpointing and hasattr(backbone.unet, "enable_gradient_checkpointing"):
+            backbone.unet.enable_gradient_checkpointing()
         self.params = trainable_parameters(backbone.unet)
-        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        self.optimizer = _optimizer(t.optimizer, self.params, t.lr, t.weight_decay)
         warm = max(1, t.warmup_steps)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: min(1.0, (i + 1) / warm))
+        self.adapter_steps = adapted_steps(t.num_inference_steps, settings.adapter.active_fraction)
+        self.grad_steps = min(t.grad_steps, self.adapter_steps)  # un-adapted steps carry no adapter gradient
         self.phrase = identity_phrase(t.token, t.class_word)
-        self.prompts = PromptSampler(prompts or PROMPTS, self.phrase, t.seed)
+        self.prompts = PromptSampler(tuning_prompts(settings, prompts), self.phrase, t.seed)
         self.embeds = PromptEmbeddings(backbone)
         self.uncond = self.embeds("") if t.guidance_scale > 1 else None
+        self.scorer = scorer
         self.frame_rng = random.Random(t.seed + 1)
+        self.aug_rng = np.random.default_rng(t.seed + 2)
         self.noise = torch.Generator("cpu").manual_seed(t.seed)
         self.on_step = on_step
         self.step_index = 0
 
-    def _sample_frames(self, prompt: str, generator: torch.Generator, grad: bool) -> torch.Tensor:
+    # ------------------------------------------------------------------ sampling
+    def _x0(self, prompt: str, latents: torch.Tensor, grad: bool, adapter: bool = True) -> torch.Tensor:
         t = self.s.tune
-        latents = initial_latents(self.bb, t.frames, t.height, t.width, generator)
-        result = sample(self.bb, self.embeds(prompt), self.uncond, latents, t.num_inference_steps, t.guidance_scale,
-                        grad_steps=t.grad_steps if grad else 0)
-        return result.x0
+        ctx = nullcontext() if adapter else adapter_disabled(self.bb.unet)
+        with ctx:
+            return sample(self.bb, self.embeds(prompt), self.uncond, latents, t.num_inference_steps, t.guidance_scale,
+                          grad_steps=self.grad_steps if grad else 0, adapter_steps=self.adapter_steps).x0
+
+    def _step_reference(self) -> torch.Tensor:
+        if not (self.refs and self.s.tune.reference_augment):
+            return self.reference
+        with torch.no_grad():
+            emb = self.enc.embed(jittered_crops(self.refs, self.enc, self.aug_rng)).float()
+        return F.normalize(emb.mean(0), dim=0).to(self.bb.device)
 
     def step(self) -> StepStats:
         t = self.s.tune
         start = time.perf_counter()
         prompt = self.prompts()
-        self.bb.unet.train()
-        x0 = self._sample_frames(prompt, self.noise, grad=True)
+        latents = initial_latents(self.bb, t.frames, t.height, t.width, self.noise)
         idx = sorted(self.frame_rng.sample(range(t.frames), t.supervised_frames))
+        reference = self._step_reference()
+        self.bb.unet.train()
+        x0 = self._x0(prompt, latents, grad=True)
         frames = self.bb.decode(x0[:, :, idx])[0]  # (K, 3, H, W)
         faces = frame_faces(frames, self.enc, t.no_face)
-        loss_val = sim_val = None
+        loss_val = sim_val = scr_val = None
+        losses = []
         if len(faces.crops):
-            emb = self.enc.embed(faces.crops).float()
-            cos = emb @ self.reference
-            loss = (1 - cos).mean()
+            cos = self.enc.embed(faces.crops).float() @ reference
+            losses.append((1 - cos).mean())
+            sim_val = float(cos.detach().mean())
+        if t.scr_weight > 0:
+            with torch.no_grad():
+                frozen = self.bb.decode(self._x0(prompt, latents, grad=False, adapter=False)[:, :, idx])[0]
+                frozen_scores = self.scorer.score(frozen, prompt)
+            scr = scr_loss(self.scorer.score(frames, prompt), frozen_scores)
+            losses.append(t.scr_weight * scr)
+            scr_val = float(scr.detach())
+        if losses:
+            loss = sum(losses)
             if not torch.isfinite(loss):
                 raise PVError(f"the loss became {loss.item()} at step {self.step_index + 1}",
-                              "lower tune.lr or check the backbone's dtype")
+                              "lower tune.lr or check the backbone's dtype; the last good checkpoint is kept")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
             self.optimizer.step()
-            loss_val, sim_val = float(loss.detach()), float(cos.detach().mean())
+            loss_val = float(loss.detach())
         self.lr_schedule.step()
         self.bb.unet.eval()
         self.step_index += 1
-        stats = StepStats(self.step_index, loss_val, sim_val, faces.hits, faces.total,
+        stats = StepStats(self.step_index, loss_val, sim_val, scr_val, faces.hits, faces.total,
                           self.optimizer.param_groups[0]["lr"], time.perf_counter() - start, prompt)
         if self.on_step:
             self.on_step(stats)
         return stats
 
     def run(self) -> list[StepStats]:
-        return [self.step() for _ in range(self.s.tune.steps)]
+        return [self.step() for _ in range(self.step_index, self.s.tune.steps)]
 
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step_index, "adapter": adapter_state_dict(self.bb.unet),
+            "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
+            "noise": self.noise.get_state(), "prompts": self.prompts.state(), "frames": self.frame_rng.getstate(),
+            "augment": self.aug_rng.bit_generator.state, "torch": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        load_adapter_state_dict(self.bb.unet, state["adapter"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.noise.set_state(state["noise"])
+        self.prompts.set_state(state["prompts"])
+        self.frame_rng.setstate(state["frames"])
+        self.aug_rng.bit_generator.state = state["augment"]
+        torch.set_rng_state(state["torch"])
+        self.step_index = int(state["step"])
+
+    # ------------------------------------------------------------------ measurement
     @torch.no_grad()
     def held_out_similarity(self, seeds: list[int], prompt: str | None = None, adapter: bool = True) -> float:
-        """Mean ID similarity of the supervised-style crops of clips from seeds never used in tuning."""
+        """Mean ID similarity of clips from seeds never used in tuning (to the fixed reference)."""
         prompt = prompt or self.prompts.prompts[0]
+        t = self.s.tune
         sims = []
-        ctx = adapter_disabled(self.bb.unet) if not adapter else nullcontext()
-        with ctx:
-            for seed in seeds:
-                x0 = self._sample_frames(prompt, torch.Generator("cpu").manual_seed(seed), grad=False)
-                faces = frame_faces(self.bb.decode(x0)[0], self.enc, self.s.tune.no_face)
-                if len(faces.crops):
-                    sims.append(float((self.enc.embed(faces.crops).float() @ self.reference).mean()))
+        for seed in seeds:
+            latents = initial_latents(self.bb, t.frames, t.height, t.width, torch.Generator("cpu").manual_seed(seed))
+            faces = frame_faces(self.bb.decode(self._x0(prompt, latents, grad=False, adapter=adapter))[0], self.enc,
+                                t.no_face)
+            if len(faces.crops):
+                sims.append(float((self.enc.embed(faces.crops).float() @ self.reference).mean()))
         return sum(sims) / len(sims) if sims else math.nan
