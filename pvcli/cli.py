@@ -183,6 +183,94 @@ def create_app() -> typer.Typer:
                                reporter=RichReporter(quiet=quiet or as_json))
         emit(record if as_json else record["path"], as_json)
 
+    @app.command("eval")
+    @handle_errors
+    def eval_(
+        target: str = typer.Argument(..., help="A video, a folder of videos, or an identity name (clips are generated)."),
+        refs: list[str] = typer.Option(None, "--ref", help="Reference photo(s) or identity name (repeatable)."),
+        prompts: list[str] = typer.Option(None, "--prompt", help="Prompt(s): the text for CLIP-T; for an identity, "
+                                          "what to generate (repeatable)."),
+        seeds: list[int] = typer.Option(None, "--seed", help="Seeds to generate with, for an identity (repeatable)."),
+        encoders: list[str] = typer.Option(None, "--encoder", help="Identity encoder(s) to judge with (repeatable; "
+                                           "default: the identity's own, else facenet)."),
+        scorer: str = typer.Option("clip", "--scorer", help="Image-text model for CLIP-T / temporal consistency."),
+        scorer_opts: list[str] = typer.Option(None, "--scorer-option", help="key=value for the scorer, e.g. model=PATH."),
+        flow: str = typer.Option("auto", "--flow", help="Optical flow for Dynamic Degree: auto, raft or farneback."),
+        no_face: str = typer.Option("skip", "--no-face", help="Frames without a face: skip (the papers' protocol) "
+                                    "or center (score the centre crop, e.g. for the tiny backbone)."),
+        compare_base: bool = typer.Option(False, "--compare-base", help="Identity only: also generate with the "
+                                          "adapter off (same prompts and seeds) and compare."),
+        out_dir: Path = typer.Option(None, "--out-dir", help="Where generated clips go (default: a temp folder)."),
+        csv_path: Path = typer.Option(None, "--csv", help="Write per-video metrics as CSV."),
+        sheets: Path = typer.Option(None, "--sheets", help="Folder for contact-sheet PNGs (one per video)."),
+        device: str = DEVICE_OPT,
+        as_json: bool = JSON_OPT,
+        quiet: bool = typer.Option(False, "--quiet", "-q"),
+    ):
+        """Measure identity (Face Sim), prompt following (CLIP-T), motion and temporal consistency."""
+        from . import evaluation as ev
+        from .identity import read_settings
+        from .settings import from_dict
+
+        if flow not in ("auto", "raft", "farneback"):
+            raise PVError(f"--flow must be auto, raft or farneback, got {flow!r}")
+        if no_face not in ("skip", "center"):
+            raise PVError(f"--no-face must be skip or center, got {no_face!r}")
+        store, reporter, registry = Store(), RichReporter(quiet=quiet or as_json), _registry()
+        scorer_options = {k: v for k, v in (parse_set(scorer_opts or [])).items()}
+        paths = ev.video_paths(target)
+        identity = None
+        if paths is None:
+            if not store.exists(target):
+                raise PVError(f"{target!r} is neither a video, a folder nor an identity",
+                              f"identities: {', '.join(store.names()) or 'none yet'}")
+            identity = target
+        elif compare_base:
+            raise PVError("--compare-base needs an identity name, not videos")
+        if identity is None and not refs:
+            from .video import read_metadata
+
+            named = {read_metadata(p).get("identity") for p in paths} - {None}
+            refs = [n for n in named if store.exists(n)]
+            if not refs:
+                raise PVError("no reference: pass --ref PHOTO or --ref IDENTITY")
+        refs = refs or [identity]
+        if not encoders:
+            own = store.load_info(identity).get("encoder") if identity else None
+            encoders = [own or "facenet"]
+        evaluator = ev.Evaluator(registry, ev.reference_photos(store, refs), encoders, scorer, scorer_options, flow,
+                                 device or "cpu", reporter, no_face)
+        if identity:
+            settings = from_dict(read_settings(store.path(identity)))
+            out = out_dir or ev.default_out_dir(identity)
+            plist = prompts or ev.EVAL_PROMPTS
+            slist = seeds or [0]
+            groups = ev.generate_clips(registry, store, identity, plist, slist, settings, out, device, reporter,
+                                       compare_base)
+        else:
+            groups = {"videos": ev.load_clips(paths, prompts[0] if prompts else None)}
+        result: dict = {"videos": []}
+        for group, clips in groups.items():
+            rows = []
+            for clip in clips:
+                row = {"group": group, **evaluator.clip(clip)}
+                if sheets:
+                    row["contact_sheet"] = str(evaluator.contact_sheet(clip, sheets / f"{clip.path.stem}.png"))
+                rows.append(row)
+            result["videos"] += rows
+            result[group if group != "videos" else "aggregate"] = ev.aggregate(rows)
+        if compare_base:
+            t, b = result["tuned"], result["base"]
+            result["delta"] = {k: {n: _diff(t[k][n], b[k][n]) for n in t[k]} if isinstance(t[k], dict)
+                               else _diff(t[k], b[k]) for k in t if k != "videos"}
+        if csv_path:
+            from .store import atomic_write_bytes
+
+            atomic_write_bytes(csv_path, ev.csv_text(result["videos"]).encode())
+        if not (quiet or as_json):
+            _eval_table(result)
+        emit(result if as_json else "\n".join(r["video"] for r in result["videos"]), as_json)
+
     @app.command("list")
     @handle_errors
     def list_(as_json: bool = JSON_OPT):
@@ -303,6 +391,36 @@ def create_app() -> typer.Typer:
         except Exception as exc:
             err.print(f"[yellow]Warning:[/yellow] a plugin failed to add commands: {exc}")
     return app
+
+
+def _diff(a, b):
+    return None if a is None or b is None else round(a - b, 4)
+
+
+def _eval_table(result: dict) -> None:
+    from rich.table import Table
+
+    groups = [g for g in ("aggregate", "tuned", "base", "delta") if g in result]
+    first = result[groups[0]]
+    encoders = list(first["face_sim"])
+    table = Table(title="pv eval", title_justify="left")
+    table.add_column("metric")
+    for g in groups:
+        table.add_column(g, justify="right")
+    metric_rows = [(f"face_sim ({n})", "face_sim", n) for n in encoders]
+    metric_rows += [(f"face_detect_rate ({n})", "face_detect_rate", n) for n in encoders]
+    metric_rows += [(m, m, None) for m in ("clip_t", "dynamic_degree", "temporal_consistency")]
+    for label, key, sub in metric_rows:
+        cells = []
+        for g in groups:
+            v = result[g].get(key)
+            v = v.get(sub) if sub is not None and isinstance(v, dict) else v
+            cells.append("-" if v is None else f"{v:.4f}")
+        table.add_row(label, *cells)
+    err.print(table)
+    notes = {k: v for r in result["videos"] for k, v in r["notes"].items()}
+    for k, v in notes.items():
+        err.print(f"[dim]{k}: {v}[/dim]")
 
 
 def _deep_merge(base: dict, overlay: dict) -> dict:

@@ -102,3 +102,10 @@ class FrameScorer(ABC):
     @abstractmethod
     def score(self, frames: torch.Tensor, prompt: str) -> torch.Tensor:
         """Scores (N,) of frames (N, 3, H, W) in [0, 1] for one prompt; differentiable w.r.t. frames."""
+
+    def image_embedding(self, frames: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings (N, D), if the model has them (temporal consistency)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,8 @@ def write_identity(folder: Path, *, adapter: dict, metadata: dict, reference, pe
     (folder / "refs").mkdir()
     for i, crop in enumerate(crops):
         cv2.imwrite(str(folder / "refs" / f"face_{i}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    for i, photo in enumerate(photos):  # originals, so any encoder can re-detect them later (pv eval)
+        shutil.copy2(photo, folder / "refs" / f"photo_{i}{Path(photo).suffix.lower()}")
     (folder / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     (folder / "identity.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 

@@ -193,41 +193,56 @@ def check_backbone_matches(info: dict, backbone_name: str, name: str) -> None:
                       f"generate with that backbone (drop --profile), or re-tune {name} on {backbone_name}")
 
 
+class IdentityRenderer:
+    """An identity loaded once into its backbone; renders any number of clips (adapter on or off)."""
+
+    def __init__(self, registry: Registry, store: Store, name: str, settings: Settings, device: str | None,
+                 reporter: Reporter):
+        from .engine.adapter import add_adapter, load_adapter_state_dict
+        from .engine.prompts import identity_phrase
+
+        self.name, self.settings, self.reporter = name, settings, reporter
+        info = store.load_info(name)
+        check_backbone_matches(info, settings.backbone.name, name)
+        state, meta = read_adapter(store.path(name))
+        self.backbone = build_backbone(registry, settings, device, reporter)
+        for key in ("base_model", "motion_adapter"):
+            if key in meta and self.backbone.describe().get(key) not in (None, meta[key]):
+                reporter.warn(f"identity {name!r} was tuned with {key} {meta[key]!r}; generating with "
+                              f"{self.backbone.describe().get(key)!r}")
+        add_adapter(self.backbone, meta.get("targets", settings.adapter.targets), int(meta["rank"]), float(meta["alpha"]))
+        load_adapter_state_dict(self.backbone.unet, state)
+        self.fraction = float(meta.get("active_fraction", 1.0))
+        self.phrase = identity_phrase(meta.get("token", "sks"), meta.get("class_word", "person"))
+
+    def render(self, prompt: str, output: Path, adapter: bool = True) -> dict:
+        from .engine.adapter import set_adapter_scale
+        from .engine.generate import generate_frames
+        from .engine.prompts import with_identity
+        from .engine.sampling import adapted_steps
+        from .video import write_mp4
+
+        g = self.settings.generate
+        scale = g.adapter_scale if adapter else 0.0
+        set_adapter_scale(self.backbone.unet, scale)
+        full_prompt = with_identity(prompt, self.phrase)
+        with self.reporter.progress(f"generating {self.name}", g.steps) as advance:
+            frames = generate_frames(self.backbone, full_prompt, g, adapter_steps=adapted_steps(g.steps, self.fraction),
+                                     on_step=lambda i, _: advance())
+        record = {
+            "identity": self.name, "prompt": full_prompt, "negative_prompt": g.negative_prompt, "seed": g.seed,
+            "steps": g.steps, "guidance_scale": g.guidance_scale, "frames": int(frames.shape[0]), "fps": g.fps,
+            "height": g.height, "width": g.width, "adapter_scale": scale, "active_fraction": self.fraction,
+            "backbone": self.backbone.name, "pv_version": __version__,
+        }
+        path = write_mp4(frames.numpy(), output, g.fps, metadata=record)
+        return {"path": str(path), **record}
+
+
 def generate(registry: Registry, store: Store, name: str, prompt: str, settings: Settings, output: Path, *,
              device: str | None = None, adapter: bool = True, reporter: Reporter | None = None) -> dict:
-    from .engine.adapter import add_adapter, load_adapter_state_dict, set_adapter_scale
-    from .engine.generate import generate_frames
-    from .engine.prompts import identity_phrase, with_identity
-    from .engine.sampling import adapted_steps
-    from .video import write_mp4
-
-    reporter = reporter or Reporter()
-    info = store.load_info(name)
-    check_backbone_matches(info, settings.backbone.name, name)
-    state, meta = read_adapter(store.path(name))
-    backbone = build_backbone(registry, settings, device, reporter)
-    for key in ("base_model", "motion_adapter"):
-        if key in meta and backbone.describe().get(key) not in (None, meta[key]):
-            reporter.warn(f"identity {name!r} was tuned with {key} {meta[key]!r}; generating with "
-                          f"{backbone.describe().get(key)!r}")
-    add_adapter(backbone, meta.get("targets", settings.adapter.targets), int(meta["rank"]), float(meta["alpha"]))
-    load_adapter_state_dict(backbone.unet, state)
-    g = settings.generate
-    set_adapter_scale(backbone.unet, g.adapter_scale if adapter else 0.0)
-    full_prompt = with_identity(prompt, identity_phrase(meta.get("token", "sks"), meta.get("class_word", "person")))
-    fraction = float(meta.get("active_fraction", 1.0))
-    with reporter.progress(f"generating {name}", g.steps) as advance:
-        frames = generate_frames(backbone, full_prompt, g, adapter_steps=adapted_steps(g.steps, fraction),
-                                 on_step=lambda i, _: advance())
-    record = {
-        "identity": name, "prompt": full_prompt, "negative_prompt": g.negative_prompt, "seed": g.seed,
-        "steps": g.steps, "guidance_scale": g.guidance_scale, "frames": int(frames.shape[0]), "fps": g.fps,
-        "height": g.height, "width": g.width, "adapter_scale": g.adapter_scale if adapter else 0.0,
-        "active_fraction": fraction,
-        "backbone": backbone.name, "pv_version": __version__,
-    }
-    path = write_mp4(frames.numpy(), output, g.fps, metadata=record)
-    return {"path": str(path), **record}
+    return IdentityRenderer(registry, store, name, settings, device, reporter or Reporter()).render(
+        prompt, output, adapter)
 
 
 def default_output(name: str, prompt: str, seed: int) -> Path:

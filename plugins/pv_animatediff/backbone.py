@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import torch
 
 from pvcli.contracts import Backbone
 from pvcli.errors import PVError
+from pvcli.hub import load_pretrained
 from pvcli.settings import validate_options
 
 _BLOCKS = r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)"
@@ -199,57 +199,11 @@ class AnimateDiffOptions:
 _SINGLE_FILE = (".safetensors", ".ckpt", ".pt", ".bin")
 
 
+_BASE, _MOTION = "backbone.options.base_model", "backbone.options.motion_adapter"
+
+
 def _is_single_file(ref: str) -> bool:
     return ref.lower().endswith(_SINGLE_FILE)
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect to the hub endpoint (HF_ENDPOINT honoured), instead of minutes of retries."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
-def _load(what: str, ref: str, loader, **kwargs):
-    """Local files first (a folder, a file, or the HF cache: no network), then the hub unless
-    HF_HUB_OFFLINE is set or it cannot be reached. Failures become one line saying what to fetch."""
-    local = Path(ref).expanduser().exists()
-    try:
-        return loader(ref, local_files_only=True, **kwargs)
-    except Exception as first:
-        if local or _offline() or not _hub_reachable():
-            reason = (_short(first) if local else "not in the local cache and HF_HUB_OFFLINE is set" if _offline()
-                      else "not in the local cache and the hub is unreachable")
-            raise PVError(
-                f"cannot load {what} {ref!r} offline ({reason})",
-                f"download it first (`hf download {ref}`), point --set backbone.options.{what}=PATH at a local "
-                "copy, or run offline with --profile tiny",
-            ) from None
-    try:
-        return loader(ref, **kwargs)
-    except Exception as exc:
-        reason = _short(exc)
-        raise PVError(
-            f"cannot load {what} {ref!r}: {reason}",
-            "check the id or path, your network and HF token; or run offline with --profile tiny",
-        ) from None
 
 
 def make_animatediff(options: dict | None = None, device: str | None = None) -> AnimateDiffBackbone:
@@ -268,16 +222,16 @@ def make_animatediff(options: dict | None = None, device: str | None = None) -> 
     if opts.revision:
         extra["revision"] = opts.revision
     if _is_single_file(opts.motion_adapter):
-        adapter = _load("motion_adapter", opts.motion_adapter, MotionAdapter.from_single_file, torch_dtype=dtype)
+        adapter = load_pretrained(_MOTION, opts.motion_adapter, MotionAdapter.from_single_file, torch_dtype=dtype)
     else:
-        adapter = _load("motion_adapter", opts.motion_adapter, MotionAdapter.from_pretrained, torch_dtype=dtype)
+        adapter = load_pretrained(_MOTION, opts.motion_adapter, MotionAdapter.from_pretrained, torch_dtype=dtype)
     if _is_single_file(opts.base_model):
-        sd = _load("base_model", opts.base_model, StableDiffusionPipeline.from_single_file, torch_dtype=dtype)
+        sd = load_pretrained(_BASE, opts.base_model, StableDiffusionPipeline.from_single_file, torch_dtype=dtype)
         pipe = AnimateDiffPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
                                    motion_adapter=adapter, scheduler=sd.scheduler)
     else:
-        pipe = _load("base_model", opts.base_model, AnimateDiffPipeline.from_pretrained, motion_adapter=adapter,
-                     torch_dtype=dtype, **extra)
+        pipe = load_pretrained(_BASE, opts.base_model, AnimateDiffPipeline.from_pretrained, motion_adapter=adapter,
+                               torch_dtype=dtype, **extra)
     info = {"base_model": opts.base_model, "motion_adapter": opts.motion_adapter}
     return AnimateDiffBackbone("animatediff", pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer,
                                ddim_scheduler(pipe.scheduler.config), info, dev, dtype)

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from pvcli.contracts import FrameScorer
-from pvcli.errors import PVError
+from pvcli.hub import load_pretrained
 from pvcli.settings import validate_options
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -18,8 +17,9 @@ class ClipScorer(FrameScorer):
     """100 x cosine(CLIP image embedding, CLIP text embedding), differentiable in the pixels
     (resize + normalise in torch, no PIL round trip)."""
 
-    def __init__(self, name: str, model, tokenizer, device: str):
+    def __init__(self, name: str, model, tokenizer, device: str, source: str = ""):
         self.name = name
+        self.source = source
         self.model = model.to(device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.device = torch.device(device)
@@ -48,6 +48,9 @@ class ClipScorer(FrameScorer):
     def score(self, frames: torch.Tensor, prompt: str) -> torch.Tensor:
         return 100.0 * self.image_embedding(frames) @ self.text_embedding(prompt)
 
+    def describe(self) -> str:
+        return f"{self.name}({self.source})" if self.source else self.name
+
 
 @dataclass
 class ClipOptions:
@@ -58,16 +61,10 @@ def make_clip(options: dict | None = None, device: str = "cpu") -> ClipScorer:
     opts = validate_options(ClipOptions, options or {}, "tune.scorer_options")
     from transformers import CLIPModel, CLIPTokenizer
 
-    local = Path(opts.model).expanduser().exists()
-    try:
-        model = CLIPModel.from_pretrained(opts.model, local_files_only=True)
-        tokenizer = CLIPTokenizer.from_pretrained(opts.model, local_files_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise PVError(f"cannot load the CLIP scorer {opts.model!r} ({'' if local else 'not in the local cache: '}{reason})",
-                      f"download it first (`hf download {opts.model}`) or set tune.scorer_options.model=PATH; "
-                      "offline, use tune.scorer=clip-tiny") from None
-    return ClipScorer("clip", model, tokenizer, device)
+    hint = "offline, use --scorer clip-tiny (random weights) or leave the metric out"
+    model = load_pretrained("tune.scorer_options.model", opts.model, CLIPModel.from_pretrained, hint)
+    tokenizer = load_pretrained("tune.scorer_options.model", opts.model, CLIPTokenizer.from_pretrained, hint)
+    return ClipScorer("clip", model, tokenizer, device, source=opts.model)
 
 
 @dataclass
@@ -97,4 +94,4 @@ def make_clip_tiny(options: dict | None = None, device: str = "cpu") -> ClipScor
     from pvcli.tiny import char_tokenizer
 
     opts = validate_options(TinyClipOptions, options or {}, "tune.scorer_options")
-    return ClipScorer("clip-tiny", build_tiny_clip(opts.seed), char_tokenizer(), device)
+    return ClipScorer("clip-tiny", build_tiny_clip(opts.seed), char_tokenizer(), device, source=f"seed={opts.seed}")

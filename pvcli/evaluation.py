@@ -1,0 +1,209 @@
+"""`pv eval`: score videos (or clips generated from an identity) against reference photos."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PVError
+from .plugins import Registry
+from .reporting import Reporter
+from .store import Store
+
+EVAL_PROMPTS = ["{id} walking on a beach at sunset", "{id} playing the guitar on a stage",
+                "close-up portrait of {id} smiling"]
+METRICS = ("face_sim", "face_detect_rate", "clip_t", "dynamic_degree", "temporal_consistency")
+CELL = 128
+
+
+@dataclass
+class Clip:
+    path: Path
+    frames: np.ndarray
+    prompt: str | None
+
+
+def load_clips(paths: list[Path], prompt: str | None) -> list[Clip]:
+    from .video import read_frames, read_metadata
+
+    clips = []
+    for p in paths:
+        frames = read_frames(p)
+        if not len(frames):
+            raise PVError(f"{p} has no frames")
+        clips.append(Clip(p, frames, prompt or read_metadata(p).get("prompt")))
+    return clips
+
+
+def video_paths(target: str) -> list[Path] | None:
+    p = Path(target).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        found = sorted(q for q in p.iterdir() if q.suffix.lower() in (".mp4", ".mov", ".webm", ".mkv", ".gif"))
+        if not found:
+            raise PVError(f"no videos in folder {target}")
+        return found
+    return None
+
+
+def reference_photos(store: Store, refs: list[str]) -> list[Path]:
+    """--ref items: identity names (their reference photos) or photo files/folders/globs."""
+    from .engine.identity import expand_photos
+
+    paths: list[Path] = []
+    for item in refs:
+        if not Path(item).expanduser().exists() and store.exists(item):
+            folder = store.path(item)
+            kept = sorted((folder / "refs").glob("photo_*"))
+            paths += kept or expand_photos(store.load_info(item)["photos"])
+        else:
+            paths += expand_photos([item])
+    return paths
+
+
+def _mean(values):
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return round(float(np.mean(vals)), 4) if vals else None
+
+
+class Evaluator:
+    def __init__(self, registry: Registry, ref_paths: list[Path], encoders: list[str], scorer: str,
+                 scorer_options: dict, flow: str, device: str, reporter: Reporter, no_face: str = "skip"):
+        from .engine.identity import embed_crops, mean_embedding, reference_faces
+
+        self.encoders, self.references, self.ref_crops = {}, {}, {}
+        for name in encoders:
+            enc = registry.create("encoders", name, options={}, device=device)
+            refs = reference_faces(enc, ref_paths, warn=reporter.warn)
+            self.encoders[name] = enc
+            self.references[name] = mean_embedding(embed_crops(enc, [r.crop for r in refs]))
+            self.ref_crops[name] = refs[0].crop
+        self.scorer, self.scorer_note = None, None
+        try:
+            self.scorer = registry.create("scorers", scorer, options=scorer_options, device=device)
+        except PVError as exc:
+            self.scorer_note = f"no CLIP model: {exc.message}"
+        self.flow = flow
+        self.no_face = no_face
+
+    def clip(self, clip: Clip) -> dict:
+        from .engine import evaluate as ev
+
+        row: dict = {"video": str(clip.path), "prompt": clip.prompt, "frames": int(len(clip.frames)),
+                     "face_sim": {}, "face_detect_rate": {}, "models": {}, "notes": {}}
+        self._per_frame = {}
+        for name, enc in self.encoders.items():
+            fs = ev.face_similarity(clip.frames, enc, self.references[name], self.no_face)
+            row["face_sim"][name] = None if fs.value is None else round(fs.value, 4)
+            row[f"face_sim_{name}"] = row["face_sim"][name]
+            row["face_detect_rate"][name] = round(fs.detect_rate, 4)
+            self._per_frame[name] = fs.per_frame
+            if fs.value is None:
+                row["notes"][f"face_sim_{name}"] = "no face detected in any sampled frame"
+            elif self.no_face == "center" and fs.detect_rate < 1:
+                row["notes"][f"face_sim_{name}"] = ("frames without a detected face scored on their centre crop "
+                                                    "(--no-face center; not the papers' protocol)")
+        row["models"]["face_sim"] = {n: e.describe().get("encoder_weights", n) for n, e in self.encoders.items()}
+        if self.scorer is None:
+            row["clip_t"] = row["temporal_consistency"] = None
+            row["notes"]["clip_t"] = row["notes"]["temporal_consistency"] = self.scorer_note
+        else:
+            row["models"]["clip_t"] = row["models"]["temporal_consistency"] = self.scorer.describe()
+            if clip.prompt:
+                row["clip_t"] = round(ev.clip_t(clip.frames, self.scorer, clip.prompt), 4)
+            else:
+                row["clip_t"] = None
+                row["notes"]["clip_t"] = "no prompt (pass --prompt; pv's own mp4s carry theirs)"
+            tc = ev.temporal_consistency(clip.frames, self.scorer)
+            row["temporal_consistency"] = None if tc is None else round(tc, 4)
+        dd, method, note = ev.dynamic_degree(clip.frames, self.flow)
+        row["dynamic_degree"] = None if dd is None else round(dd, 4)
+        row["models"]["dynamic_degree"] = method
+        if note:
+            row["notes"]["dynamic_degree"] = note
+        return row
+
+    def contact_sheet(self, clip: Clip, path: Path) -> Path:
+        """Reference face, then the sampled frames with face boxes and scores (first encoder)."""
+        import cv2
+
+        name = next(iter(self.encoders))
+        per_frame = self._per_frame[name]
+        cols = 4
+        rows = max(1, math.ceil(len(per_frame) / cols))
+        sheet = np.full((rows * CELL, (cols + 1) * CELL, 3), 255, np.uint8)
+        sheet[:CELL, :CELL] = cv2.resize(self.ref_crops[name], (CELL, CELL))
+        cv2.putText(sheet, "reference", (4, CELL - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 0), 1)
+        for k, (i, face, score) in enumerate(per_frame):
+            frame = clip.frames[i].copy()
+            sx, sy = CELL / frame.shape[1], CELL / frame.shape[0]
+            cell = cv2.resize(frame, (CELL, CELL))
+            label = f"#{i} no face" if score is None else f"#{i} centre {score:.2f}"
+            if face is not None:
+                x1, y1, x2, y2 = face.box
+                cv2.rectangle(cell, (int(x1 * sx), int(y1 * sy)), (int(x2 * sx), int(y2 * sy)), (0, 255, 0), 1)
+                label = f"#{i} {score:.2f}"
+            cv2.putText(cell, label, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 0), 1)
+            r, c = divmod(k, cols)
+            sheet[r * CELL:(r + 1) * CELL, (c + 1) * CELL:(c + 2) * CELL] = cell
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        from .store import atomic_write_bytes
+
+        atomic_write_bytes(path, buf.tobytes())
+        return path
+
+
+def aggregate(rows: list[dict]) -> dict:
+    encoders = sorted({n for r in rows for n in r["face_sim"]})
+    out = {"videos": len(rows),
+           "face_sim": {n: _mean(r["face_sim"].get(n) for r in rows) for n in encoders},
+           "face_detect_rate": {n: _mean(r["face_detect_rate"].get(n) for r in rows) for n in encoders}}
+    for n in encoders:
+        out[f"face_sim_{n}"] = out["face_sim"][n]
+    for m in ("clip_t", "dynamic_degree", "temporal_consistency"):
+        out[m] = _mean(r[m] for r in rows)
+    return out
+
+
+def csv_text(rows: list[dict]) -> str:
+    encoders = sorted({n for r in rows for n in r["face_sim"]})
+    fields = ["video", "prompt", "frames", *[f"face_sim_{n}" for n in encoders],
+              *[f"face_detect_rate_{n}" for n in encoders], "clip_t", "dynamic_degree", "temporal_consistency"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, **{f"face_detect_rate_{n}": v for n, v in r["face_detect_rate"].items()}})
+    return buf.getvalue()
+
+
+def generate_clips(registry: Registry, store: Store, name: str, prompts: list[str], seeds: list[int], settings,
+                   out_dir: Path, device, reporter: Reporter, compare_base: bool) -> dict[str, list[Clip]]:
+    """Clips of the identity for every prompt x seed, adapter on ("tuned") and, with
+    compare_base, off ("base") from the same noise."""
+    from . import jobs
+
+    renderer = jobs.IdentityRenderer(registry, store, name, settings, device, reporter)
+    groups: dict[str, list[Clip]] = {"tuned": []}
+    if compare_base:
+        groups["base"] = []
+    for prompt in prompts:
+        for seed in seeds:
+            settings.generate.seed = seed
+            for group in groups:
+                out = out_dir / f"{group}_{jobs.default_output(name, prompt.replace('{id}', ''), seed).name}"
+                rec = renderer.render(prompt, out, adapter=group == "tuned")
+                groups[group].extend(load_clips([Path(rec["path"])], rec["prompt"]))
+    return groups
+
+
+def default_out_dir(name: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"pv-eval-{name}-"))
