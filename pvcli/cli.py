@@ -99,6 +99,7 @@ def create_app() -> typer.Typer:
         rank: int = typer.Option(None, "--rank", help="LoRA rank of the identity adapter."),
         targets: str = typer.Option(None, "--targets", help="Adapter target set: attention or spatial."),
         class_word: str = typer.Option(None, "--class-word", help="Class word in prompts: person, man, woman..."),
+        encoder: str = typer.Option(None, "--encoder", help="Identity encoder for the ID loss (see `pv plugins`)."),
         face_index: int = typer.Option(0, "--face-index", min=0, help="Use the N-th largest face of each photo."),
         prompts: str = typer.Option(None, "--prompts", help="File of tuning prompts (one per line, {id} = identity)."),
         prompts_mode: str = typer.Option(None, "--prompts-mode", help="replace (default) or extend the built-in prompts."),
@@ -127,6 +128,7 @@ def create_app() -> typer.Typer:
                 raise PVError("tune needs reference photo(s) and --name", "e.g. pv tune face.jpg --name alice")
             flags = {"tune.steps": steps, "tune.lr": lr, "tune.seed": seed, "adapter.rank": rank,
                      "adapter.targets": targets, "tune.class_word": class_word, "tune.prompts_mode": prompts_mode,
+                     "encoder.name": encoder,
                      "tune.augment": augment, "adapter.active_fraction": active_fraction, "tune.scr_weight": scr_weight}
             prof, settings = resolve(profile, _overlays(flags, sets))
             info = jobs.tune(_registry(), Store(), photos, name, settings, prof, force=force, face_index=face_index,

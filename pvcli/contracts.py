@@ -89,6 +89,13 @@ class IdentityEncoder(ABC):
         """L2-normalised embeddings (N, dim) of aligned RGB faces (N, 3, S, S) in [0, 1];
         differentiable with respect to `faces`."""
 
+    def align_matrix(self, face: Face) -> np.ndarray:
+        """2x3 matrix taking the face's pixels to the encoder's aligned input (default: the
+        least-squares similarity from its landmarks to `template`)."""
+        from .faces import similarity_transform
+
+        return similarity_transform(face.landmarks, self.template)
+
     def describe(self) -> dict[str, str]:
         return {"encoder": self.name}
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..contracts import IdentityEncoder
 from ..errors import PVError
-from ..faces import Face, box_transform, similarity_transform
+from ..faces import Face, box_transform
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 MIN_REFERENCE_FACE = 40  # px: smaller faces are too blurry to define an identity
@@ -71,7 +71,7 @@ def warp_faces(images: torch.Tensor, matrices: np.ndarray, size: int) -> torch.T
 
 
 def face_matrix(face: Face, encoder: IdentityEncoder) -> np.ndarray:
-    return similarity_transform(face.landmarks, encoder.template)
+    return encoder.align_matrix(face)
 
 
 @dataclass
