@@ -22,6 +22,7 @@ JSON_OPT = typer.Option(False, "--json", help="Print the result as one line of J
 SET_OPT = typer.Option(None, "--set", help="Override a setting: --set tune.lr=5e-4 (repeatable).")
 PROFILE_OPT = typer.Option(None, "--profile", "-p", help="Profile name (see `pv profiles`) or YAML file.")
 DEVICE_OPT = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress output on stderr.")
 
 
 def _fail(message: str, hint: str | None = None, code: int = 1):
@@ -110,7 +111,7 @@ def create_app() -> typer.Typer:
         force: bool = typer.Option(False, "--force", help="Replace an existing identity of that name."),
         device: str = DEVICE_OPT,
         as_json: bool = JSON_OPT,
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+        quiet: bool = QUIET_OPT,
     ):
         """Tune an identity adapter from reference photo(s); `--resume NAME` finishes an interrupted run."""
         from . import jobs
@@ -161,7 +162,7 @@ def create_app() -> typer.Typer:
         no_adapter: bool = typer.Option(False, "--no-adapter", help="Generate with the base model (adapter off)."),
         device: str = DEVICE_OPT,
         as_json: bool = JSON_OPT,
-        quiet: bool = typer.Option(False, "--quiet", "-q"),
+        quiet: bool = QUIET_OPT,
     ):
         """Generate an mp4 of an identity; prints the output path."""
         from . import jobs
@@ -207,7 +208,7 @@ def create_app() -> typer.Typer:
         sheets: Path = typer.Option(None, "--sheets", help="Folder for contact-sheet PNGs (one per video)."),
         device: str = DEVICE_OPT,
         as_json: bool = JSON_OPT,
-        quiet: bool = typer.Option(False, "--quiet", "-q"),
+        quiet: bool = QUIET_OPT,
     ):
         """Measure identity (Face Sim), prompt following (CLIP-T), motion and temporal consistency."""
         from . import evaluation as ev

@@ -66,9 +66,3 @@ def read_settings(folder: Path) -> dict:
         return yaml.safe_load((folder / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise PVError(f"cannot read {folder / 'config.yaml'}: {exc}") from None
-
-
-def read_reference(folder: Path):
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / REFERENCE_FILE))["embedding"]

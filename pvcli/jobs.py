@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import PVError
-from .identity import read_adapter, read_settings, write_identity
+from .identity import read_adapter, write_identity
 from .plugins import Registry
 from .reporting import Reporter
 from .settings import Settings, from_dict
@@ -180,11 +180,6 @@ def _write_sample(backbone, settings: Settings, tuner, run, step: int) -> None:
 
 def _round(x):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 4)
-
-
-def identity_settings(store: Store, name: str) -> tuple[dict, Settings]:
-    info = store.load_info(name)
-    return info, from_dict(read_settings(store.path(name)))
 
 
 def check_backbone_matches(info: dict, backbone_name: str, name: str) -> None:
