@@ -110,3 +110,15 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(encoder, astronaut
     a, b = adapter_state_dict(full.bb.unet), adapter_state_dict(second.bb.unet)
     assert second.step_index == 4
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_checkpointing_gives_the_same_step(encoder, reference):
+    from pv_animatediff.backbone import make_tiny
+
+    adapters = []
+    for flag in ("false", "true"):
+        torch.manual_seed(0)
+        tuner = Tuner(make_tiny(), encoder, _settings(f"tune.gradient_checkpointing={flag}"), reference)
+        tuner.step()
+        adapters.append(adapter_state_dict(tuner.bb.unet))
+    assert all(torch.allclose(adapters[0][k], adapters[1][k], atol=1e-6) for k in adapters[0])
