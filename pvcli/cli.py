@@ -303,15 +303,25 @@ def create_app() -> typer.Typer:
     @app.command()
     @handle_errors
     def rm(name: str = typer.Argument(...), yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")):
-        """Delete an identity."""
+        """Delete an identity (and any interrupted tuning run of that name)."""
+        from .runs import Run
+
         store = Store()
-        store.load_info(name)
+        run = Run(store, name)
+        if not run.exists():
+            store.load_info(name)  # the "no identity named ..." error
+        what = "identity" if store.exists(name) else "interrupted run"
         if not yes:
             if not sys.stdin.isatty():
                 raise PVError(f"refusing to delete {name!r} without confirmation", "pass --yes")
-            if not typer.confirm(f"Delete identity {name!r}?", err=True):
+            if not typer.confirm(f"Delete {what} {name!r}?", err=True):
                 raise typer.Exit(1)
-        emit(str(store.remove(name)), False)
+        if run.exists():
+            run.remove()
+            if what == "interrupted run":
+                emit(str(run.root), False)
+        if store.exists(name):
+            emit(str(store.remove(name)), False)
 
     @app.command()
     @handle_errors

@@ -55,6 +55,16 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(astro
     assert {"loss", "id_sim", "face_hit_rate", "lr", "seconds", "peak_memory_mb"} <= set(log[0])
 
 
+def test_rm_deletes_an_interrupted_run(astronaut, pv_home, monkeypatch):
+    original = Tuner.step
+    monkeypatch.setattr(Tuner, "step", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert run("tune", astronaut, "--name", "bob", *TUNE).exit_code == 130
+    monkeypatch.setattr(Tuner, "step", original)
+    assert (pv_home / "runs" / "bob").is_dir()
+    r = run("rm", "bob", "--yes")
+    assert r.exit_code == 0 and not (pv_home / "runs" / "bob").exists()
+
+
 def test_resume_needs_an_interrupted_run():
     r = run("tune", "--resume", "ghost")
     assert r.exit_code == 1 and "no interrupted run named 'ghost'" in r.stderr
