@@ -68,17 +68,21 @@ def _overlays(flags: dict, sets: list[str] | None) -> list[dict]:
     return [parse_set(sets or []), nested]
 
 
-def _registry():
-    from .plugins import build_plugin_manager
-
-    return build_plugin_manager(warn=lambda m: err.print(f"[yellow]Warning:[/yellow] {m}"))
-
-
 def create_app() -> typer.Typer:
     app = typer.Typer(
         name="pv", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
         help="PersonalVideo: teach a text-to-video model a person's identity from one photo, then make videos of them.",
     )
+
+    loaded = {}
+
+    def _registry():
+        """Plugins load once per app (so a broken plugin warns once), and only when needed."""
+        if "registry" not in loaded:
+            from .plugins import build_plugin_manager
+
+            loaded["registry"] = build_plugin_manager(warn=lambda m: err.print(f"[yellow]Warning:[/yellow] {m}"))
+        return loaded["registry"]
 
     @app.callback(invoke_without_command=True)
     def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
