@@ -4,7 +4,6 @@ Heavy imports (torch, diffusers) happen inside the jobs, so `pv --help` stays fa
 from __future__ import annotations
 
 import functools
-import json
 import os
 import platform
 import sys
@@ -181,10 +180,7 @@ def create_app() -> typer.Typer:
         if profile:
             _, settings = resolve(profile, _overlays(flags, sets))
         else:  # the identity's own resolved settings, then overrides
-            base = read_settings(store.path(name))
-            settings = from_dict(base)
-            for overlay in _overlays(flags, sets):
-                settings = from_dict(_deep_merge(settings.to_dict(), overlay))
+            settings = from_dict(read_settings(store.path(name)), _overlays(flags, sets))
         out = output or jobs.default_output(name, prompt, settings.generate.seed)
         record = jobs.generate(_registry(), store, name, prompt, settings, out, device=device, adapter=not no_adapter,
                                reporter=RichReporter(quiet=quiet or as_json))
@@ -224,7 +220,7 @@ def create_app() -> typer.Typer:
         if no_face not in ("skip", "center"):
             raise PVError(f"--no-face must be skip or center, got {no_face!r}")
         store, reporter, registry = Store(), RichReporter(quiet=quiet or as_json), _registry()
-        scorer_options = {k: v for k, v in (parse_set(scorer_opts or [])).items()}
+        scorer_options = parse_set(scorer_opts or [])
         paths = ev.video_paths(target)
         identity = None
         if paths is None:
@@ -438,16 +434,6 @@ def _eval_table(result: dict) -> None:
     notes = {k: v for r in result["videos"] for k, v in r["notes"].items()}
     for k, v in notes.items():
         err.print(f"[dim]{k}: {v}[/dim]")
-
-
-def _deep_merge(base: dict, overlay: dict) -> dict:
-    out = json.loads(json.dumps(base))
-    for k, v in overlay.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
 
 
 def main() -> None:

@@ -66,7 +66,7 @@ def tune(registry: Registry, store: Store, photos: list[str], name: str, setting
     run = Run(store, name)
     if resume:
         inputs, saved = run.load()
-        settings = from_dict({**saved, "tune": {**saved["tune"], **({"steps": steps} if steps else {})}})
+        settings = from_dict(saved, [{"tune": {"steps": steps}}] if steps else None)
         photos, face_index, prompts, profile = inputs["photos"], inputs["face_index"], inputs["prompts"], inputs["profile"]
         store.check_free(name, force=True)
         paths = expand_photos(photos)

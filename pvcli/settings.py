@@ -250,10 +250,11 @@ def resolve(profile: str | None = None, overlays: list[dict] | None = None) -> t
     return name, settings
 
 
-def from_dict(data: dict) -> Settings:
-    """Rebuild settings saved with an identity (validated the same way)."""
+def from_dict(data: dict, overlays: list[dict] | None = None) -> Settings:
+    """Rebuild settings saved with an identity or run, then apply overlays; validated the same way."""
     settings = Settings()
-    _merge_into(settings, data, "")
+    for layer in [data, *(overlays or [])]:
+        _merge_into(settings, layer, "")
     _validate(settings)
     return settings
 
