@@ -26,7 +26,7 @@ def main() -> None:
 
     from pvcli.engine.identity import embed_crops, mean_embedding, reference_faces
     from pvcli.engine.tune import Tuner
-    from pvcli.jobs import HELD_OUT_SEEDS
+    from pvcli.jobs.tune import HELD_OUT_SEEDS
     from pvcli.plugins import build_plugin_manager
     from pvcli.settings import parse_set, resolve
 

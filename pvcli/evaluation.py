@@ -185,23 +185,25 @@ def csv_text(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def generate_clips(registry: Registry, store: Store, name: str, prompts: list[str], seeds: list[int], settings,
-                   out_dir: Path, device, reporter: Reporter, compare_base: bool) -> dict[str, list[Clip]]:
+def generate_clips(ctx, name: str, prompts: list[str], seeds: list[int], settings, out_dir: Path,
+                   compare_base: bool) -> dict[str, list[Clip]]:
     """Clips of the identity for every prompt x seed, adapter on ("tuned") and, with
     compare_base, off ("base") from the same noise."""
-    from . import jobs
+    import dataclasses
 
-    renderer = jobs.IdentityRenderer(registry, store, name, settings, device, reporter)
+    from .jobs.generate import IdentityRenderer, default_output
+
+    renderer = IdentityRenderer(ctx, name, settings)
     groups: dict[str, list[Clip]] = {"tuned": []}
     if compare_base:
         groups["base"] = []
     for prompt in prompts:
         for seed in seeds:
-            settings.generate.seed = seed
+            g = dataclasses.replace(settings.generate, seed=seed)
             for group in groups:
-                out = out_dir / f"{group}_{jobs.default_output(name, prompt.replace('{id}', ''), seed).name}"
-                rec = renderer.render(prompt, out, adapter=group == "tuned")
-                groups[group].extend(load_clips([Path(rec["path"])], rec["prompt"]))
+                out = out_dir / f"{group}_{default_output(name, prompt.replace('{id}', ''), seed).name}"
+                video = renderer.render(prompt, out, adapter=group == "tuned", generate=g)
+                groups[group].extend(load_clips([video.path], video.record["prompt"]))  # scored as saved
     return groups
 
 

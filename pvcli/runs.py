@@ -6,15 +6,13 @@ until `pv tune --resume NAME` finishes it or `--force` starts over."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from .errors import PVError
-from .store import Store, validate_name
+from .store import Store, atomic_write_file, validate_name
 
 
 class Run:
@@ -46,13 +44,7 @@ class Run:
         import torch
 
         path = self.checkpoints / f"step_{state['step']:07d}.pt"
-        fd, tmp = tempfile.mkstemp(prefix=".ckpt.", suffix=".tmp", dir=self.checkpoints)
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        atomic_write_file(path, lambda tmp: torch.save(state, tmp))
         for old in self.checkpoint_paths()[:-keep]:
             old.unlink(missing_ok=True)
         return path

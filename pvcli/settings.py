@@ -238,6 +238,20 @@ def parse_set(items: list[str]) -> dict:
     return overlay
 
 
+def overlay(values: dict[str, Any]) -> dict:
+    """{"tune.steps": 3, "generate.seed": None} -> {"tune": {"steps": 3}}: dotted keys nested, None skipped."""
+    nested: dict = {}
+    for path, value in values.items():
+        if value is None:
+            continue
+        node = nested
+        *sections, key = path.split(".")
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = value
+    return nested
+
+
 def resolve(profile: str | None = None, overlays: list[dict] | None = None) -> tuple[str, Settings]:
     """Defaults, then the profile, then each overlay in order; validated."""
     name, data = read_profile(profile or DEFAULT_PROFILE)

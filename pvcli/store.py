@@ -101,13 +101,20 @@ class Store:
         return path
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_file(path: Path, write, suffix: str = ".tmp") -> Path:
+    """`write(tmp_path)` into a temporary file beside `path`, then rename it into place: readers
+    never see a half-written file, and a failure leaves `path` as it was."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write_file(path, lambda tmp: tmp.write_bytes(data))

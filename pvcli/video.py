@@ -4,21 +4,30 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import PVError
+from .store import atomic_write_file
 
 
 def _ffmpeg() -> str:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def check_video_path(path: Path) -> Path:
+    """Refuse an output path pv cannot write, before any work is done."""
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise PVError(f"output must be an .mp4 file, got {path.name}")
+    if path.is_dir():
+        raise PVError(f"output {path} is a folder, not an .mp4 file")
+    return path
 
 
 def write_mp4(frames: np.ndarray, path: Path, fps: int, metadata: dict | None = None) -> Path:
@@ -28,25 +37,20 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int, metadata: dict | None = 
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected (F, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
-    path = Path(path)
-    if path.suffix.lower() != ".mp4":
-        raise PVError(f"output must be an .mp4 file, got {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.mp4", dir=path.parent)
-    os.close(fd)
+    path = check_video_path(path)
     params = ["-movflags", "+faststart"]
     if metadata:
         params += ["-metadata", f"comment={json.dumps(metadata, sort_keys=True)}"]
-    try:
+
+    def write(tmp: Path) -> None:
         clip = ImageSequenceClip(list(frames), fps=fps)
-        clip.write_videofile(tmp, fps=fps, codec="libx264", audio=False, logger=None, preset="medium",
+        clip.write_videofile(str(tmp), fps=fps, codec="libx264", audio=False, logger=None, preset="medium",
                              pixel_format="yuv420p", ffmpeg_params=params)
-        os.replace(tmp, path)
+
+    try:
+        return atomic_write_file(path, write, suffix=".tmp.mp4")  # moviepy picks the format by suffix
     except OSError as exc:
         raise PVError(f"cannot write {path}: {exc}") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 def read_frames(path: Path) -> np.ndarray:

@@ -1,0 +1,178 @@
+"""pv's Python API: what the CLI does, callable from a notebook or a script.
+
+    import pvcli as pv
+
+    alice = pv.tune(["face.jpg"], name="alice", profile="tiny", steps=30)
+    clip = alice.generate("surfing at sunset", seed=1, output="surf.mp4")
+    clip.frames.shape                      # (frames, height, width, 3) uint8
+    pv.evaluate("surf.mp4", refs=["alice"])  # the dict `pv eval --json` prints
+
+Importing this module imports no torch; models load on first use. Errors are `PVError`
+(message + hint), as in the CLI. Progress goes to `progress=callback` as `ProgressEvent`s.
+Settings are layered as in the CLI: pv's defaults -> profile -> `overrides` (dotted keys,
+e.g. {"tune.sample_every": 10}) -> keyword settings (the CLI's flags, e.g. steps=30)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .context import Context
+from .errors import PVError
+from .jobs.generate import Video
+from .reporting import ProgressEvent, Reporter, reporter_for
+from .settings import overlay
+from .store import Store
+
+__all__ = ["Context", "Identity", "PVError", "ProgressEvent", "Video", "evaluate", "list_identities", "resume", "tune"]
+
+TUNE_SETTINGS = {
+    "steps": "tune.steps", "lr": "tune.lr", "seed": "tune.seed", "rank": "adapter.rank",
+    "targets": "adapter.targets", "class_word": "tune.class_word", "prompts_mode": "tune.prompts_mode",
+    "encoder": "encoder.name", "augment": "tune.augment", "active_fraction": "adapter.active_fraction",
+    "scr_weight": "tune.scr_weight",
+}
+GENERATE_SETTINGS = {
+    "seed": "generate.seed", "steps": "generate.steps", "frames": "generate.frames", "fps": "generate.fps",
+    "height": "generate.height", "width": "generate.width", "guidance": "generate.guidance_scale",
+    "negative": "generate.negative_prompt", "adapter_scale": "generate.adapter_scale",
+}
+
+Progress = Callable[[ProgressEvent], None] | Reporter | None
+Overrides = dict[str, Any] | Iterable[str] | None
+
+
+def _context(context: Context | None, device: str | None, progress: Progress) -> Context:
+    if context is not None:
+        return context
+    return Context(store=Store(), reporter=reporter_for(progress), device=device)
+
+
+def _overlays(aliases: dict[str, str], values: dict[str, Any], overrides: Overrides) -> list[dict]:
+    """Overrides (dotted keys or "a.b=v" strings), then keyword settings (which win)."""
+    from .settings import parse_set
+
+    unknown = sorted(set(values) - set(aliases))
+    if unknown:
+        raise PVError(f"unknown setting {unknown[0]!r}",
+                      f"known: {', '.join(aliases)}; anything else via overrides={{'section.key': value}}")
+    if overrides is None:
+        first = {}
+    elif isinstance(overrides, dict):
+        first = overlay(overrides)
+    else:
+        first = parse_set(list(overrides))
+    return [first, overlay({aliases[k]: v for k, v in values.items()})]
+
+
+def tune(photos: str | Path | Iterable[str | Path], name: str, *, profile: str | None = None,
+         overrides: Overrides = None, force: bool = False, face_index: int = 0, prompts_file: str | Path | None = None,
+         device: str | None = None, progress: Progress = None, context: Context | None = None,
+         **settings: Any) -> Identity:
+    """Tune identity `name` from reference photo(s) (files, folders or globs). Keyword settings:
+    steps, lr, seed, rank, targets, class_word, prompts_mode, encoder, augment, active_fraction,
+    scr_weight. The identity's `info` carries the run's numbers (held-out ID similarity before and
+    after, seconds per step, peak memory)."""
+    from .jobs.tune import TuneRequest
+    from .jobs.tune import tune as tune_job
+    from .settings import resolve
+
+    if not name:
+        raise PVError("tune needs a name for the identity", "e.g. pv tune face.jpg --name alice")
+    photo_list = [str(photos)] if isinstance(photos, (str, Path)) else [str(p) for p in photos or []]
+    if not photo_list:
+        raise PVError("tune needs reference photo(s)", "e.g. pv tune face.jpg --name alice")
+    prof, resolved = resolve(profile, _overlays(TUNE_SETTINGS, settings, overrides))
+    ctx = _context(context, device, progress)
+    info = tune_job(ctx, TuneRequest(name, photo_list, resolved, prof, force=force, face_index=face_index,
+                                     prompts_file=str(prompts_file) if prompts_file else None))
+    return Identity(name, info, ctx)
+
+
+def resume(name: str, *, steps: int | None = None, device: str | None = None, progress: Progress = None,
+           context: Context | None = None) -> Identity:
+    """Finish the interrupted tuning run of `name` (`steps` may extend it)."""
+    from .jobs.tune import resume as resume_job
+
+    ctx = _context(context, device, progress)
+    return Identity(name, resume_job(ctx, name, steps=steps), ctx)
+
+
+@dataclass
+class Identity:
+    """A tuned identity in the store. `generate` loads its backbone and adapter once and reuses them."""
+
+    name: str
+    info: dict = field(default_factory=dict)
+    context: Context = field(default_factory=Context, repr=False)
+    profile: str | None = None
+    overrides: Overrides = field(default=None, repr=False)
+    _renderer: Any = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, name: str, *, profile: str | None = None, overrides: Overrides = None, device: str | None = None,
+             progress: Progress = None, context: Context | None = None) -> Identity:
+        """Open identity `name`; `profile`/`overrides` change the settings it renders with."""
+        ctx = _context(context, device, progress)
+        return cls(name, ctx.store.load_info(name), ctx, profile, overrides)
+
+    @property
+    def path(self) -> Path:
+        return self.context.store.path(self.name)
+
+    def settings(self, **settings: Any):
+        """The resolved settings a `generate(**settings)` call would use."""
+        from .jobs.generate import identity_settings
+
+        return identity_settings(self.context, self.name, self.profile,
+                                 _overlays(GENERATE_SETTINGS, settings, self.overrides))
+
+    def generate(self, prompt: str, *, output: str | Path | None = None, adapter: bool = True, **settings: Any):
+        """Render one clip -> `Video` (frames, record, path). Written as mp4 when `output` is given.
+        Keyword settings: seed, steps, frames, fps, height, width, guidance, negative, adapter_scale."""
+        from .jobs.generate import IdentityRenderer
+        from .video import check_video_path
+
+        if output is not None:
+            check_video_path(Path(output))  # before minutes of work
+        resolved = self.settings(**settings)
+        if self._renderer is None or self._renderer.settings.backbone != resolved.backbone:
+            self._renderer = IdentityRenderer(self.context, self.name, resolved)
+        return self._renderer.render(prompt, Path(output) if output is not None else None, adapter=adapter,
+                                     generate=resolved.generate)
+
+    def evaluate(self, **kwargs: Any) -> dict:
+        """`pv eval NAME`: generate clips of this identity and score them (see `evaluate`)."""
+        return evaluate(self.name, context=self.context, **kwargs)
+
+    def remove(self) -> list[Path]:
+        from .jobs.manage import remove as remove_job
+
+        return remove_job(self.context, self.name)
+
+
+def evaluate(target: str | Path, *, refs: Iterable[str] | None = None, prompts: Iterable[str] | None = None,
+             seeds: Iterable[int] | None = None, encoders: Iterable[str] | None = None, scorer: str = "clip",
+             scorer_options: dict | None = None, flow: str = "auto", no_face: str = "skip",
+             compare_base: bool = False, out_dir: str | Path | None = None, csv: str | Path | None = None,
+             sheets: str | Path | None = None, device: str | None = None, progress: Progress = None,
+             context: Context | None = None) -> dict:
+    """Score videos (a file or folder) or an identity's generated clips: Face Sim per encoder, face
+    detection rate, CLIP-T, Dynamic Degree, temporal consistency. Returns what `pv eval --json` prints."""
+    from .jobs.evaluate import EvalRequest
+    from .jobs.evaluate import evaluate as evaluate_job
+
+    req = EvalRequest(str(target), list(refs or []), list(prompts or []), list(seeds or []), list(encoders or []),
+                      scorer, dict(scorer_options or {}), flow, no_face, compare_base,
+                      Path(out_dir) if out_dir else None, Path(csv) if csv else None,
+                      Path(sheets) if sheets else None)
+    return evaluate_job(_context(context, device, progress), req)
+
+
+def list_identities(context: Context | None = None) -> list[dict]:
+    """Every identity's summary (identity.json)."""
+    from .jobs.manage import list_identities as list_job
+
+    return list_job(_context(context, None, None))

@@ -1,0 +1,69 @@
+"""What every command shares: its options, the error handling, and the app's state (the
+plugin registry, loaded once per app so a broken plugin warns once)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import typer
+
+from ..console import RichReporter, err
+from ..context import Context
+from ..errors import PVError
+from ..store import Store
+
+JSON_OPT = typer.Option(False, "--json", help="Print the result as one line of JSON on stdout; no progress bars.")
+SET_OPT = typer.Option(None, "--set", help="Override a setting: --set tune.lr=5e-4 (repeatable).")
+PROFILE_OPT = typer.Option(None, "--profile", "-p", help="Profile name (see `pv profiles`) or YAML file.")
+DEVICE_OPT = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress output on stderr.")
+FORCE_OPT = typer.Option(False, "--force", help="Replace an existing identity or file of that name.")
+
+
+class AppState:
+    def __init__(self):
+        self._registry = None
+
+    def registry(self):
+        if self._registry is None:
+            from ..plugins import build_plugin_manager
+
+            self._registry = build_plugin_manager(warn=lambda m: err.print(f"[yellow]Warning:[/yellow] {m}"))
+        return self._registry
+
+    def context(self, quiet: bool = False, device: str | None = None) -> Context:
+        return Context(store=Store(), reporter=RichReporter(quiet=quiet), device=device,
+                       registry_factory=self.registry)
+
+
+def fail(message: str, hint: str | None = None, code: int = 1):
+    err.print(f"[red]Error:[/red] {message}", soft_wrap=True)
+    if hint:
+        err.print(f"  {hint}", soft_wrap=True, style="dim")
+    raise typer.Exit(code)
+
+
+def handle_errors(fn):
+    """Known failures -> one line + hint, exit 1; Ctrl-C -> exit 130; PV_DEBUG=1 shows tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except PVError as exc:
+            if os.environ.get("PV_DEBUG"):
+                raise
+            fail(exc.message, exc.hint, exc.exit_code)
+        except KeyboardInterrupt:
+            err.print("[yellow]Interrupted.[/yellow] Nothing was saved for the unfinished job.")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get("PV_DEBUG"):
+                raise
+            fail(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                 "this is a bug in pv or a plugin; rerun with PV_DEBUG=1 for the traceback")
+
+    return wrapper

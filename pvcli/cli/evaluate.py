@@ -1,0 +1,74 @@
+"""`pv eval`: score videos, or an identity's generated clips, against reference photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..console import emit, err
+from .common import DEVICE_OPT, JSON_OPT, QUIET_OPT, AppState, handle_errors
+
+
+def register(app: typer.Typer, state: AppState) -> None:
+    @app.command("eval")
+    @handle_errors
+    def eval_(
+        target: str = typer.Argument(..., help="A video, a folder of videos, or an identity name (clips are generated)."),
+        refs: list[str] = typer.Option(None, "--ref", help="Reference photo(s) or identity name (repeatable)."),
+        prompts: list[str] = typer.Option(None, "--prompt", help="Prompt(s): the text for CLIP-T; for an identity, "
+                                          "what to generate (repeatable)."),
+        seeds: list[int] = typer.Option(None, "--seed", help="Seeds to generate with, for an identity (repeatable)."),
+        encoders: list[str] = typer.Option(None, "--encoder", help="Identity encoder(s) to judge with (repeatable; "
+                                           "default: the identity's own, else facenet)."),
+        scorer: str = typer.Option("clip", "--scorer", help="Image-text model for CLIP-T / temporal consistency."),
+        scorer_opts: list[str] = typer.Option(None, "--scorer-option", help="key=value for the scorer, e.g. model=PATH."),
+        flow: str = typer.Option("auto", "--flow", help="Optical flow for Dynamic Degree: auto, raft or farneback."),
+        no_face: str = typer.Option("skip", "--no-face", help="Frames without a face: skip (the papers' protocol) "
+                                    "or center (score the centre crop, e.g. for the tiny backbone)."),
+        compare_base: bool = typer.Option(False, "--compare-base", help="Identity only: also generate with the "
+                                          "adapter off (same prompts and seeds) and compare."),
+        out_dir: Path = typer.Option(None, "--out-dir", help="Where generated clips go (default: a temp folder)."),
+        csv_path: Path = typer.Option(None, "--csv", help="Write per-video metrics as CSV."),
+        sheets: Path = typer.Option(None, "--sheets", help="Folder for contact-sheet PNGs (one per video)."),
+        device: str = DEVICE_OPT,
+        as_json: bool = JSON_OPT,
+        quiet: bool = QUIET_OPT,
+    ):
+        """Measure identity (Face Sim), prompt following (CLIP-T), motion and temporal consistency."""
+        from .. import api
+        from ..settings import parse_set
+
+        result = api.evaluate(target, refs=refs, prompts=prompts, seeds=seeds, encoders=encoders, scorer=scorer,
+                              scorer_options=parse_set(scorer_opts or []), flow=flow, no_face=no_face,
+                              compare_base=compare_base, out_dir=out_dir, csv=csv_path, sheets=sheets,
+                              context=state.context(quiet or as_json, device))
+        if not (quiet or as_json):
+            _table(result)
+        emit(result if as_json else "\n".join(r["video"] for r in result["videos"]), as_json)
+
+
+def _table(result: dict) -> None:
+    from rich.table import Table
+
+    groups = [g for g in ("aggregate", "tuned", "base", "delta") if g in result]
+    first = result[groups[0]]
+    encoders = list(first["face_sim"])
+    table = Table(title="pv eval", title_justify="left")
+    table.add_column("metric")
+    for g in groups:
+        table.add_column(g, justify="right")
+    metric_rows = [(f"face_sim ({n})", "face_sim", n) for n in encoders]
+    metric_rows += [(f"face_detect_rate ({n})", "face_detect_rate", n) for n in encoders]
+    metric_rows += [(m, m, None) for m in ("clip_t", "dynamic_degree", "temporal_consistency")]
+    for label, key, sub in metric_rows:
+        cells = []
+        for g in groups:
+            v = result[g].get(key)
+            v = v.get(sub) if sub is not None and isinstance(v, dict) else v
+            cells.append("-" if v is None else f"{v:.4f}")
+        table.add_row(label, *cells)
+    err.print(table)
+    notes = {k: v for r in result["videos"] for k, v in r["notes"].items()}
+    for k, v in notes.items():
+        err.print(f"[dim]{k}: {v}[/dim]")

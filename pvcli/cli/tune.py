@@ -1,0 +1,64 @@
+"""`pv tune`: learn an identity from photos, or finish an interrupted run."""
+
+from __future__ import annotations
+
+import typer
+
+from ..console import emit, err
+from ..errors import PVError
+from .common import DEVICE_OPT, FORCE_OPT, JSON_OPT, PROFILE_OPT, QUIET_OPT, SET_OPT, AppState, handle_errors
+
+
+def register(app: typer.Typer, state: AppState) -> None:
+    @app.command()
+    @handle_errors
+    def tune(
+        photos: list[str] = typer.Argument(None, help="Reference photo(s): files, folders or globs."),
+        name: str = typer.Option(None, "--name", "-n", help="Name of the identity to create."),
+        resume: str = typer.Option(None, "--resume", help="Resume the interrupted run of this identity."),
+        profile: str = PROFILE_OPT,
+        sets: list[str] = SET_OPT,
+        steps: int = typer.Option(None, "--steps", help="Tuning steps."),
+        lr: float = typer.Option(None, "--lr", help="Learning rate."),
+        seed: int = typer.Option(None, "--seed", help="Seed for noise, prompts and frames."),
+        rank: int = typer.Option(None, "--rank", help="LoRA rank of the identity adapter."),
+        targets: str = typer.Option(None, "--targets", help="Adapter target set: attention or spatial."),
+        class_word: str = typer.Option(None, "--class-word", help="Class word in prompts: person, man, woman..."),
+        encoder: str = typer.Option(None, "--encoder", help="Identity encoder for the ID loss (see `pv plugins`)."),
+        face_index: int = typer.Option(0, "--face-index", min=0, help="Use the N-th largest face of each photo."),
+        prompts: str = typer.Option(None, "--prompts", help="File of tuning prompts (one per line, {id} = identity)."),
+        prompts_mode: str = typer.Option(None, "--prompts-mode", help="replace (default) or extend the built-in prompts."),
+        augment: bool = typer.Option(None, "--augment/--no-augment", help="Simulated prompt augmentation (default on)."),
+        active_fraction: float = typer.Option(None, "--active-fraction",
+                                              help="Adapter active in the last fraction of denoising steps (1 = all; "
+                                                   "use 1 for identities you mainly export to other tools)."),
+        scr_weight: float = typer.Option(None, "--scr-weight", help="Semantic Consistency Reward weight (0 = off)."),
+        force: bool = FORCE_OPT,
+        device: str = DEVICE_OPT,
+        as_json: bool = JSON_OPT,
+        quiet: bool = QUIET_OPT,
+    ):
+        """Tune an identity adapter from reference photo(s); `--resume NAME` finishes an interrupted run."""
+        from .. import api
+
+        ctx = state.context(quiet or as_json, device)
+        if resume:
+            if photos or name or profile or sets:
+                raise PVError("--resume takes the photos, profile and settings of the interrupted run",
+                              "only --steps, --device and output options may be given with it")
+            identity = api.resume(resume, steps=steps, context=ctx)
+        else:
+            if not photos or not name:
+                raise PVError("tune needs reference photo(s) and --name", "e.g. pv tune face.jpg --name alice")
+            identity = api.tune(photos, name, profile=profile, overrides=sets, force=force, face_index=face_index,
+                                prompts_file=prompts, context=ctx, steps=steps, lr=lr, seed=seed, rank=rank,
+                                targets=targets, class_word=class_word, prompts_mode=prompts_mode, encoder=encoder,
+                                augment=augment, active_fraction=active_fraction, scr_weight=scr_weight)
+        info = identity.info
+        if not (quiet or as_json):
+            before, after = info["held_out_id_sim_before"], info["held_out_id_sim_after"]
+            err.print(f"[green]Tuned[/green] {identity.name}: {info['steps']} steps, {info['seconds_per_step']} s/step; "
+                      f"held-out ID similarity ({info['encoder']}) {before} -> {after}")
+            if info["note"]:
+                err.print(f"[dim]Note: {info['note']}[/dim]")
+        emit(info if as_json else identity.name, as_json)

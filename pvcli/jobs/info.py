@@ -1,0 +1,55 @@
+"""What is installed: plugins, shipped profiles, and the environment (for bug reports)."""
+
+from __future__ import annotations
+
+import platform
+
+from .. import __version__
+from ..context import Context
+
+PACKAGES = ("torch", "diffusers", "transformers", "peft", "onnxruntime", "onnxruntime-gpu", "insightface",
+            "opencv-python", "moviepy", "imageio-ffmpeg")
+
+
+def plugins(ctx: Context) -> list[dict]:
+    return [{"name": p.name, "version": p.version, "hooks": p.hooks, "registered": p.registered,
+             **({"error": p.error} if p.error else {})} for p in ctx.registry.plugins.values()]
+
+
+def profiles() -> list[dict]:
+    from ..settings import DEFAULT_PROFILE, read_profile, shipped_profiles
+
+    rows = []
+    for name in sorted(shipped_profiles()):
+        _, data = read_profile(name)
+        rows.append({"name": name, "default": name == DEFAULT_PROFILE, "description": data.get("description", "")})
+    return rows
+
+
+def environment(ctx: Context) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    info = {"pv": __version__, "python": platform.python_version(), "platform": platform.platform(),
+            "pv_home": str(ctx.store.home)}
+    for pkg in PACKAGES:
+        try:
+            info[pkg] = version(pkg)
+        except PackageNotFoundError:
+            info[pkg] = None
+    import torch
+
+    info["cuda"] = torch.cuda.is_available()
+    info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    try:
+        import onnxruntime
+
+        info["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    except ImportError:
+        info["onnxruntime_providers"] = []
+    try:
+        import imageio_ffmpeg
+
+        info["ffmpeg"] = imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception:
+        info["ffmpeg"] = None
+    return info

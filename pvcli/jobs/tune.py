@@ -1,0 +1,201 @@
+"""Tuning an identity: resolve the photos and prompts, build the plugins, run the engine's
+Tuner with checkpoints and a per-step log, and write the identity atomically when it ends."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..context import Context
+from ..errors import PVError
+from ..identity import write_identity
+from ..settings import Settings, from_dict
+from ..store import validate_name
+from .common import build_backbone, build_encoder, peak_memory_mb
+
+TINY_NOTE = ("tiny backbone: random weights that never draw a face. This run proves the mechanics "
+             "(gradients reach only the adapter, the loss falls, held-out similarity on the tuning "
+             "encoder rises), not identity fidelity: use real AnimateDiff weights for that.")
+HELD_OUT_SEEDS = [1001, 1002, 1003]
+
+
+@dataclass
+class TuneRequest:
+    """What a new tuning run needs beside its settings."""
+
+    name: str
+    photos: list[str]
+    settings: Settings
+    profile: str = ""
+    force: bool = False
+    face_index: int = 0
+    prompts_file: str | None = None
+    eval_held_out: bool = True
+
+
+@dataclass
+class _RunInputs:
+    name: str
+    paths: list[Path]
+    settings: Settings
+    profile: str
+    face_index: int
+    prompts: list[str] | None
+    force: bool
+    resume: bool
+    eval_held_out: bool
+
+
+def tune(ctx: Context, request: TuneRequest) -> dict:
+    """Tune a new identity. Checkpoints go to the run folder every tune.checkpoint_every steps
+    and on Ctrl-C; the identity is written only when tuning ends."""
+    from ..engine.identity import expand_photos
+    from ..engine.prompts import load_prompt_file
+    from ..runs import Run
+
+    name = validate_name(request.name)
+    run = Run(ctx.store, name)
+    ctx.store.check_free(name, request.force)  # fail before minutes of work, and again before replacing
+    if run.exists() and not request.force:
+        raise PVError(f"an interrupted run of {name!r} exists", f"resume it with `pv tune --resume {name}`, "
+                      "or pass --force to start over")
+    if not request.photos:
+        raise PVError("tune needs reference photo(s)", "e.g. pv tune face.jpg --name alice")
+    paths = expand_photos(request.photos)
+    prompts = load_prompt_file(request.prompts_file) if request.prompts_file else None
+    run.start({"photos": [str(p) for p in paths], "face_index": request.face_index, "prompts": prompts,
+               "profile": request.profile}, request.settings.to_dict())
+    return _tune(ctx, run, _RunInputs(name, paths, request.settings, request.profile, request.face_index, prompts,
+                                      request.force, False, request.eval_held_out))
+
+
+def resume(ctx: Context, name: str, steps: int | None = None, eval_held_out: bool = True) -> dict:
+    """Finish the interrupted run of `name` with its own photos and settings; `steps` may extend it."""
+    from ..engine.identity import expand_photos
+    from ..runs import Run
+
+    run = Run(ctx.store, validate_name(name))
+    inputs, saved = run.load()
+    settings = from_dict(saved, [{"tune": {"steps": steps}}] if steps else None)
+    ctx.store.check_free(name, force=True)
+    return _tune(ctx, run, _RunInputs(name, expand_photos(inputs["photos"]), settings, inputs["profile"],
+                                      inputs["face_index"], inputs["prompts"], True, True, eval_held_out))
+
+
+def _tune(ctx: Context, run, r: _RunInputs) -> dict:
+    import copy
+
+    import torch
+
+    from ..engine.adapter import adapter_state_dict
+    from ..engine.identity import embed_crops, mean_embedding, reference_faces
+    from ..engine.tune import Tuner
+
+    settings, reporter, name = r.settings, ctx.reporter, r.name
+    t = settings.tune
+    torch.manual_seed(t.seed)
+    backbone = build_backbone(ctx, settings)
+    encoder = build_encoder(ctx, settings, str(backbone.device))
+    scorer = None
+    if t.scr_weight > 0:
+        reporter.status(f"loading scorer {t.scorer}")
+        scorer = ctx.registry.create("scorers", t.scorer, options=t.scorer_options, device=str(backbone.device))
+    refs = reference_faces(encoder, r.paths, r.face_index, warn=reporter.warn)
+    per_photo = embed_crops(encoder, [ref.crop for ref in refs])
+    reference = mean_embedding(per_photo)
+
+    tuner = Tuner(backbone, encoder, settings, refs, prompts=r.prompts, scorer=scorer)
+    if r.resume:
+        state = run.latest_checkpoint()
+        if state is not None:
+            tuner.load_state_dict(state)
+            run.truncate_log(tuner.step_index)
+            reporter.status(f"resuming {name} at step {tuner.step_index}")
+    before = tuner.held_out_similarity(HELD_OUT_SEEDS, adapter=False) if r.eval_held_out else None
+    start = time.perf_counter()
+    first_step = tuner.step_index
+    with reporter.progress(f"tuning {name}", t.steps) as advance:
+        for _ in range(first_step):
+            advance()
+        while tuner.step_index < t.steps:
+            snapshot = copy.deepcopy(tuner.state_dict())  # what a Ctrl-C mid-step saves
+            try:
+                stats = tuner.step()
+            except KeyboardInterrupt:
+                run.save_checkpoint(snapshot, t.keep_checkpoints)
+                raise PVError(f"interrupted at step {snapshot['step']} of {t.steps}; checkpoint saved",
+                              f"resume with `pv tune --resume {name}`", exit_code=130) from None
+            run.log({**stats.__dict__, "face_hit_rate": stats.face_hits / max(1, stats.frames),
+                     "peak_memory_mb": round(peak_memory_mb(backbone.device), 1)})
+            advance(loss=stats.loss, id_sim=stats.id_sim)
+            if t.checkpoint_every and stats.step % t.checkpoint_every == 0 and stats.step < t.steps:
+                run.save_checkpoint(tuner.state_dict(), t.keep_checkpoints)
+            if t.sample_every and stats.step % t.sample_every == 0:
+                _write_sample(backbone, settings, tuner, run, stats.step)
+    seconds = time.perf_counter() - start
+    after = tuner.held_out_similarity(HELD_OUT_SEEDS) if r.eval_held_out else None
+    log = [json.loads(ln) for ln in run.log_path.read_text().splitlines() if ln] if run.log_path.is_file() else []
+    sims = [rec["id_sim"] for rec in log if rec["id_sim"] is not None]
+    hits, frames = sum(rec["face_hits"] for rec in log), sum(rec["frames"] for rec in log)
+
+    adapter = adapter_state_dict(backbone.unet)
+    described = {**backbone.describe(), **encoder.describe()}
+    a = settings.adapter
+    metadata = {
+        **described, "targets": a.targets, "rank": str(a.rank), "alpha": str(a.alpha),
+        "active_fraction": str(a.active_fraction), "steps": str(t.steps), "seed": str(t.seed), "token": t.token,
+        "class_word": t.class_word,
+        "lora_adapter_metadata": {"r": a.rank, "lora_alpha": a.alpha, "target_modules": backbone.adapter_targets(a.targets),
+                                  "init_lora_weights": "gaussian"},
+    }
+    done = max(1, t.steps - first_step)
+    info = {
+        "name": name, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "pv_version": __version__, "profile": r.profile, **described,
+        "photos": [str(p) for p in r.paths], "adapter_layers": len(tuner.layers),
+        "adapter_parameters": sum(v.numel() for v in adapter.values()), "active_fraction": a.active_fraction,
+        "steps": t.steps, "resumed_at": first_step or None, "seconds": round(seconds, 2),
+        "seconds_per_step": round(seconds / done, 3),
+        "id_sim_first": _round(sims[0]) if sims else None, "id_sim_last": _round(sims[-1]) if sims else None,
+        "held_out_id_sim_before": _round(before), "held_out_id_sim_after": _round(after),
+        "face_hit_rate": round(hits / frames, 3) if frames else None,
+        "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
+        "note": TINY_NOTE if backbone.name.endswith("tiny") else "",
+    }
+    with ctx.store.writer(name, force=r.force) as folder:
+        write_identity(folder, adapter=adapter, metadata=metadata, reference=reference, per_photo=per_photo,
+                       crops=[ref.crop for ref in refs], photos=[str(p) for p in r.paths],
+                       settings=settings.to_dict(), info=info)
+        if run.log_path.is_file():
+            shutil.copy2(run.log_path, folder / "log.jsonl")
+        if any(run.samples.iterdir()):
+            shutil.copytree(run.samples, folder / "samples")
+    run.remove()
+    info["path"] = str(ctx.store.path(name))
+    return info
+
+
+def _write_sample(backbone, settings: Settings, tuner, run, step: int) -> None:
+    """A short clip and its first frame, with the adapter as it is now (fixed seed and prompt)."""
+    import cv2
+
+    from ..engine.generate import generate_frames
+    from ..engine.sampling import adapted_steps
+    from ..video import write_mp4
+
+    g = settings.generate
+    prompt = tuner.prompts.prompts[0]
+    frames = generate_frames(backbone, prompt, g, adapter_steps=adapted_steps(g.steps, settings.adapter.active_fraction))
+    stem = run.samples / f"step_{step:07d}"
+    write_mp4(frames.numpy(), stem.with_suffix(".mp4"), g.fps, metadata={"step": step, "prompt": prompt, "seed": g.seed})
+    cv2.imwrite(str(stem.with_suffix(".png")), cv2.cvtColor(frames[0].numpy(), cv2.COLOR_RGB2BGR))
+
+
+def _round(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 4)
