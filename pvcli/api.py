@@ -26,7 +26,8 @@ from .reporting import ProgressEvent, Reporter, reporter_for
 from .settings import overlay
 from .store import Store
 
-__all__ = ["Context", "Identity", "PVError", "ProgressEvent", "Video", "evaluate", "list_identities", "resume", "tune"]
+__all__ = ["Context", "Identity", "PVError", "ProgressEvent", "Video", "evaluate", "export", "import_identity",
+           "list_identities", "resume", "tune"]
 
 TUNE_SETTINGS = {
     "steps": "tune.steps", "lr": "tune.lr", "seed": "tune.seed", "rank": "adapter.rank",
@@ -147,6 +148,10 @@ class Identity:
         """`pv eval NAME`: generate clips of this identity and score them (see `evaluate`)."""
         return evaluate(self.name, context=self.context, **kwargs)
 
+    def export(self, fmt: str = "diffusers", output: str | Path | None = None, **kwargs: Any) -> dict:
+        """The adapter as a LoRA file (or `bundle=PATH`: the whole identity); see `export`."""
+        return export(self.name, fmt, output, context=self.context, **kwargs)
+
     def remove(self) -> list[Path]:
         from .jobs.manage import remove as remove_job
 
@@ -176,3 +181,27 @@ def list_identities(context: Context | None = None) -> list[dict]:
     from .jobs.manage import list_identities as list_job
 
     return list_job(_context(context, None, None))
+
+
+def export(name: str, fmt: str = "diffusers", output: str | Path | None = None, *, bundle: str | Path | None = None,
+           force: bool = False, progress: Progress = None, context: Context | None = None) -> dict:
+    """Write identity `name`'s adapter as a LoRA file (`fmt`: diffusers, kohya, comfy, a1111), or with
+    `bundle=PATH.pvid` the whole identity as one archive for `import_identity`. An existing file is
+    replaced only with `force`. Returns what was written (path, format, tensors, bytes, ...)."""
+    ctx = _context(context, None, progress)
+    if bundle is not None:
+        from .jobs.bundle import export_bundle
+
+        return export_bundle(ctx, name, Path(bundle), force=force)
+    from .jobs.export import export_lora
+
+    return export_lora(ctx, name, fmt, Path(output) if output is not None else None, force=force)
+
+
+def import_identity(bundle: str | Path, *, name: str | None = None, force: bool = False, progress: Progress = None,
+                    context: Context | None = None) -> dict:
+    """Import a `.pvid` bundle into the store (as `name`, default the bundle's); refuses a name clash
+    unless `force`, and writes nothing unless every check passes."""
+    from .jobs.bundle import import_bundle
+
+    return import_bundle(_context(context, None, progress), Path(bundle), name=name, force=force)

@@ -28,10 +28,10 @@ class RichReporter(Reporter):
 
     def status(self, message: str) -> None:
         if not self.quiet:
-            err.print(f"[dim]{message}[/dim]")
+            err.print(f"[dim]{message}[/dim]", soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        err.print(f"[yellow]Warning:[/yellow] {message}")
+        err.print(f"[yellow]Warning:[/yellow] {message}", soft_wrap=True)
 
     @contextmanager
     def progress(self, description: str, total: int):

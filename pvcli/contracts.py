@@ -36,7 +36,10 @@ class Backbone(ABC):
 
     @abstractmethod
     def describe(self) -> dict[str, str]:
-        """Identifying metadata (backbone name, base model ids) stored with an adapter."""
+        """Identifying metadata stored with an adapter: `backbone` (the registered name), base model
+        ids (`base_model`, ...), and optionally `base_model_version` / `architecture`, the names
+        kohya-format LoRA readers use for the base family (e.g. sd_v1 / stable-diffusion-v1),
+        which `pv export --format kohya` writes into the file's header."""
 
     @abstractmethod
     def adapter_targets(self, targets: str) -> str:

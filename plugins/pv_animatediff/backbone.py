@@ -65,7 +65,8 @@ class AnimateDiffBackbone(Backbone):
         self.max_frames = int(unet.config.motion_max_seq_length)
 
     def describe(self) -> dict[str, str]:
-        return {"backbone": self.name, **self.info}
+        # base_model_version / architecture: what kohya-format LoRA readers (A1111, ComfyUI) call an SD 1.x model
+        return {"backbone": self.name, **self.info, "base_model_version": "sd_v1", "architecture": "stable-diffusion-v1"}
 
     def adapter_targets(self, targets: str) -> str:
         if targets not in TARGETS:

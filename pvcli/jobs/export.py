@@ -1,0 +1,128 @@
+"""`pv export NAME --format ...`: the identity adapter as a LoRA file other tools load.
+
+- diffusers: PEFT keys under the `unet.` component prefix and diffusers' `lora_adapter_metadata`
+  header (rank and alpha round-trip), what `pipe.load_lora_weights(file)` reads.
+- kohya (aliases comfy, a1111): `lora_unet_*.lora_down/lora_up/alpha` keys from diffusers' own
+  `convert_state_dict_to_kohya`, with the real alpha, plus the `ss_*` and `modelspec.*` header
+  keys those UIs show.
+
+Both carry flat `pv.*` string metadata: identity, trigger phrase, base model and motion adapter,
+target set, rank/alpha, active fraction, steps, seed, encoder, pv version and a hash of the
+exported tensors. Late-step gating does not travel: other tools apply a LoRA at every step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import __version__
+from ..context import Context
+from ..errors import PVError
+from ..identity import read_adapter, tensor_hash
+from ..store import atomic_write_file
+
+FORMATS = {"diffusers": "diffusers", "kohya": "kohya", "comfy": "kohya", "a1111": "kohya"}
+COMPONENT = "unet"  # the diffusers pipeline component the adapter lives on (Backbone.unet)
+GATING_NOTE = ("tuned with the adapter active only in the last {pct}% of denoising steps (late-step gating); "
+               "other tools apply a LoRA at every step, so the identity acts earlier and motion may change. "
+               "Tune with --active-fraction 1 for identities you mainly export.")
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise PVError(f"unknown export format {fmt!r}", f"choose {', '.join(FORMATS)} (comfy and a1111 = kohya)")
+    return FORMATS[fmt]
+
+
+def default_output(name: str, fmt: str) -> Path:
+    return Path(f"{name}.safetensors" if check_format(fmt) == "diffusers" else f"{name}_{FORMATS[fmt]}.safetensors")
+
+
+def gating_note(meta: dict) -> str:
+    fraction = float(meta.get("active_fraction", 1.0))
+    return GATING_NOTE.format(pct=round(fraction * 100)) if fraction < 1 else ""
+
+
+def diffusers_lora(state: dict, meta: dict) -> tuple[dict, dict]:
+    """(tensors, diffusers header) in the layout `save_lora_weights` writes."""
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+
+    tensors = {f"{COMPONENT}.{k}": v.contiguous() for k, v in state.items()}
+    config = {"r": int(meta["rank"]), "lora_alpha": float(meta["alpha"]),
+              "target_modules": sorted({k.split(".lora_")[0] for k in state})}
+    header = {"format": "pt",
+              LORA_ADAPTER_METADATA_KEY: json.dumps({f"{COMPONENT}.{k}": v for k, v in config.items()}, indent=2, sort_keys=True)}
+    return tensors, header
+
+
+def kohya_lora(state: dict, meta: dict) -> tuple[dict, dict]:
+    """(tensors, header) with kohya keys; diffusers' converter writes alpha = rank, so the real
+    alpha is set afterwards (the scale alpha/rank must survive)."""
+    import torch
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+
+    tensors = convert_state_dict_to_kohya({f"{COMPONENT}.{k}": v for k, v in state.items()})
+    alpha = torch.tensor(float(meta["alpha"]))
+    tensors = {k: (alpha.clone() if k.endswith(".alpha") else v.contiguous()) for k, v in tensors.items()}
+    rank, trigger = meta["rank"], _trigger(meta)
+    header = {
+        "ss_network_module": "networks.lora", "ss_network_dim": rank, "ss_network_alpha": str(float(meta["alpha"])),
+        "ss_sd_model_name": meta.get("base_model", ""), "ss_output_name": meta.get("identity", ""),
+        "ss_max_train_steps": meta.get("steps", ""), "ss_seed": meta.get("seed", ""),
+        "ss_training_comment": f"pv {__version__} PersonalVideo identity adapter; trigger: {trigger}",
+        "ss_tag_frequency": json.dumps({"pv": {trigger: 1}}),
+        "modelspec.sai_model_spec": "1.0.0", "modelspec.implementation": "diffusers",
+        "modelspec.title": meta.get("identity", ""), "modelspec.trigger_phrase": trigger,
+    }
+    version = meta.get("base_model_version")
+    if version:
+        header["ss_base_model_version"] = version
+        header["modelspec.architecture"] = f"{meta.get('architecture', version)}/lora"
+    return tensors, header
+
+
+def _trigger(meta: dict) -> str:
+    return f"{meta.get('token', 'sks')} {meta.get('class_word', 'person')}".strip()
+
+
+def pv_metadata(name: str, meta: dict, fmt: str, tensors: dict) -> dict[str, str]:
+    keys = ("backbone", "base_model", "motion_adapter", "targets", "rank", "alpha", "active_fraction", "steps", "seed",
+            "encoder", "token", "class_word")
+    out = {f"pv.{k}": str(meta[k]) for k in keys if k in meta}
+    out.update({"pv.identity": name, "pv.trigger_phrase": _trigger(meta), "pv.export_format": fmt,
+                "pv.version": __version__, "pv.tuned_with": meta.get("pv_version", ""),
+                "pv.tensors_sha256": tensor_hash(tensors)})
+    note = gating_note(meta)
+    if note:
+        out["pv.gating"] = note
+    return out
+
+
+def export_lora(ctx: Context, name: str, fmt: str, output: Path | None = None, force: bool = False) -> dict:
+    """Write identity `name`'s adapter as a LoRA file; returns what was written."""
+    from safetensors.torch import save_file
+
+    kind = check_format(fmt)
+    ctx.store.load_info(name)  # the "no identity named ..." error
+    output = Path(output) if output is not None else default_output(name, fmt)
+    if output.suffix.lower() != ".safetensors":
+        raise PVError(f"a LoRA export is a .safetensors file, got {output.name}")
+    _check_writable(output, force)
+    state, meta = read_adapter(ctx.store.path(name))
+    meta = {**meta, "identity": name}
+    tensors, header = (diffusers_lora if kind == "diffusers" else kohya_lora)(state, meta)
+    header.update(pv_metadata(name, meta, kind, tensors))
+    atomic_write_file(output, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    note = gating_note(meta)
+    if note:
+        ctx.reporter.warn(f"{name}: {note}")
+    return {"identity": name, "path": str(output), "format": kind, "tensors": len(tensors),
+            "bytes": output.stat().st_size, "trigger_phrase": header["pv.trigger_phrase"],
+            "tensors_sha256": header["pv.tensors_sha256"], "gating": note or None}
+
+
+def _check_writable(output: Path, force: bool) -> None:
+    if output.is_dir():
+        raise PVError(f"{output} is a folder", "pass a file name with -o")
+    if output.exists() and not force:
+        raise PVError(f"{output} already exists", "pass --force to replace it, or choose another -o")
