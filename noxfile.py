@@ -22,3 +22,4 @@ def lint(session):
 def bench(session):
     session.install(*INSTALL)
     session.run("python", "bench/tune_step.py", *session.posargs)
+    session.run("python", "bench/generate.py")

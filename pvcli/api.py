@@ -21,12 +21,12 @@ from typing import Any
 
 from .context import Context
 from .errors import PVError
-from .jobs.generate import Video
+from .jobs.generate import AddOn, Video
 from .reporting import ProgressEvent, Reporter, reporter_for
 from .settings import overlay
 from .store import Store
 
-__all__ = ["Context", "Identity", "PVError", "ProgressEvent", "Video", "evaluate", "export", "import_identity",
+__all__ = ["AddOn", "Context", "Identity", "PVError", "ProgressEvent", "Video", "evaluate", "export", "import_identity",
            "list_identities", "resume", "tune"]
 
 TUNE_SETTINGS = {
@@ -43,6 +43,20 @@ GENERATE_SETTINGS = {
 
 Progress = Callable[[ProgressEvent], None] | Reporter | None
 Overrides = dict[str, Any] | Iterable[str] | None
+
+
+def lora_spec(spec: str | tuple[str, float]) -> tuple[str, float]:
+    """"style.safetensors:0.7" or ("style.safetensors", 0.7) -> (source, weight); weight 1 if not given."""
+    if not isinstance(spec, str):
+        source, weight = spec
+        return str(source), float(weight)
+    source, sep, tail = spec.rpartition(":")
+    if sep and source:
+        try:
+            return source, float(tail)
+        except ValueError:
+            pass
+    return spec, 1.0
 
 
 def _context(context: Context | None, device: str | None, progress: Progress) -> Context:
@@ -130,9 +144,14 @@ class Identity:
         return identity_settings(self.context, self.name, self.profile,
                                  _overlays(GENERATE_SETTINGS, settings, self.overrides))
 
-    def generate(self, prompt: str, *, output: str | Path | None = None, adapter: bool = True, **settings: Any):
+    def generate(self, prompt: str, *, output: str | Path | None = None, adapter: bool = True,
+                 controls: Iterable[dict] | None = None, loras: Iterable[str | tuple[str, float]] | None = None,
+                 addons: Iterable[AddOn] | None = None, **settings: Any):
         """Render one clip -> `Video` (frames, record, path). Written as mp4 when `output` is given.
-        Keyword settings: seed, steps, frames, fps, height, width, guidance, negative, adapter_scale."""
+        Keyword settings: seed, steps, frames, fps, height, width, guidance, negative, adapter_scale.
+        Add-ons: `controls=[{"type": "canny", "source": "clip.mp4", "scale": 0.8}]` (ControlNets; also
+        raw, model, start, end), `loras=["style.safetensors:0.7"]` or `[("style.safetensors", 0.7)]`,
+        or any registered conditioner as `addons=[pv.AddOn(name, options)]`."""
         from .jobs.generate import IdentityRenderer
         from .video import check_video_path
 
@@ -141,8 +160,11 @@ class Identity:
         resolved = self.settings(**settings)
         if self._renderer is None or self._renderer.settings.backbone != resolved.backbone:
             self._renderer = IdentityRenderer(self.context, self.name, resolved)
+        extras = [*(AddOn("controlnet", dict(c)) for c in controls or []),
+                  *(AddOn("lora", {"source": src, "weight": w}) for src, w in map(lora_spec, loras or [])),
+                  *(addons or [])]
         return self._renderer.render(prompt, Path(output) if output is not None else None, adapter=adapter,
-                                     generate=resolved.generate)
+                                     generate=resolved.generate, addons=extras)
 
     def evaluate(self, **kwargs: Any) -> dict:
         """`pv eval NAME`: generate clips of this identity and score them (see `evaluate`)."""

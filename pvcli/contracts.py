@@ -8,7 +8,9 @@ options or missing weights.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # keep torch out of `pv --help`
     import numpy as np
@@ -70,6 +72,30 @@ class Backbone(ABC):
         """A fresh scheduler with the backbone's configuration (samplers keep state)."""
         return type(self.scheduler).from_config(self.scheduler.config)
 
+    # ----------------------------------------------------------------- generation
+    def pipeline_call(self, plan: GenerationPlan, *, prompt: str, negative_prompt: str, num_inference_steps: int,
+                      guidance_scale: float, generator: torch.Generator,
+                      callback_on_step_end: Callable | None = None) -> torch.Tensor:
+        """Run the family's own diffusers pipeline for `plan` (the variant its controls need, built
+        around this backbone's modules, no weight copies) and return the final latents
+        (B, C, F, h, w); the engine decodes them. `callback_on_step_end(pipe, i, t, kwargs)` is
+        diffusers' step callback (late-step gating and progress use it)."""
+        from .errors import PVError
+
+        raise PVError(f"backbone {self.name!r} does not implement generation (pipeline_call)")
+
+    def load_lora(self, source: str, name: str) -> None:
+        """Load a LoRA file or hub id (diffusers or kohya/A1111 keys) as adapter `name`; its weight
+        is set per clip through `GenerationPlan.loras`."""
+        from .errors import PVError
+
+        raise PVError(f"backbone {self.name!r} cannot load LoRA files")
+
+    def lora_modules(self) -> list[torch.nn.Module]:
+        """Modules that may hold LoRA adapters (the denoiser, and text encoders if the family's
+        LoRA files adapt them): generation activates adapters and sets their weights on these."""
+        return [self.unet]
+
 
 class IdentityEncoder(ABC):
     """A face detector + face-recognition network.
@@ -119,3 +145,47 @@ class FrameScorer(ABC):
 
     def describe(self) -> str:
         return self.name
+
+
+# --------------------------------------------------------------------------- conditioners
+
+
+@dataclass
+class ControlInput:
+    """A spatial control for a ControlNet-style model: one map per frame, already resampled to
+    the clip's frames and size."""
+
+    model: Any  # the control model, on the backbone's device (an SD-family ControlNetModel, say)
+    frames: torch.Tensor  # (F, 3, H, W) float in [0, 1]
+    scale: float = 1.0
+    start: float = 0.0  # fraction of the denoising steps where the control starts acting
+    end: float = 1.0
+    label: str = ""
+
+
+@dataclass
+class GenerationPlan:
+    """What the conditioners of one clip add to generation. The backbone turns it into its
+    pipeline's variant and call arguments; the engine applies `loras` weights beside the
+    identity adapter's."""
+
+    frames: int
+    height: int
+    width: int
+    controls: list[ControlInput] = field(default_factory=list)
+    loras: dict[str, float] = field(default_factory=dict)  # adapter name (loaded via load_lora) -> weight
+    call_kwargs: dict = field(default_factory=dict)  # anything else for the pipeline call
+    record: dict = field(default_factory=dict)  # what the clip's metadata should say about the add-ons
+
+
+class Conditioner(ABC):
+    """A generation-time add-on (ControlNet, style LoRA, ...). Its factory takes
+    `factory(options=dict, device=str)`; options come from the command line (the add-on's own
+    arguments) over `generate.conditioners.<name>` in the settings."""
+
+    name: str
+
+    @abstractmethod
+    def apply(self, backbone: Backbone, plan: GenerationPlan) -> None:
+        """Add this add-on to `plan`: load its models onto the backbone's device, prepare its inputs
+        at the plan's frames and size, load LoRAs into the backbone. Raise PVError for bad input."""

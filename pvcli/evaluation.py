@@ -46,7 +46,9 @@ def video_paths(target: str) -> list[Path] | None:
     if p.is_file():
         return [p]
     if p.is_dir():
-        found = sorted(q for q in p.iterdir() if q.suffix.lower() in (".mp4", ".mov", ".webm", ".mkv", ".gif"))
+        from .video import VIDEO_SUFFIXES
+
+        found = sorted(q for q in p.iterdir() if q.suffix.lower() in VIDEO_SUFFIXES)
         if not found:
             raise PVError(f"no videos in folder {target}")
         return found

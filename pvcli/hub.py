@@ -34,10 +34,12 @@ def short(exc: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def load_pretrained(setting: str, ref: str, loader, offline_hint: str = "run offline with --profile tiny", **kwargs):
+def load_pretrained(setting: str, ref: str, loader, offline_hint: str = "run offline with --profile tiny",
+                    what: str | None = None, **kwargs):
     """`loader(ref, local_files_only=..., **kwargs)`; `setting` is the settings path that names
-    `ref` (e.g. backbone.options.base_model), quoted in the error."""
-    what = setting.rsplit(".", 1)[-1]
+    `ref` (e.g. backbone.options.base_model), quoted in the error; `what` names the model in it
+    (default: the setting's last part)."""
+    what = what or setting.rsplit(".", 1)[-1]
     local = Path(ref).expanduser().exists()
     try:
         return loader(ref, local_files_only=True, **kwargs)

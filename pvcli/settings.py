@@ -88,6 +88,9 @@ class GenerateSettings:
     seed: int = 0
     negative_prompt: str = "blurry, low quality, deformed face, watermark"
     adapter_scale: float = 1.0
+    # options per conditioner plugin, by name, under what the command line gives each add-on
+    # (e.g. controlnet: {models: {canny: PATH}}); see the plugin's own options
+    conditioners: dict = field(default_factory=dict)
 
 
 @dataclass

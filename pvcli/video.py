@@ -84,3 +84,37 @@ def read_metadata(path: Path) -> dict:
         return json.loads(unescaped)
     except json.JSONDecodeError:
         return {}
+
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".gif", ".avi")
+
+
+def read_source(source: str | Path) -> np.ndarray:
+    """Frames (N, H, W, 3) uint8 RGB from a video, a folder of images (sorted by name) or one image."""
+    from .engine.identity import IMAGE_SUFFIXES, load_image
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise PVError(f"no images in folder {source}")
+        frames = [load_image(p) for p in images]
+        if len({f.shape for f in frames}) > 1:
+            raise PVError(f"the images in {source} differ in size")
+        return np.stack(frames)
+    if not path.is_file():
+        raise PVError(f"not found: {source}")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return load_image(path)[None]
+    frames = read_frames(path)
+    if not len(frames):
+        raise PVError(f"{source} has no frames")
+    return frames
+
+
+def resample(frames: np.ndarray, count: int, height: int, width: int) -> np.ndarray:
+    """`count` frames spread evenly over `frames` (one image repeats), each resized to width x height."""
+    import cv2
+
+    idx = np.linspace(0, len(frames) - 1, count).round().astype(int) if len(frames) > 1 else np.zeros(count, int)
+    return np.stack([cv2.resize(frames[i], (width, height), interpolation=cv2.INTER_AREA) for i in idx])

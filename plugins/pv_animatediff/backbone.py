@@ -63,6 +63,7 @@ class AnimateDiffBackbone(Backbone):
         self.latent_channels = unet.config.in_channels
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.max_frames = int(unet.config.motion_max_seq_length)
+        self._pipe = None
 
     def describe(self) -> dict[str, str]:
         # base_model_version / architecture: what kohya-format LoRA readers (A1111, ComfyUI) call an SD 1.x model
@@ -91,6 +92,56 @@ class AnimateDiffBackbone(Backbone):
         embeds = embeds.repeat_interleave(latents.shape[2], dim=0)
         return self.unet(latents.to(self.dtype), t, encoder_hidden_states=embeds).sample.float()
 
+    # ----------------------------------------------------------------- generation (diffusers pipelines)
+    def pipeline(self, controlnets: list | None = None):
+        """diffusers' AnimateDiffPipeline, or AnimateDiffControlNetPipeline with `controlnets`, around
+        this backbone's own modules (no copies). Built once; the ControlNet variant shares them."""
+        from diffusers import AnimateDiffControlNetPipeline, AnimateDiffPipeline
+
+        if self._pipe is None:
+            self._pipe = AnimateDiffPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                             unet=self.unet, motion_adapter=None, scheduler=self.new_scheduler())
+            self._pipe.set_progress_bar_config(disable=True)
+        if not controlnets:
+            return self._pipe
+        pipe = AnimateDiffControlNetPipeline.from_pipe(self._pipe, controlnet=controls_model(controlnets))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def pipeline_call(self, plan, *, prompt, negative_prompt, num_inference_steps, guidance_scale, generator,
+                      callback_on_step_end=None) -> torch.Tensor:
+        pipe = self.pipeline([c.model for c in plan.controls])
+        pipe.scheduler = self.new_scheduler()
+        kwargs = dict(plan.call_kwargs)
+        if plan.controls:
+            many = len(plan.controls) > 1
+            maps = [list(c.frames.to(self.device, torch.float32)) for c in plan.controls]  # per control: F maps (3, H, W)
+            kwargs.update(
+                conditioning_frames=maps if many else maps[0],
+                controlnet_conditioning_scale=[c.scale for c in plan.controls] if many else plan.controls[0].scale,
+                control_guidance_start=[c.start for c in plan.controls] if many else plan.controls[0].start,
+                control_guidance_end=[c.end for c in plan.controls] if many else plan.controls[0].end,
+            )
+        out = pipe(prompt=prompt, negative_prompt=negative_prompt, num_frames=plan.frames, height=plan.height,
+                   width=plan.width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                   generator=generator, output_type="latent", callback_on_step_end=callback_on_step_end, **kwargs)
+        return out.frames  # latents (B, C, F, h, w): decoded by `decode`, in fp32
+
+    def load_lora(self, source: str, name: str) -> None:
+        """diffusers' loader: diffusers/PEFT or kohya/A1111 keys, a file, folder or hub id."""
+        import warnings
+
+        path = Path(source).expanduser()
+        kwargs = {"weight_name": path.name} if path.is_file() else {}
+        where = str(path.parent) if path.is_file() else source
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*peft_config.*")  # several adapters is the point
+            load_pretrained("--lora", where, lambda ref, local_files_only, **kw: self.pipeline().load_lora_weights(
+                ref, adapter_name=name, local_files_only=local_files_only, **kw), **kwargs)
+
+    def lora_modules(self) -> list[torch.nn.Module]:
+        return [self.unet, self.text_encoder]
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         lat = latents.float() / self.vae.config.scaling_factor
         b, c, f, h, w = lat.shape
@@ -98,6 +149,12 @@ class AnimateDiffBackbone(Backbone):
         frames = torch.cat([self.vae.decode(chunk).sample for chunk in lat.split(DECODE_CHUNK)])
         frames = frames.reshape(b, f, *frames.shape[1:])
         return (frames / 2 + 0.5).clamp(0, 1)
+
+
+def controls_model(controlnets: list):
+    from diffusers.models.controlnets import MultiControlNetModel
+
+    return controlnets[0] if len(controlnets) == 1 else MultiControlNetModel(controlnets)
 
 
 def _resolve_device(device: str | None) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..console import emit
+from ..errors import PVError
 from .common import DEVICE_OPT, JSON_OPT, PROFILE_OPT, QUIET_OPT, SET_OPT, AppState, handle_errors
 
 
@@ -29,6 +30,22 @@ def register(app: typer.Typer, state: AppState) -> None:
         negative: str = typer.Option(None, "--negative", help="Negative prompt."),
         adapter_scale: float = typer.Option(None, "--adapter-scale", help="Strength of the identity adapter."),
         no_adapter: bool = typer.Option(False, "--no-adapter", help="Generate with the base model (adapter off)."),
+        control: list[str] = typer.Option(None, "--control", help="ControlNet TYPE=SOURCE: canny, depth, pose or "
+                                          "lineart maps of a video, a folder of frames or one image (repeatable)."),
+        control_raw: list[str] = typer.Option(None, "--control-raw", help="ControlNet TYPE=SOURCE whose frames "
+                                              "are ready control maps (repeatable)."),
+        control_scale: list[float] = typer.Option(None, "--control-scale", help="ControlNet strength: one value "
+                                                  "for all, or one per control in order (default 1)."),
+        control_start: list[float] = typer.Option(None, "--control-start", help="Fraction of the steps where "
+                                                  "control starts (one, or one per control)."),
+        control_end: list[float] = typer.Option(None, "--control-end", help="Fraction of the steps where control "
+                                                "ends (one, or one per control)."),
+        control_model: list[str] = typer.Option(None, "--control-model", help="TYPE=MODEL: the ControlNet for a "
+                                                "type (hub id, folder or single file)."),
+        lora: list[str] = typer.Option(None, "--lora", help="Style LoRA PATH_OR_ID[:WEIGHT] (diffusers or "
+                                       "kohya/A1111 keys; repeatable)."),
+        addon: list[str] = typer.Option(None, "--addon", help="Any conditioner plugin: NAME:key=value,key=value "
+                                        "(see `pv plugins`; repeatable)."),
         device: str = DEVICE_OPT,
         as_json: bool = JSON_OPT,
         quiet: bool = QUIET_OPT,
@@ -41,6 +58,56 @@ def register(app: typer.Typer, state: AppState) -> None:
         values = dict(seed=seed, steps=steps, frames=frames, fps=fps, height=height, width=width, guidance=guidance,
                       negative=negative, adapter_scale=adapter_scale)
         out = output or default_output(name, prompt, identity.settings(**values).generate.seed)
-        video = identity.generate(prompt, output=out, adapter=not no_adapter, **values)
+        controls = control_specs(control or [], control_raw or [], control_scale or [], control_start or [],
+                                 control_end or [], control_model or [])
+        video = identity.generate(prompt, output=out, adapter=not no_adapter, controls=controls, loras=lora or [],
+                                  addons=[addon_spec(a) for a in addon or []], **values)
         record = {"path": str(video.path), **video.record}
         emit(record if as_json else record["path"], as_json)
+
+
+def _pair(item: str, flag: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key or not value:
+        raise PVError(f"{flag} expects TYPE=VALUE, got {item!r}", f"e.g. {flag} canny=clip.mp4")
+    return key.strip(), value
+
+
+def _per_control(values: list[float], count: int, flag: str) -> list[float | None]:
+    if not values:
+        return [None] * count
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise PVError(f"{flag} was given {len(values)} times for {count} controls", "give it once, or once per control")
+    return values
+
+
+def control_specs(control: list[str], raw: list[str], scales: list[float], starts: list[float], ends: list[float],
+                  models: list[str]) -> list[dict]:
+    """--control/--control-raw TYPE=SOURCE with their per-control scale/start/end and per-type model."""
+    items = [(*_pair(c, "--control"), False) for c in control] + [(*_pair(c, "--control-raw"), True) for c in raw]
+    model_for = dict(_pair(m, "--control-model") for m in models)
+    n = len(items)
+    specs = []
+    for (kind, source, is_raw), scale, start, end in zip(
+            items, _per_control(scales, n, "--control-scale"), _per_control(starts, n, "--control-start"),
+            _per_control(ends, n, "--control-end"), strict=True):
+        spec = {"type": kind, "source": source, "raw": is_raw, "scale": scale, "start": start, "end": end,
+                "model": model_for.get(kind)}
+        specs.append({k: v for k, v in spec.items() if v is not None})
+    unused = set(model_for) - {s["type"] for s in specs}
+    if unused:
+        raise PVError(f"--control-model {sorted(unused)[0]}=... names no --control of that type")
+    return specs
+
+
+def addon_spec(item: str):
+    """NAME:key=value,key=value -> AddOn (values parsed as YAML scalars, as --set does)."""
+    from ..jobs.generate import AddOn
+    from ..settings import parse_set
+
+    name, _, rest = item.partition(":")
+    if not name.strip():
+        raise PVError(f"--addon expects NAME:key=value,..., got {item!r}")
+    return AddOn(name.strip(), parse_set([kv for kv in rest.split(",") if kv]) if rest else {})

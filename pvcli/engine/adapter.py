@@ -83,3 +83,15 @@ def adapter_disabled(model: torch.nn.Module):
             m.enable_adapters(True)
         for p in model.parameters():
             p.requires_grad_(flags[id(p)])
+
+
+def activate_adapters(modules: list[torch.nn.Module], weights: dict[str, float]) -> None:
+    """Make exactly the adapters in `weights` active on every LoRA layer of `modules`, each at its
+    weight (0 reproduces the output without it exactly); adapters not named are switched off."""
+    for module in modules:
+        for _, layer in lora_layers(module):
+            names = [n for n in weights if n in layer.lora_A]
+            layer.enable_adapters(True)
+            layer.set_adapter(names or [])
+            for n in names:
+                layer.set_scale(n, weights[n])

@@ -1,26 +1,63 @@
-"""Generation with a tuned identity: the same sampler as tuning, no grad, adapter scaled."""
+"""Generation with a tuned identity on the backbone family's own diffusers pipeline: the
+identity adapter (and any LoRA add-ons) active at their weights, late-step gating through
+the pipeline's step callback, conditioners' controls in the plan. Tuning keeps pv's own
+sampler (engine/sampling.py): it needs the gradient tail; a test pins that both give the same
+frames."""
 
 from __future__ import annotations
 
 import torch
 
-from ..contracts import Backbone
+from ..contracts import Backbone, GenerationPlan
 from ..errors import PVError
 from ..settings import GenerateSettings
-from .sampling import initial_latents, sample
+from .adapter import ADAPTER_NAME, activate_adapters, set_adapter_scale
+
+
+def gate_callback(backbone: Backbone, steps: int, adapter_steps: int | None, scale: float, on_step=None):
+    """(initial identity scale, diffusers step callback): the identity adapter is off until the last
+    `adapter_steps` steps. The callback runs after step i, so it switches the adapter on after
+    step `steps - adapter_steps - 1`."""
+    switch = None if adapter_steps is None or adapter_steps >= steps else steps - adapter_steps - 1
+
+    def callback(pipe, i, t, kwargs):
+        if i == switch:
+            set_adapter_scale(backbone.unet, scale)
+        if on_step is not None:
+            on_step(i, kwargs.get("latents"))
+        return kwargs
+
+    return (scale if switch is None else 0.0), callback
+
+
+def check_frames(backbone: Backbone, frames: int) -> None:
+    if frames > backbone.max_frames:
+        raise PVError(f"--frames {frames} exceeds this backbone's limit of {backbone.max_frames} frames")
 
 
 @torch.no_grad()
+def render_latents(backbone: Backbone, prompt: str, g: GenerateSettings, adapter_steps: int | None = None,
+                   on_step=None, plan: GenerationPlan | None = None, adapter_scale: float = 1.0) -> torch.Tensor:
+    """The final latents (B, C, F, h, w) of one clip with the settings' seed. The identity adapter
+    (if the backbone has one) acts at `adapter_scale` in the last `adapter_steps` denoising steps
+    only; `plan` carries the add-ons' controls and LoRA weights."""
+    check_frames(backbone, g.frames)
+    plan = plan or GenerationPlan(g.frames, g.height, g.width)
+    initial, callback = gate_callback(backbone, g.steps, adapter_steps, adapter_scale, on_step)
+    activate_adapters(backbone.lora_modules(), {ADAPTER_NAME: initial, **plan.loras})
+    try:
+        return backbone.pipeline_call(plan, prompt=prompt, negative_prompt=g.negative_prompt,
+                                      num_inference_steps=g.steps, guidance_scale=g.guidance_scale,
+                                      generator=torch.Generator("cpu").manual_seed(g.seed),
+                                      callback_on_step_end=callback)
+    finally:
+        set_adapter_scale(backbone.unet, adapter_scale)
+
+
 def generate_frames(backbone: Backbone, prompt: str, g: GenerateSettings, adapter_steps: int | None = None,
-                    on_step=None) -> torch.Tensor:
-    """Frames (F, H, W, 3) uint8 for one prompt with the settings' seed; the adapter (if any) acts
-    in the last `adapter_steps` denoising steps only."""
-    if g.frames > backbone.max_frames:
-        raise PVError(f"--frames {g.frames} exceeds this backbone's limit of {backbone.max_frames} frames")
-    cond = backbone.encode_prompt([prompt])
-    uncond = backbone.encode_prompt([g.negative_prompt]) if g.guidance_scale > 1 else None
-    latents = initial_latents(backbone, g.frames, g.height, g.width, torch.Generator("cpu").manual_seed(g.seed))
-    result = sample(backbone, cond, uncond, latents, g.steps, g.guidance_scale, on_step=on_step,
-                    adapter_steps=adapter_steps)
-    frames = backbone.decode(result.latents)[0]
+                    on_step=None, plan: GenerationPlan | None = None, adapter_scale: float = 1.0) -> torch.Tensor:
+    """Frames (F, H, W, 3) uint8 of one clip (see `render_latents`)."""
+    latents = render_latents(backbone, prompt, g, adapter_steps, on_step, plan, adapter_scale)
+    with torch.no_grad():
+        frames = backbone.decode(latents)[0]
     return (frames.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).cpu()

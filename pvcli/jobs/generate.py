@@ -17,6 +17,15 @@ from .common import build_backbone
 
 
 @dataclass
+class AddOn:
+    """One generation-time add-on: a registered conditioner and its options (e.g.
+    AddOn("controlnet", {"type": "canny", "source": "clip.mp4"}), AddOn("lora", {"source": ..., "weight": 0.8}))."""
+
+    name: str
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
 class Video:
     """A rendered clip: frames (F, H, W, 3) uint8 RGB, its record (prompt, seed, settings...),
     and the file it was written to, if any."""
@@ -63,28 +72,41 @@ class IdentityRenderer:
         self.fraction = float(meta.get("active_fraction", 1.0))
         self.phrase = identity_phrase(meta.get("token", "sks"), meta.get("class_word", "person"))
 
+    def plan(self, g: GenerateSettings, addons: list[AddOn]):
+        """The add-ons' contributions for one clip (each conditioner built through the registry)."""
+        from ..contracts import GenerationPlan
+
+        plan = GenerationPlan(g.frames, g.height, g.width)
+        for addon in addons:
+            options = {**g.conditioners.get(addon.name, {}), **addon.options}
+            conditioner = self.ctx.registry.create("conditioners", addon.name, options=options,
+                                                   device=str(self.backbone.device))
+            self.ctx.reporter.status(f"adding {addon.name}")
+            conditioner.apply(self.backbone, plan)
+        return plan
+
     def render(self, prompt: str, output: Path | None = None, adapter: bool = True,
-               generate: GenerateSettings | None = None) -> Video:
+               generate: GenerateSettings | None = None, addons: list[AddOn] | None = None) -> Video:
         """One clip; written to `output` (mp4) when given. `generate` overrides the renderer's
-        generate settings for this clip."""
-        from ..engine.adapter import set_adapter_scale
-        from ..engine.generate import generate_frames
+        generate settings for this clip; `addons` are conditioners (ControlNet, style LoRA, ...)."""
+        from ..engine.generate import check_frames, generate_frames
         from ..engine.prompts import with_identity
         from ..engine.sampling import adapted_steps
         from ..video import write_mp4
 
         g = generate or self.settings.generate
+        check_frames(self.backbone, g.frames)  # before the add-ons do any work
         scale = g.adapter_scale if adapter else 0.0
-        set_adapter_scale(self.backbone.unet, scale)
+        plan = self.plan(g, addons or [])
         full_prompt = with_identity(prompt, self.phrase)
         with self.ctx.reporter.progress(f"generating {self.name}", g.steps) as advance:
             frames = generate_frames(self.backbone, full_prompt, g, adapter_steps=adapted_steps(g.steps, self.fraction),
-                                     on_step=lambda i, _: advance())
+                                     on_step=lambda i, _: advance(), plan=plan, adapter_scale=scale)
         record = {
             "identity": self.name, "prompt": full_prompt, "negative_prompt": g.negative_prompt, "seed": g.seed,
             "steps": g.steps, "guidance_scale": g.guidance_scale, "frames": int(frames.shape[0]), "fps": g.fps,
             "height": g.height, "width": g.width, "adapter_scale": scale, "active_fraction": self.fraction,
-            "backbone": self.backbone.name, "pv_version": __version__,
+            "backbone": self.backbone.name, "pv_version": __version__, **plan.record,
         }
         video = Video(frames.numpy(), record)
         if output is not None:

@@ -1,0 +1,140 @@
+"""The `controlnet` conditioner: control maps from a video, a folder of frames or one image
+(resampled to the clip's frames and size), through a preprocessor or given ready, into a
+ControlNet model (hub id, folder, single file, or `tiny`: built in-process from the backbone's
+UNet config with random weights, for offline use and tests)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from pvcli.contracts import Backbone, Conditioner, ControlInput, GenerationPlan
+from pvcli.errors import PVError
+from pvcli.hub import load_pretrained
+from pvcli.settings import validate_options
+
+from .preprocess import PREPROCESSORS
+
+# Defaults per base family (Backbone.describe()["base_model_version"]); profiles and --control-model override.
+DEFAULT_MODELS = {
+    "sd_v1": {"canny": "lllyasviel/control_v11p_sd15_canny", "depth": "lllyasviel/control_v11f1p_sd15_depth",
+              "pose": "lllyasviel/control_v11p_sd15_openpose", "lineart": "lllyasviel/control_v11p_sd15_lineart"},
+}
+_CACHE: dict = {}  # loaded ControlNets by (ref, device, dtype): many clips, one load
+
+
+@dataclass
+class ControlNetOptions:
+    type: str = "canny"  # preprocessor: canny, depth, pose, lineart (the map kind when raw)
+    source: str = ""  # a video, a folder of frames or one image
+    raw: bool = False  # the source already holds control maps
+    model: str = ""  # ControlNet: hub id, folder, single file or "tiny"; default: models[type]
+    models: dict = field(default_factory=dict)  # per-type ControlNets (profiles set these)
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    low_threshold: int = 100  # canny
+    high_threshold: int = 200
+    depth_model: str = ""
+    pose_model: str = ""
+    lineart_model: str = ""
+    seed: int = 0  # the tiny ControlNet's weights
+
+
+class ControlNetConditioner(Conditioner):
+    name = "controlnet"
+
+    def __init__(self, opts: ControlNetOptions, device: str | None):
+        self.opts, self.device = opts, device
+
+    def apply(self, backbone: Backbone, plan: GenerationPlan) -> None:
+        from pvcli.video import read_source, resample
+
+        o = self.opts
+        if not o.source:
+            raise PVError("a ControlNet needs a source", "e.g. --control canny=clip.mp4")
+        frames = resample(read_source(o.source), plan.frames, plan.height, plan.width)
+        maps = frames if o.raw else self._preprocess(frames)
+        tensor = torch.from_numpy(maps).permute(0, 3, 1, 2).float() / 255
+        ref = self._model_ref(backbone)
+        plan.controls.append(ControlInput(load_controlnet(ref, backbone, o.seed, o.type), tensor, o.scale, o.start, o.end,
+                                          label=o.type))
+        plan.record.setdefault("controls", []).append(
+            {"type": o.type, "source": o.source, "raw": o.raw, "model": ref, "scale": o.scale, "start": o.start,
+             "end": o.end})
+
+    def _preprocess(self, frames):
+        o = self.opts
+        if o.type == "canny":
+            return PREPROCESSORS["canny"](frames, o.low_threshold, o.high_threshold)
+        model = getattr(o, f"{o.type}_model", "")
+        return PREPROCESSORS[o.type](frames, model) if model else PREPROCESSORS[o.type](frames)
+
+    def _model_ref(self, backbone: Backbone) -> str:
+        o = self.opts
+        family = backbone.describe().get("base_model_version", "")
+        ref = o.model or o.models.get(o.type) or DEFAULT_MODELS.get(family, {}).get(o.type)
+        if not ref:
+            raise PVError(f"no ControlNet model for {o.type!r} on backbone {backbone.name!r}",
+                          f"pass --control-model {o.type}=HUB_ID_OR_PATH")
+        return ref
+
+
+def make_controlnet(options: dict | None = None, device: str | None = None) -> ControlNetConditioner:
+    opts = validate_options(ControlNetOptions, options or {}, "controlnet")
+    if not _valid_type(opts.type, opts.raw):
+        raise PVError(f"unknown control type {opts.type!r}", f"choose {', '.join(PREPROCESSORS)} "
+                      "(any name works with --control-raw)")
+    if not 0 <= opts.start < opts.end <= 1:
+        raise PVError(f"control start/end must satisfy 0 <= start < end <= 1, got {opts.start}/{opts.end}")
+    if opts.scale < 0:
+        raise PVError(f"--control-scale must be >= 0, got {opts.scale}")
+    return ControlNetConditioner(opts, device)
+
+
+def _valid_type(kind: str, raw: bool) -> bool:
+    return raw or kind in PREPROCESSORS
+
+
+def load_controlnet(ref: str, backbone: Backbone, seed: int = 0, kind: str = "control"):
+    param = next(backbone.unet.parameters())
+    key = (ref, str(param.device), param.dtype, seed if ref == "tiny" else None)
+    if key not in _CACHE:
+        if ref == "tiny":
+            model = tiny_controlnet(backbone, seed)
+        else:
+            from diffusers import ControlNetModel
+
+            single = ref.lower().endswith((".safetensors", ".ckpt", ".pt", ".bin"))
+            loader = ControlNetModel.from_single_file if single else ControlNetModel.from_pretrained
+            model = load_pretrained(f"generate.conditioners.controlnet.models.{kind}", ref, loader,
+                                    what=f"ControlNet ({kind})", torch_dtype=param.dtype,
+                                    offline_hint=f"pass --control-model {kind}=PATH, or use the tiny profile's "
+                                                 "`tiny` ControlNet offline")
+        _CACHE[key] = model.to(param.device, param.dtype).eval().requires_grad_(False)
+    return _CACHE[key]
+
+
+def tiny_controlnet(backbone: Backbone, seed: int = 0):
+    """A ControlNet shaped to the backbone's UNet (its config), random weights under `seed`. A
+    fresh ControlNet's zero convolutions (and its map embedding's last conv) would make it ignore
+    its input, so they are randomised too."""
+    from diffusers import ControlNetModel
+
+    cfg = backbone.unet.config
+    levels = int(math.log2(backbone.vae_scale_factor)) + 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ControlNetModel(
+            in_channels=cfg.in_channels, block_out_channels=tuple(cfg.block_out_channels),
+            layers_per_block=cfg.layers_per_block, cross_attention_dim=cfg.cross_attention_dim,
+            norm_num_groups=cfg.norm_num_groups, attention_head_dim=cfg.num_attention_heads,
+            down_block_types=tuple(t.replace("Motion", "2D") for t in cfg.down_block_types),
+            conditioning_embedding_out_channels=tuple(8 * 2**i for i in range(levels)),
+        )
+        for module in [*model.controlnet_down_blocks, model.controlnet_mid_block]:
+            torch.nn.init.normal_(module.weight, std=0.2)
+        torch.nn.init.normal_(model.controlnet_cond_embedding.conv_out.weight, std=1.0)
+    return model

@@ -1,0 +1,192 @@
+"""Generation on diffusers' pipelines: the same frames as pv's own sampler, and the add-ons
+(ControlNet, style LoRA) through `pv generate` on the tiny backbone, offline."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pvcli.cli import create_app
+from pvcli.engine.adapter import adapter_disabled, add_adapter, set_adapter_scale
+from pvcli.engine.generate import render_latents
+from pvcli.engine.sampling import initial_latents, sample
+from pvcli.video import read_frames, read_metadata
+
+ATTENTION = r".*attentions\.\d+\.transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)"
+
+
+def run(*args):
+    return CliRunner().invoke(create_app(), [str(a) for a in args])
+
+
+@pytest.mark.parametrize("scale,adapter_steps", [(1.0, None), (0.0, None), (1.0, 2), (0.6, 3)])
+def test_pipeline_path_gives_pv_sampler_frames(tiny, tiny_settings, scale, adapter_steps):
+    """Adapter on, off, gated (last 2 or 3 of 4 steps), scaled: diffusers' pipeline with pv's
+    step-callback gating equals pv's own sampler with its gating."""
+    add_adapter(tiny, "spatial", 4, 4)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for name, p in tiny.unet.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.3)
+    g = tiny_settings.generate
+    g = type(g)(**{**g.__dict__, "frames": 4, "seed": 3})
+    prompt = "sks person, surfing at sunset"
+    ours = tiny.decode(render_latents(tiny, prompt, g, adapter_steps=adapter_steps, adapter_scale=scale))
+
+    set_adapter_scale(tiny.unet, scale)
+    with torch.no_grad():
+        lat = initial_latents(tiny, 4, 64, 64, torch.Generator().manual_seed(3))
+        reference = tiny.decode(sample(tiny, tiny.encode_prompt([prompt]), None, lat, 4, 1.0,
+                                       adapter_steps=adapter_steps).latents)
+        with adapter_disabled(tiny.unet):
+            base = tiny.decode(sample(tiny, tiny.encode_prompt([prompt]), None, lat, 4, 1.0).latents)
+    assert (ours - reference).abs().max() < 1e-4
+    if scale:
+        assert (ours - base).abs().max() > 1e-2  # the adapter really acts in this case
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, astronaut):
+    """An identity tuned hard enough to show beside a style LoRA, and a style LoRA built here."""
+    home = tmp_path_factory.mktemp("genhome")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PV_HOME", str(home))
+    r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "2", "--lr", "0.05",
+            "--set", "tune.warmup_steps=0", "--quiet")
+    assert r.exit_code == 0, r.stderr
+    yield home
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def style_loras(tmp_path_factory):
+    """A tiny style LoRA on the image model's spatial attention, saved in diffusers and kohya keys."""
+    from diffusers import AnimateDiffPipeline
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from pv_animatediff.backbone import build_tiny_components
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("loras")
+    unet = build_tiny_components()["unet2d"]
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=ATTENTION, init_lora_weights="gaussian"))
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.3)
+    state = get_peft_model_state_dict(unet)
+    AnimateDiffPipeline.save_lora_weights(d / "diffusers", unet_lora_layers=state)
+    save_file(convert_state_dict_to_kohya({f"unet.{k}": v for k, v in state.items()}), str(d / "style_kohya.safetensors"))
+    return d / "diffusers" / "pytorch_lora_weights.safetensors", d / "style_kohya.safetensors"
+
+
+@pytest.fixture
+def gen(home, monkeypatch, tmp_path):
+    monkeypatch.setenv("PV_HOME", str(home))
+    counter = iter(range(1000))
+
+    def generate(*args):
+        out = tmp_path / f"clip{next(counter)}.mp4"
+        r = run("generate", "alice", "dancing", "-o", out, "--frames", "4", "--seed", "1", *args)
+        assert r.exit_code == 0, r.stderr
+        return read_frames(out).astype(np.int16), read_metadata(out)
+
+    return generate
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, astronaut):
+    """A short panning clip of a real photo, as a video and as a folder of frames."""
+    import cv2
+
+    from pvcli.engine.identity import load_image
+    from pvcli.video import write_mp4
+
+    d = tmp_path_factory.mktemp("src")
+    img = cv2.resize(load_image(astronaut), (160, 160))
+    frames = np.stack([img[10:138, 4 * k:128 + 4 * k] for k in range(6)])
+    write_mp4(frames, d / "drive.mp4", 8)
+    (d / "frames").mkdir()
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(d / "frames" / f"{i:03d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    return d
+
+
+def test_controlnet_changes_the_clip_and_scale_zero_restores_it(gen, source, astronaut):
+    base, _ = gen()
+    canny, meta = gen("--control", f"canny={source / 'drive.mp4'}")
+    assert np.abs(canny - base).max() > 10
+    assert meta["controls"] == [{"type": "canny", "source": str(source / "drive.mp4"), "raw": False, "model": "tiny",
+                                 "scale": 1.0, "start": 0.0, "end": 1.0}]
+    off, _ = gen("--control", f"canny={source / 'drive.mp4'}", "--control-scale", "0")
+    assert np.array_equal(off, base)
+    folder, _ = gen("--control", f"canny={source / 'frames'}")  # the same frames as a folder
+    assert np.abs(folder - base).max() > 10
+    image, _ = gen("--control", f"canny={astronaut}")  # one image, repeated over the clip
+    assert np.abs(image - canny).max() > 0
+    late, _ = gen("--control", f"canny={source / 'drive.mp4'}", "--control-start", "0.5")
+    assert not np.array_equal(late, canny) and not np.array_equal(late, base)
+
+
+def test_several_controlnets_and_ready_maps(gen, source):
+    one, _ = gen("--control", f"canny={source / 'drive.mp4'}")
+    two, meta = gen("--control", f"canny={source / 'drive.mp4'}", "--control-raw", f"canny={source / 'frames'}",
+                    "--control-scale", "1", "--control-scale", "0.5")
+    assert not np.array_equal(one, two)
+    assert [c["raw"] for c in meta["controls"]] == [False, True] and meta["controls"][1]["scale"] == 0.5
+    raw_zero, _ = gen("--control", f"canny={source / 'drive.mp4'}", "--control-raw", f"canny={source / 'frames'}",
+                      "--control-scale", "1", "--control-scale", "0")
+    assert np.abs(raw_zero - one).max() <= 1  # the second ControlNet at 0 adds nothing
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["diffusers-keys", "kohya-keys"])
+def test_style_lora_stacks_with_the_identity(gen, style_loras, which):
+    lora = style_loras[which]
+    base, _ = gen()
+    zero, _ = gen("--lora", f"{lora}:0")
+    assert np.array_equal(zero, base)  # weight 0 reproduces the clip without it
+    styled, meta = gen("--lora", f"{lora}:0.8")
+    assert np.abs(styled - base).max() > 10 and meta["loras"] == [{"source": str(lora), "weight": 0.8}]
+    styled_no_identity, _ = gen("--lora", f"{lora}:0.8", "--no-adapter")
+    assert np.abs(styled - styled_no_identity).max() > 10  # the identity still acts beside the style
+
+
+def test_lora_and_controlnet_compose(gen, style_loras, source):
+    both, meta = gen("--lora", str(style_loras[0]), "--control", f"canny={source / 'drive.mp4'}")
+    lora_only, _ = gen("--lora", str(style_loras[0]))
+    assert np.abs(both - lora_only).max() > 10 and {"loras", "controls"} <= set(meta)
+
+
+def _error(r):
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    return r.stderr
+
+
+def test_add_on_errors_are_one_line(home, monkeypatch, tmp_path, source, astronaut):
+    monkeypatch.setenv("PV_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = ("-o", tmp_path / "x.mp4", "--frames", "4")
+    assert "not found" in _error(run("generate", "alice", "x", *out, "--control", f"canny={tmp_path}/nope.mp4"))
+    assert "unknown control type 'blur'" in _error(run("generate", "alice", "x", *out, "--control", f"blur={astronaut}"))
+    assert "expects TYPE=VALUE" in _error(run("generate", "alice", "x", *out, "--control", str(astronaut)))
+    assert "given 2 times for 1 controls" in _error(run("generate", "alice", "x", *out, "--control",
+                                                        f"canny={astronaut}", "--control-scale", "1",
+                                                        "--control-scale", "2"))
+    err = _error(run("generate", "alice", "x", *out, "--control", f"depth={astronaut}"))
+    assert "cannot load depth estimator" in err and "--control-raw depth=" in err
+    assert "cannot load" in _error(run("generate", "alice", "x", *out, "--lora", f"{tmp_path}/missing.safetensors"))
+    assert "unknown conditioner 'sparkles'" in _error(run("generate", "alice", "x", *out, "--addon", "sparkles:a=1"))
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_any_conditioner_plugin_is_reachable_with_addon(gen, source):
+    via_flag, _ = gen("--control", f"canny={source / 'drive.mp4'}", "--control-scale", "0.7")
+    via_addon, meta = gen("--addon", f"controlnet:type=canny,source={source / 'drive.mp4'},scale=0.7")
+    assert np.array_equal(via_flag, via_addon) and meta["controls"][0]["scale"] == 0.7
+    assert json.loads(json.dumps(meta))  # the record stays JSON
