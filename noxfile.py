@@ -23,3 +23,4 @@ def bench(session):
     session.install(*INSTALL)
     session.run("python", "bench/tune_step.py", *session.posargs)
     session.run("python", "bench/generate.py")
+    session.run("python", "bench/batch.py")

@@ -41,13 +41,13 @@ def main() -> None:
                     p.data.normal_(0, 0.05)
         pipe = bb.pipeline()
 
-        def raw():
+        def raw(pipe=pipe, bb=bb):
             pipe.scheduler = bb.new_scheduler()
             return pipe(prompt, negative_prompt=g.negative_prompt, num_frames=g.frames, height=g.height,
                         width=g.width, num_inference_steps=g.steps, guidance_scale=g.guidance_scale,
                         generator=torch.Generator().manual_seed(g.seed), output_type="pt").frames
 
-        def ours():
+        def ours(bb=bb):
             return generate_frames(bb, prompt, g)
 
         raw(), ours()  # warm-up

@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("pv")
 """Decorator for plugin hook implementations: `from pvcli import hookimpl`."""
 
-_API = {"AddOn", "tune", "resume", "Identity", "evaluate", "list_identities", "export", "import_identity", "Video",
+_API = {"AddOn", "ClipRequest", "tune", "resume", "Identity", "evaluate", "list_identities", "export", "import_identity", "Video",
         "ProgressEvent", "PVError", "Context"}
 __all__ = ["__version__", "hookimpl", *sorted(_API)]
 

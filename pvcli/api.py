@@ -14,19 +14,21 @@ e.g. {"tune.sample_every": 10}) -> keyword settings (the CLI's flags, e.g. steps
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .context import Context
 from .errors import PVError
-from .jobs.generate import AddOn, Video
+from .jobs.generate import AddOn, ClipRequest, Video
 from .reporting import ProgressEvent, Reporter, reporter_for
 from .settings import overlay
 from .store import Store
 
-__all__ = ["AddOn", "Context", "Identity", "PVError", "ProgressEvent", "Video", "evaluate", "export", "import_identity",
+__all__ = ["AddOn", "ClipRequest", "Context", "Identity", "PVError", "ProgressEvent", "Video", "evaluate", "export", "import_identity",
            "list_identities", "resume", "tune"]
 
 TUNE_SETTINGS = {
@@ -39,6 +41,8 @@ GENERATE_SETTINGS = {
     "seed": "generate.seed", "steps": "generate.steps", "frames": "generate.frames", "fps": "generate.fps",
     "height": "generate.height", "width": "generate.width", "guidance": "generate.guidance_scale",
     "negative": "generate.negative_prompt", "adapter_scale": "generate.adapter_scale",
+    "strength": "generate.strength", "context_length": "generate.context_length",
+    "context_stride": "generate.context_stride",
 }
 
 Progress = Callable[[ProgressEvent], None] | Reporter | None
@@ -146,25 +150,66 @@ class Identity:
 
     def generate(self, prompt: str, *, output: str | Path | None = None, adapter: bool = True,
                  controls: Iterable[dict] | None = None, loras: Iterable[str | tuple[str, float]] | None = None,
-                 addons: Iterable[AddOn] | None = None, **settings: Any):
-        """Render one clip -> `Video` (frames, record, path). Written as mp4 when `output` is given.
-        Keyword settings: seed, steps, frames, fps, height, width, guidance, negative, adapter_scale.
+                 addons: Iterable[AddOn] | None = None, video: str | Path | None = None, **settings: Any) -> Video:
+        """Render one clip -> `Video` (frames, record, path), written when `output` is given (.mp4,
+        .gif, .webp, or a folder of PNG frames). Keyword settings: seed, steps, frames, fps, height,
+        width, guidance, negative, adapter_scale, strength, context_length, context_stride.
         Add-ons: `controls=[{"type": "canny", "source": "clip.mp4", "scale": 0.8}]` (ControlNets; also
         raw, model, start, end), `loras=["style.safetensors:0.7"]` or `[("style.safetensors", 0.7)]`,
-        or any registered conditioner as `addons=[pv.AddOn(name, options)]`."""
-        from .jobs.generate import IdentityRenderer
+        or any registered conditioner as `addons=[pv.AddOn(name, options)]`. `video=` restyles a
+        driving clip (video-to-video, `strength`)."""
+        return next(self.generate_many([ClipRequest(prompt, settings.pop("seed", None), settings.pop("negative", None),
+                                                    str(output) if output is not None else None)],
+                                       adapter=adapter, controls=controls, loras=loras, addons=addons, video=video,
+                                       _single=True, **settings))
+
+    def generate_many(self, requests: Iterable[ClipRequest | str], *, output: str | Path | None = None,
+                      seeds: Iterable[int] | None = None, adapter: bool = True,
+                      controls: Iterable[dict] | None = None, loras: Iterable[str | tuple[str, float]] | None = None,
+                      addons: Iterable[AddOn] | None = None, video: str | Path | None = None, _single: bool = False,
+                      **settings: Any) -> Iterator[Video]:
+        """Render many clips with one model load, yielding each `Video` as soon as it is written.
+        `requests`: prompts or `ClipRequest`s (own seed / negative / output), read lazily (a stream
+        works). Each prompt renders once per seed in `seeds` (default: the settings' seed); a
+        request's own seed renders once. `output` is a template for the files: {name}, {slug},
+        {seed}, {index} (None: no files unless a request names one). One progress bar for all."""
+        from .jobs.generate import IdentityRenderer, output_path
         from .video import check_video_path
 
-        if output is not None:
-            check_video_path(Path(output))  # before minutes of work
         resolved = self.settings(**settings)
-        if self._renderer is None or self._renderer.settings.backbone != resolved.backbone:
-            self._renderer = IdentityRenderer(self.context, self.name, resolved)
+        if output is not None and not _single:
+            check_video_path(output_path(output, self.name, "prompt", 0, 0))  # before minutes of work
         extras = [*(AddOn("controlnet", dict(c)) for c in controls or []),
                   *(AddOn("lora", {"source": src, "weight": w}) for src, w in map(lora_spec, loras or [])),
                   *(addons or [])]
-        return self._renderer.render(prompt, Path(output) if output is not None else None, adapter=adapter,
-                                     generate=resolved.generate, addons=extras)
+        seed_list = list(seeds) if seeds is not None else [resolved.generate.seed]
+        if not seed_list:
+            raise PVError("no seeds to render")
+        items = [requests] if isinstance(requests, (str, ClipRequest)) else requests
+        total = len(items) * len(seed_list) if hasattr(items, "__len__") else None
+        index = 0
+        from .engine.generate import denoising_steps
+
+        g0 = resolved.generate
+        per_clip = denoising_steps(g0.steps, g0.strength if video is not None else None)
+        bar = nullcontext() if _single else self.context.reporter.progress(
+            f"generating {self.name}", None if total is None else total * per_clip)
+        with bar as advance:
+            for item in items:
+                req = ClipRequest(item) if isinstance(item, str) else item
+                for seed in [req.seed] if req.seed is not None else seed_list:
+                    g = dataclasses.replace(resolved.generate, seed=seed,
+                                            **({"negative_prompt": req.negative} if req.negative is not None else {}))
+                    target = req.output or (output_path(output, self.name, req.prompt, seed, index)
+                                            if output is not None else None)
+                    if target is not None:
+                        check_video_path(Path(target))
+                    if self._renderer is None or self._renderer.settings.backbone != resolved.backbone:
+                        self._renderer = IdentityRenderer(self.context, self.name, resolved)
+                    yield self._renderer.render(req.prompt, Path(target) if target is not None else None,
+                                                adapter=adapter, generate=g, addons=extras, video=video,
+                                                advance=None if _single else advance)
+                    index += 1
 
     def evaluate(self, **kwargs: Any) -> dict:
         """`pv eval NAME`: generate clips of this identity and score them (see `evaluate`)."""

@@ -25,7 +25,8 @@ class Backbone(ABC):
     Attributes the engine reads:
       name: registered name; unet: the denoiser (an nn.Module the adapter is injected into);
       scheduler: a diffusers-style scheduler (set_timesteps / timesteps / step / init_noise_sigma
-      / scale_model_input); device; latent_channels; vae_scale_factor; max_frames.
+      / scale_model_input); device; latent_channels; vae_scale_factor; max_frames (the motion
+      window); long_videos (whether generation can go past it).
     """
 
     name: str
@@ -34,7 +35,8 @@ class Backbone(ABC):
     device: torch.device
     latent_channels: int
     vae_scale_factor: int
-    max_frames: int
+    max_frames: int  # the motion module's window
+    long_videos: bool = False  # whether pipeline_call renders plan.frames > max_frames (sliding windows)
 
     @abstractmethod
     def describe(self) -> dict[str, str]:
@@ -174,6 +176,10 @@ class GenerationPlan:
     width: int
     controls: list[ControlInput] = field(default_factory=list)
     loras: dict[str, float] = field(default_factory=dict)  # adapter name (loaded via load_lora) -> weight
+    video: torch.Tensor | None = None  # video-to-video: the clip to restyle, (F, 3, H, W) in [0, 1]
+    strength: float = 0.8  # video-to-video: how much of the clip is re-noised and redrawn
+    context_length: int = 0  # long clips (frames > max_frames): the motion window (0 = max_frames)
+    context_stride: int = 4  # long clips: the windows' stride
     call_kwargs: dict = field(default_factory=dict)  # anything else for the pipeline call
     record: dict = field(default_factory=dict)  # what the clip's metadata should say about the add-ons
 

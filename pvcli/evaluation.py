@@ -46,8 +46,10 @@ def video_paths(target: str) -> list[Path] | None:
     if p.is_file():
         return [p]
     if p.is_dir():
-        from .video import VIDEO_SUFFIXES
+        from .video import VIDEO_SUFFIXES, is_frames_folder
 
+        if is_frames_folder(p) and any(p.iterdir()):
+            return [p]  # one clip written as PNG frames
         found = sorted(q for q in p.iterdir() if q.suffix.lower() in VIDEO_SUFFIXES)
         if not found:
             raise PVError(f"no videos in folder {target}")

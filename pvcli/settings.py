@@ -88,6 +88,10 @@ class GenerateSettings:
     seed: int = 0
     negative_prompt: str = "blurry, low quality, deformed face, watermark"
     adapter_scale: float = 1.0
+    # clips longer than the motion window: FreeNoise's sliding windows (0 = the backbone's window)
+    context_length: int = 0
+    context_stride: int = 4
+    strength: float = 0.6  # video-to-video: how much of the driving clip is redrawn (0..1)
     # options per conditioner plugin, by name, under what the command line gives each add-on
     # (e.g. controlnet: {models: {canny: PATH}}); see the plugin's own options
     conditioners: dict = field(default_factory=dict)
@@ -115,7 +119,8 @@ _RANGES = {
     "tune.keep_checkpoints": (1, None), "tune.sample_every": (0, None),
     "generate.frames": (1, None), "generate.fps": (1, 240), "generate.height": (8, None),
     "generate.width": (8, None), "generate.steps": (1, 1000), "generate.guidance_scale": (0.0, None),
-    "generate.adapter_scale": (0.0, None),
+    "generate.adapter_scale": (0.0, None), "generate.context_length": (0, None), "generate.context_stride": (1, None),
+    "generate.strength": (0.01, 1.0),
 }
 _MULTIPLE_OF_8 = {"tune.height", "tune.width", "generate.height", "generate.width"}
 

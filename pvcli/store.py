@@ -78,15 +78,9 @@ class Store:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.root))
         try:
             yield tmp
-            final = self.path(name)
-            old = None
-            if final.exists():
+            if self.path(name).exists():
                 self.check_free(name, force)
-                old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=self.root))
-                os.replace(final, old / "previous")
-            os.replace(tmp, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            swap_into_place(tmp, self.path(name))
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -101,6 +95,18 @@ class Store:
         return path
 
 
+def swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished folder `tmp` to `final`; an existing `final` is moved aside first and
+    deleted only once the new one is in place."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+        os.replace(final, old / "previous")
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def atomic_write_file(path: Path, write, suffix: str = ".tmp") -> Path:
     """`write(tmp_path)` into a temporary file beside `path`, then rename it into place: readers
     never see a half-written file, and a failure leaves `path` as it was."""
@@ -110,10 +116,17 @@ def atomic_write_file(path: Path, write, suffix: str = ".tmp") -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a user's file gets the usual permissions
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

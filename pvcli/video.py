@@ -1,17 +1,25 @@
-"""mp4 in and out. Writes go to a temporary file that is renamed into place. The JSON record
-(prompt, seed, identity, ...) goes into the mp4's `comment` tag."""
+"""Clips in and out. Output by suffix: .mp4 (default), .gif, .webp (animated), or a path without
+a suffix: a folder of PNG frames. Writes go to a temporary file or folder renamed into place.
+The JSON record (prompt, seed, identity, pv version, ...) travels inside: the mp4 `comment` tag,
+the GIF comment, the WebP EXIF image description, each PNG's `pv` text chunk."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import PVError
-from .store import atomic_write_file
+from .store import atomic_write_file, swap_into_place
+
+OUTPUT_SUFFIXES = (".mp4", ".gif", ".webp")
+FRAME_PATTERN = "frame_{:05d}.png"
+EXIF_DESCRIPTION = 0x010E
 
 
 def _ffmpeg() -> str:
@@ -23,10 +31,73 @@ def _ffmpeg() -> str:
 def check_video_path(path: Path) -> Path:
     """Refuse an output path pv cannot write, before any work is done."""
     path = Path(path)
-    if path.suffix.lower() != ".mp4":
-        raise PVError(f"output must be an .mp4 file, got {path.name}")
-    if path.is_dir():
-        raise PVError(f"output {path} is a folder, not an .mp4 file")
+    suffix = path.suffix.lower()
+    if suffix and suffix not in OUTPUT_SUFFIXES:
+        raise PVError(f"output must be an .mp4, .gif or .webp file, or a folder (no suffix) for PNG frames; "
+                      f"got {path.name}")
+    if suffix and path.is_dir():
+        raise PVError(f"output {path} is a folder, not a {suffix} file")
+    if not suffix and path.exists() and not is_frames_folder(path):
+        raise PVError(f"output {path} exists and is not a folder of pv frames", "choose another -o")
+    return path
+
+
+def is_frames_folder(path: Path) -> bool:
+    return path.is_dir() and all(re.fullmatch(r"frame_\d{5}\.png", p.name) for p in path.iterdir())
+
+
+def write_video(frames: np.ndarray, path: Path, fps: int, metadata: dict | None = None) -> Path:
+    """frames: (F, H, W, 3) uint8 RGB, written in the format the path's suffix names."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (F, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    path = check_video_path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".mp4":
+            return write_mp4(frames, path, fps, metadata)
+        if suffix in (".gif", ".webp"):
+            return atomic_write_file(path, lambda tmp: _write_animation(frames, tmp, suffix, fps, metadata),
+                                     suffix=f".tmp{suffix}")
+        return _write_frames(frames, path, metadata)
+    except OSError as exc:
+        raise PVError(f"cannot write {path}: {exc}") from None
+
+
+def _write_animation(frames: np.ndarray, tmp: Path, suffix: str, fps: int, metadata: dict | None) -> None:
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    text = json.dumps(metadata or {}, sort_keys=True)
+    extra: dict = {"comment": text} if suffix == ".gif" else {"lossless": True, "exif": _exif(text)}
+    images[0].save(tmp, format=suffix[1:].upper(), save_all=True, append_images=images[1:],
+                   duration=round(1000 / fps), loop=0, **extra)
+
+
+def _exif(text: str) -> bytes:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[EXIF_DESCRIPTION] = text
+    return exif.tobytes()
+
+
+def _write_frames(frames: np.ndarray, path: Path, metadata: dict | None) -> Path:
+    """A folder of PNG frames, written beside `path` and swapped into place whole."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        info = PngInfo()
+        info.add_text("pv", json.dumps(metadata or {}, sort_keys=True))
+        for i, frame in enumerate(frames):
+            Image.fromarray(frame).save(tmp / FRAME_PATTERN.format(i), pnginfo=info)
+        swap_into_place(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -37,7 +108,9 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int, metadata: dict | None = 
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected (F, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
-    path = check_video_path(path)
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise PVError(f"output must be an .mp4 file, got {path.name}")
     params = ["-movflags", "+faststart"]
     if metadata:
         params += ["-metadata", f"comment={json.dumps(metadata, sort_keys=True)}"]
@@ -54,12 +127,16 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int, metadata: dict | None = 
 
 
 def read_frames(path: Path) -> np.ndarray:
-    """(F, H, W, 3) uint8 RGB."""
+    """(F, H, W, 3) uint8 RGB of a video file, an animated GIF/WebP or a folder of frames."""
     import imageio_ffmpeg
 
     path = Path(path)
+    if path.is_dir():
+        return read_source(path)
     if not path.is_file():
         raise PVError(f"video not found: {path}")
+    if path.suffix.lower() in (".gif", ".webp"):
+        return _read_animation(path)
     reader = imageio_ffmpeg.read_frames(str(path))
     try:
         meta = next(reader)
@@ -70,8 +147,38 @@ def read_frames(path: Path) -> np.ndarray:
     return np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)
 
 
+def _read_animation(path: Path) -> np.ndarray:
+    from PIL import Image, ImageSequence
+
+    try:
+        with Image.open(path) as img:
+            return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(img)])
+    except OSError as exc:
+        raise PVError(f"cannot read {path} as an animation: {exc}") from None
+
+
 def read_metadata(path: Path) -> dict:
-    """The JSON record pv wrote into the `comment` tag ({} if none)."""
+    """The JSON record pv wrote into a clip ({} if none)."""
+    path = Path(path)
+    text = None
+    if path.is_dir() or path.suffix.lower() in (".gif", ".webp", ".png"):
+        from PIL import Image
+
+        first = path / FRAME_PATTERN.format(0) if path.is_dir() else path
+        try:
+            with Image.open(first) as img:
+                text = img.info.get("pv") or img.info.get("comment") or img.getexif().get(EXIF_DESCRIPTION)
+        except OSError:
+            return {}
+        try:
+            data = json.loads(text.decode() if isinstance(text, bytes) else text) if text else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+    return _mp4_metadata(path)
+
+
+def _mp4_metadata(path: Path) -> dict:
     out = subprocess.run([_ffmpeg(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
                          capture_output=True, text=True, check=False)
     # json.dumps never writes a raw newline, so the tag is one line; ffmetadata escapes
@@ -86,7 +193,7 @@ def read_metadata(path: Path) -> dict:
         return {}
 
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".gif", ".avi")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".gif", ".webp", ".avi")
 
 
 def read_source(source: str | Path) -> np.ndarray:

@@ -4,6 +4,7 @@ backbones built in-process, and a private PV_HOME per test."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -81,3 +82,24 @@ def reference(encoder, astronaut):
 
     refs = reference_faces(encoder, [astronaut])
     return mean_embedding(embed_crops(encoder, [r.crop for r in refs]))
+
+
+@contextmanager
+def tuned_home(tmp_path_factory, photo, label: str, *tune_args: str):
+    """A PV_HOME (set for the block) holding `alice`, tuned through the CLI on the tiny profile hard
+    enough (lr 0.05, no warm-up) that the adapter visibly changes frames."""
+    from typer.testing import CliRunner
+
+    from pvcli.cli import create_app
+
+    home = tmp_path_factory.mktemp(label)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PV_HOME", str(home))
+    args = ["tune", str(photo), "--name", "alice", "--profile", "tiny", "--steps", "2", "--lr", "0.05",
+            "--set", "tune.warmup_steps=0", "--quiet", *tune_args]
+    r = CliRunner().invoke(create_app(), args)
+    assert r.exit_code == 0, r.stderr
+    try:
+        yield home
+    finally:
+        mp.undo()

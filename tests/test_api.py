@@ -86,8 +86,8 @@ def test_errors_are_pverrors_with_hints(home, astronaut):
     assert "overrides" in info.value.hint
     with pytest.raises(pv.PVError, match="tune.lr must be"):
         pv.tune(astronaut, "x", profile="tiny", overrides={"tune.lr": -1})
-    with pytest.raises(pv.PVError, match="must be an .mp4"):
-        pv.Identity.load("alice").generate("x", output="clip.gif")
+    with pytest.raises(pv.PVError, match="must be an .mp4, .gif or .webp"):
+        pv.Identity.load("alice").generate("x", output="clip.avi")
 
 
 def test_importing_the_api_imports_no_torch():

@@ -101,8 +101,10 @@ def test_bad_inputs_give_one_clear_error(tuned, astronaut, photo_dir, monkeypatc
     assert "unknown setting 'tune.lrr'" in _error(run("tune", astronaut, "--name", "x", "--profile", "tiny",
                                                       "--set", "tune.lrr=1"))
     assert "multiple of 8" in _error(run("generate", "alice", "x", "--height", "60"))
-    assert "limit of 32 frames" in _error(run("generate", "alice", "x", "--frames", "40", "-o", tmp_path / "a.mp4"))
-    assert "must be an .mp4" in _error(run("generate", "alice", "x", "-o", tmp_path / "a.gif"))
+    assert "exceeds the motion module's window of 32" in _error(run("generate", "alice", "x", "--frames", "40", "-o",
+                                                                    tmp_path / "a.mp4", "--set",
+                                                                    "generate.context_length=40"))
+    assert "must be an .mp4, .gif or .webp" in _error(run("generate", "alice", "x", "-o", tmp_path / "a.avi"))
     assert "no profile 'nope'" in _error(run("tune", astronaut, "--name", "x", "--profile", "nope"))
     assert "was tuned on backbone 'animatediff-tiny'" in _error(run("generate", "alice", "x", "--profile", "animatediff"))
     assert not (home / "identities" / "x").exists()

@@ -9,6 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from conftest import tuned_home
 from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -25,14 +26,8 @@ def run(*args):
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, astronaut):
     """alice: rank 4, alpha 8 (scale 2, so a lost alpha shows), trained hard enough to change frames."""
-    home = tmp_path_factory.mktemp("exporthome")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PV_HOME", str(home))
-    r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "2", "--rank", "4", "--lr", "0.05",
-            "--set", "adapter.alpha=8", "--set", "tune.warmup_steps=0", "--quiet")
-    assert r.exit_code == 0, r.stderr
-    yield home
-    mp.undo()
+    with tuned_home(tmp_path_factory, astronaut, "exporthome", "--rank", "4", "--set", "adapter.alpha=8") as home:
+        yield home
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tuned_home
 from typer.testing import CliRunner
 
 from pvcli.cli import create_app
@@ -51,14 +52,8 @@ def test_pipeline_path_gives_pv_sampler_frames(tiny, tiny_settings, scale, adapt
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, astronaut):
     """An identity tuned hard enough to show beside a style LoRA, and a style LoRA built here."""
-    home = tmp_path_factory.mktemp("genhome")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PV_HOME", str(home))
-    r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "2", "--lr", "0.05",
-            "--set", "tune.warmup_steps=0", "--quiet")
-    assert r.exit_code == 0, r.stderr
-    yield home
-    mp.undo()
+    with tuned_home(tmp_path_factory, astronaut, "genhome") as home:
+        yield home
 
 
 @pytest.fixture(scope="module")

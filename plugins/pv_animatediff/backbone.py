@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -93,24 +94,32 @@ class AnimateDiffBackbone(Backbone):
         return self.unet(latents.to(self.dtype), t, encoder_hidden_states=embeds).sample.float()
 
     # ----------------------------------------------------------------- generation (diffusers pipelines)
-    def pipeline(self, controlnets: list | None = None):
-        """diffusers' AnimateDiffPipeline, or AnimateDiffControlNetPipeline with `controlnets`, around
-        this backbone's own modules (no copies). Built once; the ControlNet variant shares them."""
-        from diffusers import AnimateDiffControlNetPipeline, AnimateDiffPipeline
+    long_videos = True  # FreeNoise: sliding motion windows past motion_max_seq_length
+
+    def pipeline(self, controlnets: list | None = None, video: bool = False):
+        """The diffusers AnimateDiff pipeline for the job, around this backbone's own modules (no
+        copies): text-to-video or video-to-video, with ControlNet(s) or without. Built once; the
+        variants share the modules through `from_pipe`."""
+        import diffusers
 
         if self._pipe is None:
-            self._pipe = AnimateDiffPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                                             unet=self.unet, motion_adapter=None, scheduler=self.new_scheduler())
+            self._pipe = diffusers.AnimateDiffPipeline(vae=self.vae, text_encoder=self.text_encoder,
+                                                       tokenizer=self.tokenizer, unet=self.unet, motion_adapter=None,
+                                                       scheduler=self.new_scheduler())
             self._pipe.set_progress_bar_config(disable=True)
-        if not controlnets:
+        if not controlnets and not video:
             return self._pipe
-        pipe = AnimateDiffControlNetPipeline.from_pipe(self._pipe, controlnet=controls_model(controlnets))
+        name = {(False, True): "AnimateDiffControlNetPipeline", (True, False): "AnimateDiffVideoToVideoPipeline",
+                (True, True): "AnimateDiffVideoToVideoControlNetPipeline"}[(video, bool(controlnets))]
+        extra = {"controlnet": controls_model(controlnets)} if controlnets else {}
+        pipe = getattr(diffusers, name).from_pipe(self._pipe, **extra)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
     def pipeline_call(self, plan, *, prompt, negative_prompt, num_inference_steps, guidance_scale, generator,
                       callback_on_step_end=None) -> torch.Tensor:
-        pipe = self.pipeline([c.model for c in plan.controls])
+        video = plan.video is not None
+        pipe = self.pipeline([c.model for c in plan.controls], video=video)
         pipe.scheduler = self.new_scheduler()
         kwargs = dict(plan.call_kwargs)
         if plan.controls:
@@ -122,9 +131,28 @@ class AnimateDiffBackbone(Backbone):
                 control_guidance_start=[c.start for c in plan.controls] if many else plan.controls[0].start,
                 control_guidance_end=[c.end for c in plan.controls] if many else plan.controls[0].end,
             )
-        out = pipe(prompt=prompt, negative_prompt=negative_prompt, num_frames=plan.frames, height=plan.height,
-                   width=plan.width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                   generator=generator, output_type="latent", callback_on_step_end=callback_on_step_end, **kwargs)
+        if video:
+            kwargs.update(video=list(plan.video.to(self.device, torch.float32)), strength=plan.strength)
+        else:
+            kwargs["num_frames"] = plan.frames
+        long = plan.frames > self.max_frames
+        if long:
+            window = plan.context_length or self.max_frames
+            if window > self.max_frames:
+                raise PVError(f"context length {window} exceeds the motion module's window of {self.max_frames} frames")
+            # FreeNoise reads only motion_adapter.config.motion_max_seq_length; the adapter's weights
+            # already live in the UNet, so a config stand-in avoids a second copy of them
+            object.__setattr__(pipe, "motion_adapter", SimpleNamespace(config=SimpleNamespace(
+                motion_max_seq_length=self.max_frames)))
+            pipe.enable_free_noise(context_length=window, context_stride=plan.context_stride)
+        try:
+            out = pipe(prompt=prompt, negative_prompt=negative_prompt, height=plan.height, width=plan.width,
+                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
+                       output_type="latent", callback_on_step_end=callback_on_step_end, **kwargs)
+        finally:
+            if long:
+                pipe.disable_free_noise()  # puts the motion modules' own blocks back
+                object.__setattr__(pipe, "motion_adapter", None)
         return out.frames  # latents (B, C, F, h, w): decoded by `decode`, in fp32
 
     def load_lora(self, source: str, name: str) -> None:

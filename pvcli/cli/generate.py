@@ -1,4 +1,5 @@
-"""`pv generate`: render a clip of a tuned identity."""
+"""`pv generate`: render clips of a tuned identity: one prompt, or many (stdin, a file, several
+seeds) with one model load, each path printed as soon as its file is written."""
 
 from __future__ import annotations
 
@@ -16,20 +17,30 @@ def register(app: typer.Typer, state: AppState) -> None:
     @handle_errors
     def generate(
         name: str = typer.Argument(..., help="Identity name (see `pv list`)."),
-        prompt: str = typer.Argument(..., help="What the person does; the identity phrase is added unless {id} is used."),
-        output: Path = typer.Option(None, "--output", "-o", help="Output .mp4 (default: NAME_PROMPT_sSEED.mp4)."),
+        prompt: str = typer.Argument(None, help="What the person does; the identity phrase is added unless {id} is "
+                                     "used. '-' reads prompts from stdin: one per line, or JSON lines with prompt, "
+                                     "seed, negative, output."),
+        output: str = typer.Option(None, "--output", "-o", help="Output: .mp4, .gif, .webp, or a folder of PNG "
+                                   "frames (no suffix). For several clips a template: {name} {slug} {seed} {index} "
+                                   "(default: NAME_SLUG_sSEED.mp4)."),
+        prompts_file: Path = typer.Option(None, "--prompts", help="File of prompts (same format as stdin)."),
         profile: str = PROFILE_OPT,
         sets: list[str] = SET_OPT,
-        seed: int = typer.Option(None, "--seed"),
+        seeds: list[int] = typer.Option(None, "--seed", help="Seed (repeatable: every prompt renders once per seed)."),
+        num: int = typer.Option(None, "--num", min=1, help="N clips per prompt, seeds counting up from each --seed."),
         steps: int = typer.Option(None, "--steps", help="Denoising steps."),
         frames: int = typer.Option(None, "--frames", help="Number of frames."),
-        fps: int = typer.Option(None, "--fps", help="Frames per second of the mp4."),
+        fps: int = typer.Option(None, "--fps", help="Frames per second of the clip."),
         height: int = typer.Option(None, "--height"),
         width: int = typer.Option(None, "--width"),
         guidance: float = typer.Option(None, "--guidance", help="Classifier-free guidance scale."),
         negative: str = typer.Option(None, "--negative", help="Negative prompt."),
         adapter_scale: float = typer.Option(None, "--adapter-scale", help="Strength of the identity adapter."),
         no_adapter: bool = typer.Option(False, "--no-adapter", help="Generate with the base model (adapter off)."),
+        video: Path = typer.Option(None, "--video", help="Restyle this clip with the identity (video-to-video; a "
+                                   "video, folder of frames or image, resampled to --frames)."),
+        strength: float = typer.Option(None, "--strength", help="Video-to-video: how much is redrawn (0-1, default "
+                                       "0.6)."),
         control: list[str] = typer.Option(None, "--control", help="ControlNet TYPE=SOURCE: canny, depth, pose or "
                                           "lineart maps of a video, a folder of frames or one image (repeatable)."),
         control_raw: list[str] = typer.Option(None, "--control-raw", help="ControlNet TYPE=SOURCE whose frames "
@@ -50,20 +61,42 @@ def register(app: typer.Typer, state: AppState) -> None:
         as_json: bool = JSON_OPT,
         quiet: bool = QUIET_OPT,
     ):
-        """Generate an mp4 of an identity; prints the output path."""
-        from .. import api
-        from ..jobs.generate import default_output
+        """Generate clips of an identity; prints each output path (or JSON record) as it is written."""
+        import sys
 
+        from .. import api
+        from ..jobs.generate import DEFAULT_OUTPUT, ClipRequest, parse_prompt_lines
+
+        if prompt is not None and prompts_file is not None:
+            raise PVError("give a prompt or --prompts FILE, not both")
+        if prompt is None and prompts_file is None:
+            raise PVError("generate needs a prompt", f'e.g. pv generate {name} "surfing at sunset", or - for stdin')
         identity = api.Identity.load(name, profile=profile, overrides=sets, context=state.context(quiet or as_json, device))
-        values = dict(seed=seed, steps=steps, frames=frames, fps=fps, height=height, width=width, guidance=guidance,
-                      negative=negative, adapter_scale=adapter_scale)
-        out = output or default_output(name, prompt, identity.settings(**values).generate.seed)
+        values = dict(steps=steps, frames=frames, fps=fps, height=height, width=width, guidance=guidance,
+                      negative=negative, adapter_scale=adapter_scale, strength=strength)
+        base = list(seeds or []) or [identity.settings(**values).generate.seed]
+        seed_list = [s + i for s in base for i in range(num or 1)]
+        if prompt == "-":
+            requests = parse_prompt_lines(sys.stdin, "stdin")
+        elif prompts_file is not None:
+            try:
+                requests = list(parse_prompt_lines(prompts_file.read_text().splitlines(), str(prompts_file)))
+            except OSError as exc:
+                raise PVError(f"cannot read {prompts_file}: {exc.strerror}") from None
+        else:
+            requests = [ClipRequest(prompt)]
+        several = prompt == "-" or prompts_file is not None or len(seed_list) > 1
+        if output is not None and several and "{" not in output:
+            raise PVError("-o names one file, and this renders several clips",
+                          "use a template, e.g. -o 'clips/{slug}_s{seed}.mp4' ({name} {slug} {seed} {index})")
         controls = control_specs(control or [], control_raw or [], control_scale or [], control_start or [],
                                  control_end or [], control_model or [])
-        video = identity.generate(prompt, output=out, adapter=not no_adapter, controls=controls, loras=lora or [],
-                                  addons=[addon_spec(a) for a in addon or []], **values)
-        record = {"path": str(video.path), **video.record}
-        emit(record if as_json else record["path"], as_json)
+        clips = identity.generate_many(requests, output=output or DEFAULT_OUTPUT, seeds=seed_list,
+                                       adapter=not no_adapter, controls=controls, loras=lora or [],
+                                       addons=[addon_spec(a) for a in addon or []], video=video, **values)
+        for clip in clips:  # each result on stdout as soon as its file exists: `| xargs` streams
+            record = {"path": str(clip.path), **clip.record}
+            emit(record if as_json else record["path"], as_json)
 
 
 def _pair(item: str, flag: str) -> tuple[str, str]:

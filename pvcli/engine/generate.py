@@ -31,8 +31,22 @@ def gate_callback(backbone: Backbone, steps: int, adapter_steps: int | None, sca
 
 
 def check_frames(backbone: Backbone, frames: int) -> None:
-    if frames > backbone.max_frames:
+    if frames > backbone.max_frames and not getattr(backbone, "long_videos", False):
         raise PVError(f"--frames {frames} exceeds this backbone's limit of {backbone.max_frames} frames")
+
+
+def denoising_steps(steps: int, strength: float | None = None) -> int:
+    """The steps a pipeline actually runs: video-to-video (a `strength`) redraws only the last part."""
+    if strength is None:
+        return steps
+    run = min(int(steps * strength), steps)
+    if run < 1:
+        raise PVError(f"--strength {strength} with {steps} steps runs no denoising step", "raise --strength or --steps")
+    return run
+
+
+def plan_strength(plan: GenerationPlan | None) -> float | None:
+    return plan.strength if plan is not None and plan.video is not None else None
 
 
 @torch.no_grad()
@@ -43,7 +57,7 @@ def render_latents(backbone: Backbone, prompt: str, g: GenerateSettings, adapter
     only; `plan` carries the add-ons' controls and LoRA weights."""
     check_frames(backbone, g.frames)
     plan = plan or GenerationPlan(g.frames, g.height, g.width)
-    initial, callback = gate_callback(backbone, g.steps, adapter_steps, adapter_scale, on_step)
+    initial, callback = gate_callback(backbone, denoising_steps(g.steps, plan_strength(plan)), adapter_steps, adapter_scale, on_step)
     activate_adapters(backbone.lora_modules(), {ADAPTER_NAME: initial, **plan.loras})
     try:
         return backbone.pipeline_call(plan, prompt=prompt, negative_prompt=g.negative_prompt,

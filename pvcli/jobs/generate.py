@@ -3,6 +3,7 @@ then any number of prompts, seeds and settings."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,11 +73,20 @@ class IdentityRenderer:
         self.fraction = float(meta.get("active_fraction", 1.0))
         self.phrase = identity_phrase(meta.get("token", "sks"), meta.get("class_word", "person"))
 
-    def plan(self, g: GenerateSettings, addons: list[AddOn]):
-        """The add-ons' contributions for one clip (each conditioner built through the registry)."""
-        from ..contracts import GenerationPlan
+    def plan(self, g: GenerateSettings, addons: list[AddOn], video: str | Path | None = None):
+        """What one clip asks of the pipeline: its size, the driving clip for video-to-video, the
+        long-clip windows, and each add-on's contribution (conditioners built through the registry)."""
+        import torch
 
-        plan = GenerationPlan(g.frames, g.height, g.width)
+        from ..contracts import GenerationPlan
+        from ..video import read_source, resample
+
+        plan = GenerationPlan(g.frames, g.height, g.width, context_length=g.context_length,
+                              context_stride=g.context_stride, strength=g.strength)
+        if video is not None:
+            frames = resample(read_source(video), g.frames, g.height, g.width)
+            plan.video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+            plan.record["video"] = {"source": str(video), "strength": g.strength}
         for addon in addons:
             options = {**g.conditioners.get(addon.name, {}), **addon.options}
             conditioner = self.ctx.registry.create("conditioners", addon.name, options=options,
@@ -86,22 +96,28 @@ class IdentityRenderer:
         return plan
 
     def render(self, prompt: str, output: Path | None = None, adapter: bool = True,
-               generate: GenerateSettings | None = None, addons: list[AddOn] | None = None) -> Video:
-        """One clip; written to `output` (mp4) when given. `generate` overrides the renderer's
-        generate settings for this clip; `addons` are conditioners (ControlNet, style LoRA, ...)."""
-        from ..engine.generate import check_frames, generate_frames
+               generate: GenerateSettings | None = None, addons: list[AddOn] | None = None,
+               video: str | Path | None = None, advance=None) -> Video:
+        """One clip; written to `output` (.mp4, .gif, .webp or a frames folder) when given.
+        `generate` overrides the renderer's generate settings for this clip; `addons` are
+        conditioners (ControlNet, style LoRA, ...); `video` restyles a driving clip
+        (video-to-video, `generate.strength`). `advance` (one call per denoising step) replaces
+        the clip's own progress bar, for batches that show one bar."""
+        from ..engine.generate import check_frames, denoising_steps, generate_frames, plan_strength
         from ..engine.prompts import with_identity
         from ..engine.sampling import adapted_steps
-        from ..video import write_mp4
+        from ..video import write_video
 
         g = generate or self.settings.generate
         check_frames(self.backbone, g.frames)  # before the add-ons do any work
         scale = g.adapter_scale if adapter else 0.0
-        plan = self.plan(g, addons or [])
+        plan = self.plan(g, addons or [], video)
+        steps = denoising_steps(g.steps, plan_strength(plan))
         full_prompt = with_identity(prompt, self.phrase)
-        with self.ctx.reporter.progress(f"generating {self.name}", g.steps) as advance:
-            frames = generate_frames(self.backbone, full_prompt, g, adapter_steps=adapted_steps(g.steps, self.fraction),
-                                     on_step=lambda i, _: advance(), plan=plan, adapter_scale=scale)
+        bar = nullcontext(advance) if advance else self.ctx.reporter.progress(f"generating {self.name}", steps)
+        with bar as step:
+            frames = generate_frames(self.backbone, full_prompt, g, adapter_steps=adapted_steps(steps, self.fraction),
+                                     on_step=lambda i, _: step(), plan=plan, adapter_scale=scale)
         record = {
             "identity": self.name, "prompt": full_prompt, "negative_prompt": g.negative_prompt, "seed": g.seed,
             "steps": g.steps, "guidance_scale": g.guidance_scale, "frames": int(frames.shape[0]), "fps": g.fps,
@@ -110,11 +126,62 @@ class IdentityRenderer:
         }
         video = Video(frames.numpy(), record)
         if output is not None:
-            video.path = write_mp4(video.frames, output, g.fps, metadata=record)
+            video.path = write_video(video.frames, output, g.fps, metadata=record)
         return video
 
 
+DEFAULT_OUTPUT = "{name}_{slug}_s{seed}.mp4"
+
+
 def default_output(name: str, prompt: str, seed: int) -> Path:
-    slug = "".join(c if c.isalnum() else "-" for c in prompt.lower()).strip("-")
-    slug = "-".join(filter(None, slug.split("-")))[:40] or "clip"
-    return Path(f"{name}_{slug}_s{seed}.mp4")
+    return output_path(DEFAULT_OUTPUT, name, prompt, seed, 0)
+
+
+@dataclass
+class ClipRequest:
+    """One clip of a batch: its prompt, and optionally its own seed, negative prompt and output."""
+
+    prompt: str
+    seed: int | None = None
+    negative: str | None = None
+    output: str | None = None
+
+
+def parse_prompt_lines(lines, where: str = "stdin"):
+    """Prompts one per line, or JSON lines {"prompt", "seed", "negative", "output"}; blank lines and
+    `#` comments skipped. Lazy: a line is parsed when the batch reaches it (streams)."""
+    import json
+
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not line.startswith("{"):
+            yield ClipRequest(line)
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PVError(f"{where} line {number} is not valid JSON: {exc.msg}") from None
+        unknown = set(data) - {"prompt", "seed", "negative", "output"}
+        if not isinstance(data.get("prompt"), str) or not data["prompt"].strip() or unknown:
+            raise PVError(f"{where} line {number}: a JSON line needs a \"prompt\" and may have seed, negative, "
+                          f"output{f' (unknown: {sorted(unknown)[0]})' if unknown else ''}")
+        seed = data.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise PVError(f"{where} line {number}: seed must be an integer, got {seed!r}")
+        yield ClipRequest(data["prompt"], seed, data.get("negative"), data.get("output"))
+
+
+def slug(prompt: str) -> str:
+    text = "".join(c if c.isalnum() else "-" for c in prompt.replace("{id}", "").lower()).strip("-")
+    return "-".join(filter(None, text.split("-")))[:40] or "clip"
+
+
+def output_path(template: str | Path, name: str, prompt: str, seed: int, index: int) -> Path:
+    """-o as a template: {name}, {slug} (of the prompt), {seed}, {index} (0-based position in the batch)."""
+    try:
+        return Path(str(template).format(name=name, slug=slug(prompt), seed=seed, index=index))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise PVError(f"bad -o template {str(template)!r}: {exc}",
+                      "use {name}, {slug}, {seed} and {index}, e.g. -o 'clips/{slug}_s{seed}.gif'") from None

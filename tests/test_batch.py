@@ -1,0 +1,165 @@
+"""A working day of generation: many prompts and seeds in one model load (stdin, files), results
+streamed, output formats by suffix, long clips past the motion window, video-to-video."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import tuned_home
+from typer.testing import CliRunner
+
+from pvcli.cli import create_app
+from pvcli.video import read_frames, read_metadata, write_mp4
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(create_app(), [str(a) for a in args], input=input)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, astronaut):
+    with tuned_home(tmp_path_factory, astronaut, "batchhome") as home:
+        yield home
+
+
+@pytest.fixture(autouse=True)
+def _home(home, monkeypatch):
+    monkeypatch.setenv("PV_HOME", str(home))
+
+
+def test_stdin_prompts_and_seeds_render_in_one_model_load(tmp_path):
+    lines = "\n".join(["surfing at sunset", "# a comment", "",
+                       json.dumps({"prompt": "dancing", "seed": 9, "negative": "blurry",
+                                   "output": str(tmp_path / "dance.gif")}),
+                       "reading a book"]) + "\n"
+    r = run("generate", "alice", "-", "--frames", "4", "--seed", "1", "--seed", "2",
+            "-o", tmp_path / "{index}_{slug}_s{seed}.mp4", input=lines)
+    assert r.exit_code == 0, r.stderr
+    paths = r.stdout.split()
+    assert paths == [str(tmp_path / "0_surfing-at-sunset_s1.mp4"), str(tmp_path / "1_surfing-at-sunset_s2.mp4"),
+                     str(tmp_path / "dance.gif"), str(tmp_path / "3_reading-a-book_s1.mp4"),
+                     str(tmp_path / "4_reading-a-book_s2.mp4")]
+    assert r.stderr.count("loading backbone") == 1  # one model load for the whole batch
+    meta = read_metadata(tmp_path / "dance.gif")
+    assert meta["seed"] == 9 and meta["negative_prompt"] == "blurry" and meta["prompt"] == "sks person, dancing"
+    assert read_metadata(paths[1])["seed"] == 2
+    a, b = read_frames(paths[0]), read_frames(paths[1])
+    assert a.shape == (4, 64, 64, 3) and not np.array_equal(a, b)
+
+
+def test_prompts_file_num_and_json_records(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("surfing\nclimbing a rock wall\n")
+    r = run("generate", "alice", "--prompts", prompts, "--num", "2", "--seed", "5", "--frames", "4", "--json",
+            "-o", tmp_path / "{slug}_{seed}.mp4")
+    assert r.exit_code == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(rec["prompt"], rec["seed"]) for rec in records] == [
+        ("sks person, surfing", 5), ("sks person, surfing", 6),
+        ("sks person, climbing a rock wall", 5), ("sks person, climbing a rock wall", 6)]
+    assert all((tmp_path / rec["path"]).is_file() for rec in records)
+
+
+def test_results_stream_as_each_clip_is_written(tmp_path):
+    """A clip is yielded (and printed) before the next prompt is even read."""
+    import pvcli as pv
+
+    read = []
+
+    def prompts():
+        for p in ("one", "two", "three"):
+            read.append(p)
+            yield p
+
+    clips = pv.Identity.load("alice").generate_many(prompts(), output=tmp_path / "{slug}.mp4", frames=4)
+    first = next(clips)
+    assert first.path == tmp_path / "one.mp4" and first.path.is_file() and read == ["one"]
+    assert [c.path.name for c in clips] == ["two.mp4", "three.mp4"]
+
+
+@pytest.mark.parametrize("name", ["clip.gif", "clip.webp", "frames"])
+def test_output_formats_by_suffix_carry_frames_and_metadata(tmp_path, name, astronaut):
+    out = tmp_path / name
+    r = run("generate", "alice", "surfing", "-o", out, "--frames", "4", "--seed", "3", "--fps", "4")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip() == str(out)
+    frames = read_frames(out)
+    assert frames.shape == (4, 64, 64, 3)
+    meta = read_metadata(out)
+    assert meta["seed"] == 3 and meta["identity"] == "alice" and meta["fps"] == 4 and meta["pv_version"]
+    if name == "frames":
+        assert sorted(p.name for p in out.iterdir()) == [f"frame_0000{i}.png" for i in range(4)]
+    r = run("eval", out, "--ref", astronaut, "--no-face", "center", "--scorer", "clip-tiny", "--json")
+    assert r.exit_code == 0, r.stderr
+    row = json.loads(r.stdout)["videos"][0]
+    assert row["frames"] == 4 and row["prompt"] == "sks person, surfing"  # pv eval reads the format and its record
+    if name != "clip.gif":  # PNG frames and WebP are lossless: exactly the rendered clip (GIF has 256 colours)
+        import pvcli as pv
+
+        assert np.array_equal(frames, pv.Identity.load("alice").generate("surfing", frames=4, seed=3).frames)
+
+
+def test_long_clip_past_the_motion_window_and_the_model_is_unchanged_after(tmp_path):
+    before = run("generate", "alice", "surfing", "-o", tmp_path / "a.mp4", "--frames", "8")
+    long = run("generate", "alice", "surfing", "-o", tmp_path / "long.mp4", "--frames", "40",
+               "--set", "generate.context_length=16", "--set", "generate.context_stride=8")
+    assert before.exit_code == 0 and long.exit_code == 0, long.stderr
+    assert read_frames(tmp_path / "long.mp4").shape == (40, 64, 64, 3)
+
+    import pvcli as pv
+
+    identity = pv.Identity.load("alice")
+    short = identity.generate("surfing", frames=8).frames
+    identity.generate("surfing", frames=40)  # FreeNoise on the same loaded model...
+    assert np.array_equal(identity.generate("surfing", frames=8).frames, short)  # ...leaves it as it was
+
+
+def test_video_to_video_restyles_a_clip_with_the_identity(tmp_path, astronaut):
+    import cv2
+
+    from pvcli.engine.identity import load_image
+
+    img = cv2.resize(load_image(astronaut), (96, 96))
+    drive = tmp_path / "drive.mp4"
+    write_mp4(np.stack([np.roll(img, 3 * k, axis=1) for k in range(10)]), drive, 8)
+    out, plain = tmp_path / "astro.mp4", tmp_path / "plain.mp4"
+    r = run("generate", "alice", "as an astronaut", "--video", drive, "--strength", "0.75", "--frames", "6",
+            "-o", out, "--json")
+    assert r.exit_code == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert rec["video"] == {"source": str(drive), "strength": 0.75} and read_frames(out).shape == (6, 64, 64, 3)
+    assert run("generate", "alice", "as an astronaut", "--frames", "6", "-o", plain).exit_code == 0
+    assert np.abs(read_frames(out).astype(int) - read_frames(plain).astype(int)).max() > 10
+    base = tmp_path / "base.mp4"
+    r = run("generate", "alice", "as an astronaut", "--video", drive, "--strength", "0.75", "--frames", "6", "-o", base,
+            "--no-adapter")
+    assert r.exit_code == 0 and not np.array_equal(read_frames(out), read_frames(base))  # the identity acts
+    both = tmp_path / "both.mp4"
+    r = run("generate", "alice", "as an astronaut", "--video", drive, "--frames", "6", "-o", both,
+            "--control", f"canny={drive}")
+    assert r.exit_code == 0, r.stderr  # video-to-video with ControlNet
+
+
+def _error(r):
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    return r.stderr
+
+
+def test_batch_input_errors_are_one_line(tmp_path):
+    assert "-o names one file" in _error(run("generate", "alice", "x", "--seed", "1", "--seed", "2",
+                                             "-o", tmp_path / "one.mp4"))
+    assert "stdin line 1 is not valid JSON" in _error(run("generate", "alice", "-", "--frames", "4", "-o",
+                                                         tmp_path / "{index}.mp4", input="{broken\nfine\n"))
+    r = run("generate", "alice", "-", "--frames", "4", "-o", tmp_path / "{index}.mp4", input="fine\n{broken\n")
+    assert r.exit_code == 1 and "stdin line 2 is not valid JSON" in r.stderr
+    assert r.stdout.split() == [str(tmp_path / "0.mp4")] and (tmp_path / "0.mp4").is_file()  # done work is kept
+    assert "needs a \"prompt\"" in _error(run("generate", "alice", "-", "-o", tmp_path / "{index}.mp4",
+                                              input='{"seed": 1}\n'))
+    assert "not both" in _error(run("generate", "alice", "x", "--prompts", tmp_path / "p.txt"))
+    assert "needs a prompt" in _error(run("generate", "alice"))
+    assert "bad -o template" in _error(run("generate", "alice", "-", "-o", tmp_path / "{nope}.mp4", input="x\n"))
+    assert "generate.strength must be between" in _error(run("generate", "alice", "x", "--video", tmp_path / "v.mp4",
+                                                            "--strength", "1.5"))
+    assert "not found" in _error(run("generate", "alice", "x", "--video", tmp_path / "v.mp4", "-o", tmp_path / "o.mp4"))
+    assert not (tmp_path / "o.mp4").exists()
