@@ -41,27 +41,28 @@ class Run:
         return json.loads((self.root / "run.json").read_text()), yaml.safe_load((self.root / "config.yaml").read_text())
 
     def save_checkpoint(self, state: dict, keep: int) -> Path:
-        import torch
+        """The tuner's full state as safetensors + JSON (no pickle); the last `keep` are kept."""
+        from .checkpoint import save_state
 
-        path = self.checkpoints / f"step_{state['step']:07d}.pt"
-        atomic_write_file(path, lambda tmp: torch.save(state, tmp))
+        path = self.checkpoints / f"step_{state['step']:07d}.safetensors"
+        atomic_write_file(path, lambda tmp: save_state(state, tmp))
         for old in self.checkpoint_paths()[:-keep]:
             old.unlink(missing_ok=True)
         return path
 
     def checkpoint_paths(self) -> list[Path]:
-        return sorted(self.checkpoints.glob("step_*.pt")) if self.checkpoints.is_dir() else []
+        return sorted(self.checkpoints.glob("step_*.safetensors")) if self.checkpoints.is_dir() else []
 
     def latest_checkpoint(self) -> dict | None:
-        import torch
+        from .checkpoint import load_state
 
         paths = self.checkpoint_paths()
         if not paths:
+            if self.checkpoints.is_dir() and any(self.checkpoints.glob("step_*.pt")):
+                raise PVError(f"the run of {self.name!r} was checkpointed by an older pv in pickle format, which pv "
+                              "no longer loads", f"start over with `pv tune ... --name {self.name} --force`")
             return None
-        try:
-            return torch.load(paths[-1], weights_only=False)
-        except Exception as exc:
-            raise PVError(f"cannot read checkpoint {paths[-1]}: {exc}", "delete it to resume from the one before") from None
+        return load_state(paths[-1])
 
     def log(self, record: dict) -> None:
         with self.log_path.open("a") as fh:

@@ -4,6 +4,7 @@ several photos, the semantic reward, exact resume."""
 import pytest
 import torch
 
+from pvcli.checkpoint import load_state, save_state
 from pvcli.engine.adapter import adapter_state_dict, add_adapter
 from pvcli.engine.identity import embed_crops, mean_embedding, reference_faces
 from pvcli.engine.prompts import PROMPTS
@@ -102,10 +103,10 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(encoder, astronaut
     torch.manual_seed(0)
     first = Tuner(make_tiny(), encoder, s, refs)
     first.step(), first.step()
-    torch.save(first.state_dict(), tmp_path / "ckpt.pt")
+    save_state(first.state_dict(), tmp_path / "ckpt.safetensors")  # safetensors + JSON, no pickle
     torch.manual_seed(123)  # a different process would start from other RNG states
     second = Tuner(make_tiny(), encoder, s, refs)
-    second.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=False))
+    second.load_state_dict(load_state(tmp_path / "ckpt.safetensors"))
     second.run()
     a, b = adapter_state_dict(full.bb.unet), adapter_state_dict(second.bb.unet)
     assert second.step_index == 4

@@ -34,7 +34,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(astro
     assert "interrupted at step 2 of 3" in r.stderr and "pv tune --resume alice" in r.stderr
     assert not (pv_home / "identities" / "alice").exists()  # no half identity
     assert sorted(p.name for p in (pv_home / "runs" / "alice" / "checkpoints").iterdir()) == [
-        "step_0000001.pt", "step_0000002.pt"]
+        "step_0000001.safetensors", "step_0000002.safetensors"]
 
     r = run("tune", astronaut, "--name", "alice", *TUNE)  # a fresh start must not silently drop the run
     assert r.exit_code == 1 and "interrupted run" in r.stderr and "--resume alice" in r.stderr
@@ -95,5 +95,5 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(astronaut, p
     monkeypatch.setattr(enc.FaceNetEncoder, "embed", poisoned)
     r = run("tune", astronaut, "--name", "n", *TUNE)
     assert r.exit_code == 1 and "loss became nan at step 2" in r.stderr
-    assert (pv_home / "runs" / "n" / "checkpoints" / "step_0000001.pt").is_file()
+    assert (pv_home / "runs" / "n" / "checkpoints" / "step_0000001.safetensors").is_file()
     assert not (pv_home / "identities" / "n").exists()

@@ -23,6 +23,7 @@ from ..context import Context
 from ..errors import PVError
 from ..identity import ADAPTER_FILE, REFERENCE_FILE, tensor_hash
 from ..identity import FORMAT as ADAPTER_FORMAT
+from ..locks import IdentityLock
 from ..store import IDENTITY_FILE, atomic_write_file, validate_name
 from .export import _check_writable
 
@@ -165,16 +166,22 @@ def _validate(path: Path, members: dict[str, bytes]) -> tuple[dict, dict]:
 def import_bundle(ctx: Context, path: Path, name: str | None = None, force: bool = False) -> dict:
     """Import the identity in bundle `path` (as `name`, default the bundle's own); nothing is
     written unless every check passes."""
-    import yaml
-
-    from ..settings import from_dict
-
     path = Path(path)
     if not path.is_file():
         raise PVError(f"bundle not found: {path}")
     members = _read_members(path)
     manifest, tensors = _validate(path, members)
     name = validate_name(name or str(manifest.get("name", "")))
+    with IdentityLock(ctx.store, name, "imported"):
+        return _write_imported(ctx, path, name, force, members, manifest, tensors)
+
+
+def _write_imported(ctx: Context, path: Path, name: str, force: bool, members: dict, manifest: dict,
+                    tensors: dict) -> dict:
+    import yaml
+
+    from ..settings import from_dict
+
     ctx.store.check_free(name, force)
     try:
         info = json.loads(members[IDENTITY_FILE])

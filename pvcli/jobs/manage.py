@@ -28,13 +28,15 @@ def removable(ctx: Context, name: str) -> str:
 
 def remove(ctx: Context, name: str) -> list[Path]:
     """Delete the identity `name` and any interrupted tuning run of that name; the paths removed."""
+    from ..locks import IdentityLock
     from ..runs import Run
 
-    removable(ctx, name)
-    run, removed = Run(ctx.store, name), []
-    if run.exists():
-        run.remove()
-        removed.append(run.root)
-    if ctx.store.exists(name):
-        removed.append(ctx.store.remove(name))
+    with IdentityLock(ctx.store, name, "removed"):  # never under a running `pv tune` of that name
+        removable(ctx, name)
+        run, removed = Run(ctx.store, name), []
+        if run.exists():
+            run.remove()
+            removed.append(run.root)
+        if ctx.store.exists(name):
+            removed.append(ctx.store.remove(name))
     return removed

@@ -15,6 +15,7 @@ from .. import __version__
 from ..context import Context
 from ..errors import PVError
 from ..identity import write_identity
+from ..locks import IdentityLock
 from ..settings import Settings, from_dict
 from ..store import validate_name
 from .common import build_backbone, build_encoder, peak_memory_mb
@@ -55,11 +56,16 @@ class _RunInputs:
 def tune(ctx: Context, request: TuneRequest) -> dict:
     """Tune a new identity. Checkpoints go to the run folder every tune.checkpoint_every steps
     and on Ctrl-C; the identity is written only when tuning ends."""
+    name = validate_name(request.name)
+    with IdentityLock(ctx.store, name, "tuned"):  # one writer per name, across processes
+        return _start(ctx, request, name)
+
+
+def _start(ctx: Context, request: TuneRequest, name: str) -> dict:
     from ..engine.identity import expand_photos
     from ..engine.prompts import load_prompt_file
     from ..runs import Run
 
-    name = validate_name(request.name)
     run = Run(ctx.store, name)
     ctx.store.check_free(name, request.force)  # fail before minutes of work, and again before replacing
     if run.exists() and not request.force:
@@ -80,12 +86,13 @@ def resume(ctx: Context, name: str, steps: int | None = None, eval_held_out: boo
     from ..engine.identity import expand_photos
     from ..runs import Run
 
-    run = Run(ctx.store, validate_name(name))
-    inputs, saved = run.load()
-    settings = from_dict(saved, [{"tune": {"steps": steps}}] if steps else None)
-    ctx.store.check_free(name, force=True)
-    return _tune(ctx, run, _RunInputs(name, expand_photos(inputs["photos"]), settings, inputs["profile"],
-                                      inputs["face_index"], inputs["prompts"], True, True, eval_held_out))
+    with IdentityLock(ctx.store, name, "tuned"):
+        run = Run(ctx.store, validate_name(name))
+        inputs, saved = run.load()
+        settings = from_dict(saved, [{"tune": {"steps": steps}}] if steps else None)
+        ctx.store.check_free(name, force=True)
+        return _tune(ctx, run, _RunInputs(name, expand_photos(inputs["photos"]), settings, inputs["profile"],
+                                          inputs["face_index"], inputs["prompts"], True, True, eval_held_out))
 
 
 def _tune(ctx: Context, run, r: _RunInputs) -> dict:

@@ -1,0 +1,47 @@
+"""Several pv processes on one store: one writer per identity name, a lock that a killed process
+cannot leave behind, and readers that see the last complete identity."""
+
+import os
+import signal
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from pvcli.cli import create_app
+
+HOLD = ("import sys, time; from pvcli.locks import IdentityLock; from pvcli.store import Store; "
+        "IdentityLock(Store(), sys.argv[1]).__enter__(); print('held', flush=True); time.sleep(120)")
+
+
+def run(*args):
+    return CliRunner().invoke(create_app(), [str(a) for a in args])
+
+
+def _hold(name):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, name], stdout=subprocess.PIPE, text=True, env=os.environ)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_writer_is_told_who_holds_the_name_and_a_killed_holder_frees_it(astronaut, pv_home, tmp_path):
+    assert run("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "0", "-q").exit_code == 0
+    holder = _hold("alice")
+    try:
+        r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "0", "--force")
+        assert r.exit_code == 1 and f"'alice' is being tuned by process {holder.pid}" in r.stderr
+        assert "interrupted" not in r.stderr
+        r = run("rm", "alice", "--yes")
+        assert r.exit_code == 1 and "is being tuned" in r.stderr
+        r = run("import", tmp_path / "x.pvid", "--name", "alice")  # (missing bundle: fails before the lock)
+        assert r.exit_code == 1
+        # readers are not blocked: they read the last complete identity
+        r = run("generate", "alice", "surfing", "--frames", "4", "-o", tmp_path / "a.mp4")
+        assert r.exit_code == 0 and (tmp_path / "a.mp4").is_file()
+        other = run("tune", astronaut, "--name", "bob", "--profile", "tiny", "--steps", "0", "-q")
+        assert other.exit_code == 0  # other names are free
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "0", "--force", "-q")
+    assert r.exit_code == 0, r.stderr  # kill -9 left no stale lock
