@@ -36,7 +36,7 @@ def create_app() -> typer.Typer:
         try:
             state.registry().pm.hook.register_commands(app=app)
         except Exception as exc:
-            err.print(f"[yellow]Warning:[/yellow] a plugin failed to add commands: {exc}")
+            err.print(f"[yellow]Warning:[/yellow] a plugin failed to add commands: {exc}", soft_wrap=True)
     return app
 
 

@@ -29,7 +29,7 @@ class AppState:
         if self._registry is None:
             from ..plugins import build_plugin_manager
 
-            self._registry = build_plugin_manager(warn=lambda m: err.print(f"[yellow]Warning:[/yellow] {m}"))
+            self._registry = build_plugin_manager(warn=RichReporter().warn)
         return self._registry
 
     def context(self, quiet: bool = False, device: str | None = None) -> Context:

@@ -71,4 +71,4 @@ def _table(result: dict) -> None:
     err.print(table)
     notes = {k: v for r in result["videos"] for k, v in r["notes"].items()}
     for k, v in notes.items():
-        err.print(f"[dim]{k}: {v}[/dim]")
+        err.print(f"[dim]{k}: {v}[/dim]", soft_wrap=True)
