@@ -14,9 +14,7 @@ e.g. {"tune.sample_every": 10}) -> keyword settings (the CLI's flags, e.g. steps
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,43 +171,22 @@ class Identity:
         works). Each prompt renders once per seed in `seeds` (default: the settings' seed); a
         request's own seed renders once. `output` is a template for the files: {name}, {slug},
         {seed}, {index} (None: no files unless a request names one). One progress bar for all."""
-        from .jobs.generate import IdentityRenderer, output_path
-        from .video import check_video_path
+        from .jobs.generate import IdentityRenderer, render_batch
 
         resolved = self.settings(**settings)
-        if output is not None and not _single:
-            check_video_path(output_path(output, self.name, "prompt", 0, 0))  # before minutes of work
+
+        def renderer() -> IdentityRenderer:  # loaded on the first clip, then kept for every later call
+            if self._renderer is None or self._renderer.settings.backbone != resolved.backbone:
+                self._renderer = IdentityRenderer(self.context, self.name, resolved)
+            return self._renderer
+
         extras = [*(AddOn("controlnet", dict(c)) for c in controls or []),
                   *(AddOn("lora", {"source": src, "weight": w}) for src, w in map(lora_spec, loras or [])),
                   *(addons or [])]
-        seed_list = list(seeds) if seeds is not None else [resolved.generate.seed]
-        if not seed_list:
-            raise PVError("no seeds to render")
         items = [requests] if isinstance(requests, (str, ClipRequest)) else requests
-        total = len(items) * len(seed_list) if hasattr(items, "__len__") else None
-        index = 0
-        from .engine.generate import denoising_steps
-
-        g0 = resolved.generate
-        per_clip = denoising_steps(g0.steps, g0.strength if video is not None else None)
-        bar = nullcontext() if _single else self.context.reporter.progress(
-            f"generating {self.name}", None if total is None else total * per_clip)
-        with bar as advance:
-            for item in items:
-                req = ClipRequest(item) if isinstance(item, str) else item
-                for seed in [req.seed] if req.seed is not None else seed_list:
-                    g = dataclasses.replace(resolved.generate, seed=seed,
-                                            **({"negative_prompt": req.negative} if req.negative is not None else {}))
-                    target = req.output or (output_path(output, self.name, req.prompt, seed, index)
-                                            if output is not None else None)
-                    if target is not None:
-                        check_video_path(Path(target))
-                    if self._renderer is None or self._renderer.settings.backbone != resolved.backbone:
-                        self._renderer = IdentityRenderer(self.context, self.name, resolved)
-                    yield self._renderer.render(req.prompt, Path(target) if target is not None else None,
-                                                adapter=adapter, generate=g, addons=extras, video=video,
-                                                advance=None if _single else advance)
-                    index += 1
+        return render_batch(self.context, self.name, renderer, resolved.generate, items, output=output,
+                            seeds=list(seeds) if seeds is not None else None, adapter=adapter, addons=extras,
+                            video=video, one_bar=not _single)
 
     def evaluate(self, **kwargs: Any) -> dict:
         """`pv eval NAME`: generate clips of this identity and score them (see `evaluate`)."""

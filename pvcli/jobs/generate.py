@@ -185,3 +185,41 @@ def output_path(template: str | Path, name: str, prompt: str, seed: int, index: 
     except (KeyError, IndexError, ValueError) as exc:
         raise PVError(f"bad -o template {str(template)!r}: {exc}",
                       "use {name}, {slug}, {seed} and {index}, e.g. -o 'clips/{slug}_s{seed}.gif'") from None
+
+
+def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, requests, *, output=None,
+                 seeds: list[int] | None = None, adapter: bool = True, addons: list[AddOn] | None = None,
+                 video=None, one_bar: bool = True):
+    """Render every request (a prompt or ClipRequest, read lazily) once per seed (default the
+    settings' seed; a request's own seed renders once), yielding each Video as soon as it is
+    written. `renderer()` gives the loaded IdentityRenderer; `output` is a file template ({name},
+    {slug}, {seed}, {index}; None: no files unless a request names one). `one_bar`: one progress
+    bar for the batch instead of one per clip."""
+    import dataclasses
+
+    from ..engine.generate import denoising_steps
+    from ..video import check_video_path
+
+    if output is not None and one_bar:
+        check_video_path(output_path(output, name, "prompt", 0, 0))  # before minutes of work
+    seed_list = seeds if seeds is not None else [g.seed]
+    if not seed_list:
+        raise PVError("no seeds to render")
+    total = len(requests) * len(seed_list) if hasattr(requests, "__len__") else None
+    per_clip = denoising_steps(g.steps, g.strength if video is not None else None)
+    bar = ctx.reporter.progress(f"generating {name}", None if total is None else total * per_clip) if one_bar \
+        else nullcontext()
+    index = 0
+    with bar as advance:
+        for item in requests:
+            req = ClipRequest(item) if isinstance(item, str) else item
+            for seed in [req.seed] if req.seed is not None else seed_list:
+                clip = dataclasses.replace(g, seed=seed, **({"negative_prompt": req.negative}
+                                                            if req.negative is not None else {}))
+                target = req.output or (output_path(output, name, req.prompt, seed, index) if output is not None
+                                        else None)
+                if target is not None:
+                    check_video_path(Path(target))
+                yield renderer().render(req.prompt, Path(target) if target is not None else None, adapter=adapter,
+                                        generate=clip, addons=addons, video=video, advance=advance)
+                index += 1
