@@ -36,7 +36,7 @@ def flow_magnitude(frames) -> float:
     return float(np.mean(mags))
 
 
-def run(name: str, sets: list[str], steps: int, photo: Path, reg) -> dict:
+def run(name: str, sets: list[str], steps: int, photo: Path, reg, profile: str = "tiny") -> dict:
     import torch
 
     from pvcli.engine.generate import generate_frames
@@ -46,7 +46,7 @@ def run(name: str, sets: list[str], steps: int, photo: Path, reg) -> dict:
     from pvcli.settings import parse_set, resolve
 
     torch.manual_seed(0)
-    _, s = resolve("tiny", [parse_set([f"tune.steps={steps}", *sets])])
+    _, s = resolve(profile, [parse_set([f"tune.steps={steps}", *sets])])
     bb = reg.create("backbones", s.backbone.name, options=s.backbone.options, device="cpu")
     enc = reg.create("encoders", s.encoder.name, options=s.encoder.options, device="cpu")
     scorer = reg.create("scorers", s.tune.scorer, options=s.tune.scorer_options) if s.tune.scr_weight > 0 else None
@@ -64,11 +64,8 @@ def run(name: str, sets: list[str], steps: int, photo: Path, reg) -> dict:
             "s_per_step": round(statistics.median(times), 2)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--only", nargs="*", help="substrings of setting names to run")
-    args = ap.parse_args()
+def setup():
+    """(a reference photo, the plugin registry)."""
     import cv2
     import skimage.data
 
@@ -76,7 +73,15 @@ def main() -> None:
 
     photo = Path(tempfile.mkdtemp()) / "face.png"
     cv2.imwrite(str(photo), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
-    reg = build_plugin_manager()
+    return photo, build_plugin_manager()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--only", nargs="*", help="substrings of setting names to run")
+    args = ap.parse_args()
+    photo, reg = setup()
     rows = []
     for name, sets in VARIANTS.items():
         if args.only and not any(o in name for o in args.only):

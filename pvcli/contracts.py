@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # keep torch out of `pv --help`
     from .faces import Face
 
 
+Conditioning = Any  # a tensor, or a mapping of name -> batch-first tensor (see Backbone.encode_prompt)
+
+
 class Backbone(ABC):
     """A latent text-to-video diffusion model whose spatial layers take the identity adapter.
 
@@ -37,12 +40,13 @@ class Backbone(ABC):
     vae_scale_factor: int
     max_frames: int  # the motion module's window
     long_videos: bool = False  # whether pipeline_call renders plan.frames > max_frames (sliding windows)
+    random_weights: bool = False  # built in-process for offline runs and tests: it never draws a face
 
     @abstractmethod
     def describe(self) -> dict[str, str]:
         """Identifying metadata stored with an adapter: `backbone` (the registered name), base model
         ids (`base_model`, ...), and optionally `base_model_version` / `architecture`, the names
-        kohya-format LoRA readers use for the base family (e.g. sd_v1 / stable-diffusion-v1),
+        kohya-format LoRA readers use for the base family (ss_base_model_version, modelspec architecture),
         which `pv export --format kohya` writes into the file's header."""
 
     @abstractmethod
@@ -59,12 +63,25 @@ class Backbone(ABC):
         """A regex matching unet module names the adapter must never touch (motion modules)."""
 
     @abstractmethod
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings for a batch of prompts."""
+    def encode_prompt(self, prompts: list[str]) -> Conditioning:
+        """The text conditioning of a batch of prompts: one tensor (B, ...) or, for families that
+        condition on more than one embedding (pooled embeddings, size/crop ids), a mapping of
+        name -> tensor, every value batch-first. The engine only batches it (`cat_conditioning`)
+        and hands it back to `predict_noise`."""
 
     @abstractmethod
-    def predict_noise(self, latents: torch.Tensor, t, embeds: torch.Tensor) -> torch.Tensor:
-        """The denoiser's output for latents (B, C, F, h, w) at timestep t."""
+    def predict_noise(self, latents: torch.Tensor, t, embeds: Conditioning) -> torch.Tensor:
+        """The denoiser's output for latents (B, C, F, h, w) at timestep t, under the
+        conditioning `encode_prompt` made (batched to B)."""
+
+    def cat_conditioning(self, items: list[Conditioning]) -> Conditioning:
+        """Several conditionings batched into one, in order (classifier-free guidance puts the
+        unconditional one first)."""
+        import torch
+
+        if isinstance(items[0], dict):
+            return {k: torch.cat([c[k] for c in items]) for k in items[0]}
+        return torch.cat(items)
 
     @abstractmethod
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

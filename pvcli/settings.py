@@ -21,12 +21,10 @@ import yaml
 
 from .errors import PVError
 
-DEFAULT_PROFILE = "animatediff"
-
 
 @dataclass
 class BackboneSettings:
-    name: str = "animatediff"
+    name: str = ""  # a registered backbone; profiles set it (the core names no backbone)
     options: dict = field(default_factory=dict)
 
 
@@ -60,6 +58,9 @@ class TuneSettings:
     grad_steps: int = 2
     guidance_scale: float = 7.5
     supervised_frames: int = 4
+    # clips sampled (and gradients accumulated) per optimizer step: the effective batch on one
+    # device; N processes with --processes multiply it by N
+    clips_per_step: int = 1
     no_face: Literal["center", "skip"] = "center"
     token: str = "sks"
     class_word: str = "person"
@@ -113,7 +114,7 @@ _RANGES = {
     "adapter.rank": (1, 1024), "adapter.alpha": (1e-6, None),
     "tune.steps": (0, None), "tune.lr": (0.0, 1.0), "tune.frames": (1, None), "tune.height": (8, None),
     "tune.width": (8, None), "tune.num_inference_steps": (1, 1000), "tune.grad_steps": (1, 1000),
-    "tune.guidance_scale": (0.0, None), "tune.supervised_frames": (1, None), "tune.grad_clip": (0.0, None),
+    "tune.guidance_scale": (0.0, None), "tune.supervised_frames": (1, None), "tune.clips_per_step": (1, 1024), "tune.grad_clip": (0.0, None),
     "tune.warmup_steps": (0, None), "tune.weight_decay": (0.0, None), "adapter.active_fraction": (1e-6, 1.0),
     "tune.scr_weight": (0.0, None), "tune.scr_frames": (2, None), "tune.checkpoint_every": (0, None),
     "tune.keep_checkpoints": (1, None), "tune.sample_every": (0, None),
@@ -183,6 +184,8 @@ def _merge_into(obj: Any, data: dict, prefix: str) -> None:
 
 
 def _validate(s: Settings) -> None:
+    if not s.backbone.name:
+        raise PVError("no backbone is set", "choose a --profile (see `pv profiles`) or --set backbone.name=NAME")
     for path, (lo, hi) in _RANGES.items():
         section, key = path.split(".")
         v = getattr(getattr(s, section), key)
@@ -205,6 +208,18 @@ def shipped_profiles() -> dict[str, Path]:
     return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
 
 
+def default_profile() -> str:
+    """The shipped profile marked `default: true`."""
+    for name, path in sorted(shipped_profiles().items()):
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and data.get("default") is True:
+            return name
+    raise PVError("no shipped profile is marked as the default", "pass --profile NAME")
+
+
 def read_profile(name_or_path: str) -> tuple[str, dict]:
     """Return (profile name, overlay dict) for a shipped profile name or a YAML file path."""
     shipped = shipped_profiles()
@@ -222,6 +237,7 @@ def read_profile(name_or_path: str) -> tuple[str, dict]:
     if not isinstance(data, dict):
         raise PVError(f"profile {path} must be a YAML mapping")
     description = data.pop("description", "")
+    data.pop("default", None)
     return name, {"description": description, **data}
 
 
@@ -262,7 +278,7 @@ def overlay(values: dict[str, Any]) -> dict:
 
 def resolve(profile: str | None = None, overlays: list[dict] | None = None) -> tuple[str, Settings]:
     """Defaults, then the profile, then each overlay in order; validated."""
-    name, data = read_profile(profile or DEFAULT_PROFILE)
+    name, data = read_profile(profile or default_profile())
     data.pop("description", None)
     settings = Settings()
     _merge_into(settings, data, "")

@@ -86,8 +86,12 @@ def test_adapter_save_load_round_trip(tiny):
     assert (_clip(other) - _clip(tiny)).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("targets", ["attention", "spatial"])
-def test_tuning_leaves_frozen_parts_bit_identical(tiny, encoder, reference, tiny_settings, targets):
+@pytest.mark.parametrize("family,targets", [("sd15", "attention"), ("sd15", "spatial"), ("sdxl", "attention")])
+def test_tuning_leaves_frozen_parts_bit_identical(tiny, encoder, reference, tiny_settings, family, targets):
+    if family == "sdxl":  # the second family: two text encoders, pooled embeddings, time ids
+        from pv_animatediff_sdxl.backbone import make_tiny_sdxl
+
+        tiny = make_tiny_sdxl()
     settings = type(tiny_settings)(**{**tiny_settings.__dict__})
     settings.adapter = type(tiny_settings.adapter)(targets=targets, rank=4, alpha=4)
     frozen = {f"{name}.{k}": v.clone() for name, mod in tiny.protected_modules().items()

@@ -11,6 +11,8 @@ from pvcli.errors import PVError
 from pvcli.hub import load_pretrained
 from pvcli.settings import validate_options
 
+from .schedulers import make_scheduler
+
 _BLOCKS = r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)"
 # Spatial (per-frame) attention lives under `.attentions.`; the temporal attention of the
 # motion modules has the same leaf names under `.motion_modules.` and must not be matched.
@@ -39,20 +41,11 @@ def _quiet_libraries() -> None:
     tlog.set_verbosity_error()
 
 
-def ddim_scheduler(config: dict | None = None):
-    """AnimateDiff's usual sampler: DDIM, linear betas 0.00085-0.012, no clipping."""
-    from diffusers import DDIMScheduler
-
-    base = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False,
-                set_alpha_to_one=False, timestep_spacing="linspace", steps_offset=1)
-    if config:
-        return DDIMScheduler.from_config(config, **base)
-    return DDIMScheduler(**base)
-
-
 class AnimateDiffBackbone(Backbone):
-    def __init__(self, name, unet, vae, text_encoder, tokenizer, scheduler, info: dict, device, dtype):
+    def __init__(self, name, unet, vae, text_encoder, tokenizer, scheduler, info: dict, device, dtype,
+                 random_weights: bool = False):
         self.name = name
+        self.random_weights = random_weights
         self.unet = unet.to(device, dtype).eval().requires_grad_(False)
         self.vae = vae.to(device, torch.float32).eval().requires_grad_(False)  # fp32 VAE: no black/NaN frames
         self.text_encoder = text_encoder.to(device, dtype).eval().requires_grad_(False)
@@ -211,9 +204,10 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
 class TinyOptions:
     seed: int = 0
     dtype: str = "float32"
+    scheduler: str = "ddim"  # ddim, lcm or euler-trailing (the few-step families' samplers)
 
 
-def build_tiny_components(seed: int = 0) -> dict:
+def build_tiny_components(seed: int = 0, scheduler: str = "ddim") -> dict:
     """Every AnimateDiff component, tiny, from configs, deterministic for a seed. UNet 1.8M
     params; a 3-level VAE (64 px frames -> 16x16 latents); pv's offline character tokenizer."""
     _quiet_libraries()
@@ -241,7 +235,7 @@ def build_tiny_components(seed: int = 0) -> dict:
             max_position_embeddings=77,
         ))
     return dict(unet2d=unet2d, motion_adapter=adapter, vae=vae, text_encoder=text_encoder, tokenizer=char_tokenizer(),
-                scheduler=ddim_scheduler())
+                scheduler=make_scheduler(scheduler))
 
 
 def save_tiny(folder: Path, seed: int = 0) -> tuple[Path, Path]:
@@ -263,11 +257,11 @@ def make_tiny(options: dict | None = None, device: str | None = "cpu") -> Animat
     dev = _resolve_device(device)
     from diffusers import UNetMotionModel
 
-    c = build_tiny_components(opts.seed)
+    c = build_tiny_components(opts.seed, opts.scheduler)
     unet = UNetMotionModel.from_unet2d(c["unet2d"], c["motion_adapter"])
-    return AnimateDiffBackbone("animatediff-tiny", unet, c["vae"], c["text_encoder"], c["tokenizer"],
-                               c["scheduler"], {"base_model": f"tiny(seed={opts.seed})", "motion_adapter": "tiny"},
-                               dev, _resolve_dtype(opts.dtype, dev))
+    info = {"base_model": f"tiny(seed={opts.seed})", "motion_adapter": "tiny", "scheduler": opts.scheduler}
+    return AnimateDiffBackbone("animatediff-tiny", unet, c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"], info,
+                               dev, _resolve_dtype(opts.dtype, dev), random_weights=True)
 
 
 # --------------------------------------------------------------------------- real weights
@@ -277,6 +271,17 @@ def make_tiny(options: dict | None = None, device: str | None = "cpu") -> Animat
 class AnimateDiffOptions:
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     motion_adapter: str = "guoyww/animatediff-motion-adapter-v1-5-2"
+    # a motion module file inside the motion_adapter repo or folder, in diffusers keys
+    # (AnimateDiff-Lightning's animatediff_lightning_4step_diffusers.safetensors, say)
+    motion_adapter_weight_name: str = ""
+    scheduler: str = "ddim"  # ddim, lcm (AnimateLCM) or euler-trailing (AnimateDiff-Lightning)
+    # a LoRA fused into the base UNet before the identity adapter goes on (AnimateLCM's t2v LoRA)
+    base_lora: str = ""
+    base_lora_weight_name: str = ""
+    base_lora_scale: float = 1.0
+    # a folder in diffusers layout whose configs describe a single-file base_model (default: the
+    # configs that ship with pv for the family's standard architecture)
+    single_file_config: str = ""
     dtype: str = "auto"
     variant: str = ""
     revision: str = ""
@@ -292,32 +297,101 @@ def _is_single_file(ref: str) -> bool:
     return ref.lower().endswith(_SINGLE_FILE)
 
 
-def make_animatediff(options: dict | None = None, device: str | None = None) -> AnimateDiffBackbone:
-    opts = validate_options(AnimateDiffOptions, options or {}, "backbone.options")
-    dev = _resolve_device(device)
-    dtype = _resolve_dtype(opts.dtype, dev)
+@dataclass
+class Family:
+    """What differs between the SD-based AnimateDiff families when loading real weights."""
+
+    pipeline: str  # the diffusers text-to-video pipeline class
+    image_pipeline: str  # the image pipeline whose from_single_file reads a community checkpoint
+    components: tuple[str, ...]  # the pipeline's modules that the backbone takes
+    configs: str  # the folder under single_file_configs/ with the base model's diffusers configs
+    tokenizers: dict  # tokenizer component -> its pad token (CLIP's BPE vocabulary ships with pv)
+
+
+SD15 = Family("AnimateDiffPipeline", "StableDiffusionPipeline", ("unet", "vae", "text_encoder", "tokenizer"),
+              "sd15", {"tokenizer": "<|endoftext|>"})
+
+
+def load_family(family: Family, opts, dtype) -> tuple[dict, dict]:
+    """(the pipeline's modules by name with the scheduler, what to record) for real weights: hub
+    ids, local folders, the HF cache or single files (`opts` has base_model, motion_adapter,
+    motion_adapter_weight_name, scheduler, base_lora*, variant, revision)."""
     for what, ref in (("base_model", opts.base_model), ("motion_adapter", opts.motion_adapter)):
         if _is_single_file(ref) and not Path(ref).expanduser().is_file():
             raise PVError(f"{what} file not found: {ref}")
     _quiet_libraries()
-    from diffusers import AnimateDiffPipeline, MotionAdapter, StableDiffusionPipeline
+    import diffusers
 
-    extra = {}
-    if opts.variant:
-        extra["variant"] = opts.variant
-    if opts.revision:
-        extra["revision"] = opts.revision
-    if _is_single_file(opts.motion_adapter):
-        adapter = load_pretrained(_MOTION, opts.motion_adapter, MotionAdapter.from_single_file, torch_dtype=dtype)
+    pipeline_cls = getattr(diffusers, family.pipeline)
+    extra = {k: v for k, v in (("variant", opts.variant), ("revision", opts.revision)) if v}
+    if opts.motion_adapter_weight_name:
+        adapter = _motion_module_file(opts.motion_adapter, opts.motion_adapter_weight_name, dtype)
+    elif _is_single_file(opts.motion_adapter):
+        adapter = load_pretrained(_MOTION, opts.motion_adapter, diffusers.MotionAdapter.from_single_file,
+                                  torch_dtype=dtype)
     else:
-        adapter = load_pretrained(_MOTION, opts.motion_adapter, MotionAdapter.from_pretrained, torch_dtype=dtype)
+        adapter = load_pretrained(_MOTION, opts.motion_adapter, diffusers.MotionAdapter.from_pretrained,
+                                  torch_dtype=dtype)
     if _is_single_file(opts.base_model):
-        sd = load_pretrained(_BASE, opts.base_model, StableDiffusionPipeline.from_single_file, torch_dtype=dtype)
-        pipe = AnimateDiffPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
-                                   motion_adapter=adapter, scheduler=sd.scheduler)
+        from .single_file import load_single_file
+
+        image = load_single_file(family, opts.base_model, dtype, opts.single_file_config)
+        modules = {k: getattr(image, k) for k in image.components if k not in ("safety_checker", "feature_extractor",
+                                                                              "image_encoder")}
+        pipe = pipeline_cls(motion_adapter=adapter, **modules)
     else:
-        pipe = load_pretrained(_BASE, opts.base_model, AnimateDiffPipeline.from_pretrained, motion_adapter=adapter,
+        pipe = load_pretrained(_BASE, opts.base_model, pipeline_cls.from_pretrained, motion_adapter=adapter,
                                torch_dtype=dtype, **extra)
-    info = {"base_model": opts.base_model, "motion_adapter": opts.motion_adapter}
-    return AnimateDiffBackbone("animatediff", pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer,
-                               ddim_scheduler(pipe.scheduler.config), info, dev, dtype)
+    info = {"base_model": opts.base_model, "motion_adapter": opts.motion_adapter, "scheduler": opts.scheduler}
+    if opts.motion_adapter_weight_name:
+        info["motion_adapter"] = f"{opts.motion_adapter}/{opts.motion_adapter_weight_name}"
+    if opts.base_lora:
+        fuse_base_lora(pipe, opts.base_lora, opts.base_lora_weight_name, opts.base_lora_scale)
+        info["base_lora"] = f"{opts.base_lora}@{opts.base_lora_scale:g}"
+    modules = {k: getattr(pipe, k) for k in family.components}
+    modules["scheduler"] = make_scheduler(opts.scheduler, pipe.scheduler.config)
+    return modules, info
+
+
+def make_animatediff(options: dict | None = None, device: str | None = None) -> AnimateDiffBackbone:
+    opts = validate_options(AnimateDiffOptions, options or {}, "backbone.options")
+    dev = _resolve_device(device)
+    dtype = _resolve_dtype(opts.dtype, dev)
+    m, info = load_family(SD15, opts, dtype)
+    return AnimateDiffBackbone("animatediff", m["unet"], m["vae"], m["text_encoder"], m["tokenizer"], m["scheduler"],
+                               info, dev, dtype)
+
+
+def _motion_module_file(repo: str, weight_name: str, dtype):
+    """A MotionAdapter holding a motion module file in diffusers keys (the folder's config.json, if
+    it has one, else the v1.5 motion adapter's default configuration)."""
+    from diffusers import MotionAdapter
+    from safetensors.torch import load_file
+
+    local = Path(repo).expanduser() / weight_name
+    if local.is_file():
+        path = str(local)
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = load_pretrained(_MOTION, repo, lambda ref, local_files_only, **kw: hf_hub_download(
+            ref, weight_name, local_files_only=local_files_only, **kw))
+    config = Path(repo).expanduser() / "config.json"
+    adapter = MotionAdapter.from_config(MotionAdapter.load_config(str(config))) if config.is_file() else MotionAdapter()
+    try:
+        adapter.load_state_dict(load_file(path))
+    except RuntimeError as exc:
+        raise PVError(f"{weight_name} is not a diffusers-format motion module: {str(exc).splitlines()[0]}",
+                      "use the *_diffusers.safetensors file") from None
+    return adapter.to(dtype)
+
+
+def fuse_base_lora(pipe, source: str, weight_name: str, scale: float) -> None:
+    """Fuse a LoRA into the base weights (AnimateLCM's), so the identity adapter composes on top."""
+    path = Path(source).expanduser()
+    kwargs = {"weight_name": weight_name} if weight_name else ({"weight_name": path.name} if path.is_file() else {})
+    where = str(path.parent) if path.is_file() else source
+    load_pretrained("backbone.options.base_lora", where, lambda ref, local_files_only, **kw: pipe.load_lora_weights(
+        ref, adapter_name="pv_base", local_files_only=local_files_only, **kw), **kwargs)
+    pipe.fuse_lora(lora_scale=scale, adapter_names=["pv_base"])
+    pipe.unload_lora_weights()

@@ -1,9 +1,10 @@
 """One sampler for tuning and generation: the backbone's own scheduler, classifier-free
 guidance, and a configurable tail of steps under gradient.
 
-With AnimateDiff's DDIM settings (linspace spacing, set_alpha_to_one=False) the last step
-returns its input unchanged, so no gradient would flow from the final latents: tuning
-supervises the last step's predicted clean sample (x0) instead.
+With the usual DDIM settings of video backbones (linspace spacing, set_alpha_to_one=False) the
+last step returns its input unchanged, so no gradient would flow from the final latents:
+tuning supervises the last step's predicted clean sample (x0) instead. Schedulers name it
+`pred_original_sample` (DDIM, Euler) or `denoised` (LCM).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def sample(
     scheduler.set_timesteps(steps, device=backbone.device)
     latents = latents * scheduler.init_noise_sigma
     use_cfg = guidance_scale > 1.0 and uncond is not None
-    embeds = torch.cat([uncond, cond]) if use_cfg else cond
+    embeds = backbone.cat_conditioning([uncond, cond]) if use_cfg else cond
     x0 = latents
     timesteps = scheduler.timesteps
     first_adapted = 0 if adapter_steps is None else len(timesteps) - adapter_steps
@@ -66,10 +67,19 @@ def sample(
                 noise = n_uncond + guidance_scale * (n_cond - n_uncond)
             out = scheduler.step(noise, t, latents)
             latents = out.prev_sample
-            x0 = out.pred_original_sample if getattr(out, "pred_original_sample", None) is not None else latents
+            x0 = predicted_clean(out, latents)
         if on_step is not None:
             on_step(i, latents)
     return SampleResult(latents=latents, x0=x0)
+
+
+def predicted_clean(out, latents: torch.Tensor) -> torch.Tensor:
+    """A scheduler step's estimate of the clean sample, whatever the scheduler calls it."""
+    for name in ("pred_original_sample", "denoised"):
+        value = getattr(out, name, None)
+        if value is not None:
+            return value
+    return latents
 
 
 def adapted_steps(steps: int, fraction: float) -> int:

@@ -33,7 +33,7 @@ FACES = "faces.safetensors"
 REQUIRED = (ADAPTER_FILE, REFERENCE_FILE, FACES, "config.yaml", IDENTITY_FILE)
 OPTIONAL = ("log.jsonl",)
 SAFETENSORS = {ADAPTER_FILE, REFERENCE_FILE, FACES}
-MAX_BUNDLE_BYTES = 2 * 2**30  # uncompressed; an SD 1.5 identity is ~15 MB plus its photos
+MAX_BUNDLE_BYTES = 2 * 2**30  # uncompressed; a real-size identity adapter is ~15 MB plus its photos
 MAX_MEMBER_BYTES = 2**30
 
 

@@ -6,7 +6,7 @@
   `convert_state_dict_to_kohya`, with the real alpha, plus the `ss_*` and `modelspec.*` header
   keys those UIs show.
 
-Both carry flat `pv.*` string metadata: identity, trigger phrase, base model and motion adapter,
+Both carry flat `pv.*` string metadata: identity, trigger phrase, the backbone's own ids (base model, ...),
 target set, rank/alpha, active fraction, steps, seed, encoder, pv version and a hash of the
 exported tensors. Late-step gating does not travel: other tools apply a LoRA at every step."""
 
@@ -85,10 +85,12 @@ def _trigger(meta: dict) -> str:
     return f"{meta.get('token', 'sks')} {meta.get('class_word', 'person')}".strip()
 
 
+_NOT_EXPORTED = {"lora_adapter_metadata", "format", "identity", "pv_version"}
+
+
 def pv_metadata(name: str, meta: dict, fmt: str, tensors: dict) -> dict[str, str]:
-    keys = ("backbone", "base_model", "motion_adapter", "targets", "rank", "alpha", "active_fraction", "steps", "seed",
-            "encoder", "token", "class_word")
-    out = {f"pv.{k}": str(meta[k]) for k in keys if k in meta}
+    # everything the identity recorded (the backbone's and encoder's own ids, the adapter and tuning settings)
+    out = {f"pv.{k}": str(v) for k, v in sorted(meta.items()) if k not in _NOT_EXPORTED and isinstance(v, (str, int, float))}
     out.update({"pv.identity": name, "pv.trigger_phrase": _trigger(meta), "pv.export_format": fmt,
                 "pv.version": __version__, "pv.tuned_with": meta.get("pv_version", ""),
                 "pv.tensors_sha256": tensor_hash(tensors)})

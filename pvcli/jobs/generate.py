@@ -64,10 +64,9 @@ class IdentityRenderer:
         check_backbone_matches(info, settings.backbone.name, name)
         state, meta = read_adapter(ctx.store.path(name))
         self.backbone = build_backbone(ctx, settings)
-        for key in ("base_model", "motion_adapter"):
-            if key in meta and self.backbone.describe().get(key) not in (None, meta[key]):
-                ctx.reporter.warn(f"identity {name!r} was tuned with {key} {meta[key]!r}; generating with "
-                                  f"{self.backbone.describe().get(key)!r}")
+        for key, value in self.backbone.describe().items():  # the backbone's own ids: base model, ...
+            if key in meta and meta[key] != value:
+                ctx.reporter.warn(f"identity {name!r} was tuned with {key} {meta[key]!r}; generating with {value!r}")
         add_adapter(self.backbone, meta.get("targets", settings.adapter.targets), int(meta["rank"]), float(meta["alpha"]))
         load_adapter_state_dict(self.backbone.unet, state)
         self.fraction = float(meta.get("active_fraction", 1.0))

@@ -17,12 +17,12 @@ def plugins(ctx: Context) -> list[dict]:
 
 
 def profiles() -> list[dict]:
-    from ..settings import DEFAULT_PROFILE, read_profile, shipped_profiles
+    from ..settings import default_profile, read_profile, shipped_profiles
 
-    rows = []
+    rows, default = [], default_profile()
     for name in sorted(shipped_profiles()):
         _, data = read_profile(name)
-        rows.append({"name": name, "default": name == DEFAULT_PROFILE, "description": data.get("description", "")})
+        rows.append({"name": name, "default": name == default, "description": data.get("description", "")})
     return rows
 
 
