@@ -33,7 +33,7 @@ TUNE_SETTINGS = {
     "steps": "tune.steps", "lr": "tune.lr", "seed": "tune.seed", "rank": "adapter.rank",
     "targets": "adapter.targets", "class_word": "tune.class_word", "prompts_mode": "tune.prompts_mode",
     "encoder": "encoder.name", "augment": "tune.augment", "active_fraction": "adapter.active_fraction",
-    "scr_weight": "tune.scr_weight",
+    "scr_weight": "tune.scr_weight", "clips_per_step": "tune.clips_per_step",
 }
 GENERATE_SETTINGS = {
     "seed": "generate.seed", "steps": "generate.steps", "frames": "generate.frames", "fps": "generate.fps",
@@ -109,12 +109,13 @@ def tune(photos: str | Path | Iterable[str | Path], name: str, *, profile: str |
 
 
 def resume(name: str, *, steps: int | None = None, device: str | None = None, progress: Progress = None,
-           context: Context | None = None) -> Identity:
-    """Finish the interrupted tuning run of `name` (`steps` may extend it)."""
+           context: Context | None = None, clips_per_step: int | None = None) -> Identity:
+    """Finish the interrupted tuning run of `name` (`steps` may extend it; `clips_per_step` may
+    change its batch, e.g. when it resumes on another number of processes)."""
     from .jobs.tune import resume as resume_job
 
     ctx = _context(context, device, progress)
-    return Identity(name, resume_job(ctx, name, steps=steps), ctx)
+    return Identity(name, resume_job(ctx, name, steps=steps, clips_per_step=clips_per_step), ctx)
 
 
 @dataclass

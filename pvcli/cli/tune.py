@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from ..console import emit, err
 from ..errors import PVError
 from .common import DEVICE_OPT, FORCE_OPT, JSON_OPT, PROFILE_OPT, QUIET_OPT, SET_OPT, AppState, handle_errors
+
+
+def drop_option(argv: list[str], option: str) -> list[str]:
+    """argv without `option VALUE` / `option=VALUE`."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
 
 
 def register(app: typer.Typer, state: AppState) -> None:
@@ -33,6 +48,12 @@ def register(app: typer.Typer, state: AppState) -> None:
                                               help="Adapter active in the last fraction of denoising steps (1 = all; "
                                                    "use 1 for identities you mainly export to other tools)."),
         scr_weight: float = typer.Option(None, "--scr-weight", help="Semantic Consistency Reward weight (0 = off)."),
+        processes: int = typer.Option(None, "--processes", min=1,
+                                      help="Tune on N local processes (data parallel, one GPU each; started with "
+                                           "torchrun; `accelerate launch -m pvcli tune ...` works too)."),
+        clips_per_step: int = typer.Option(None, "--clips-per-step", min=1,
+                                           help="Clips per optimizer step, gradients accumulated (the one-device "
+                                                "equivalent of --processes)."),
         force: bool = FORCE_OPT,
         device: str = DEVICE_OPT,
         as_json: bool = JSON_OPT,
@@ -40,20 +61,26 @@ def register(app: typer.Typer, state: AppState) -> None:
     ):
         """Tune an identity adapter from reference photo(s); `--resume NAME` finishes an interrupted run."""
         from .. import api
+        from ..distributed import is_replica, launch
 
+        if processes and processes > 1:
+            raise typer.Exit(launch(processes, drop_option(sys.argv[1:], "--processes")))
         ctx = state.context(quiet or as_json, device)
         if resume:
             if photos or name or profile or sets:
                 raise PVError("--resume takes the photos, profile and settings of the interrupted run",
                               "only --steps, --device and output options may be given with it")
-            identity = api.resume(resume, steps=steps, context=ctx)
+            identity = api.resume(resume, steps=steps, context=ctx, clips_per_step=clips_per_step)
         else:
             if not photos or not name:
                 raise PVError("tune needs reference photo(s) and --name", "e.g. pv tune face.jpg --name alice")
             identity = api.tune(photos, name, profile=profile, overrides=sets, force=force, face_index=face_index,
                                 prompts_file=prompts, context=ctx, steps=steps, lr=lr, seed=seed, rank=rank,
                                 targets=targets, class_word=class_word, prompts_mode=prompts_mode, encoder=encoder,
-                                augment=augment, active_fraction=active_fraction, scr_weight=scr_weight)
+                                augment=augment, active_fraction=active_fraction, scr_weight=scr_weight,
+                                clips_per_step=clips_per_step)
+        if is_replica():  # data parallel: the main process reports, once
+            return
         info = identity.info
         if not (quiet or as_json):
             before, after = info["held_out_id_sim_before"], info["held_out_id_sim_after"]

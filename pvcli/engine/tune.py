@@ -40,6 +40,10 @@ class StepStats:
     prompt: str
 
 
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
 class PromptEmbeddings:
     """Text embeddings are frozen: compute each prompt once."""
 
@@ -82,7 +86,8 @@ def _optimizer(name: str, params, lr: float, weight_decay: float):
 class Tuner:
     def __init__(self, backbone: Backbone, encoder: IdentityEncoder, settings: Settings,
                  reference: torch.Tensor | list[ReferenceFace], prompts: list[str] | None = None,
-                 scorer: FrameScorer | None = None, on_step: Callable[[StepStats], None] | None = None):
+                 scorer: FrameScorer | None = None, on_step: Callable[[StepStats], None] | None = None,
+                 rank: int = 0):
         self.bb, self.enc, self.s = backbone, encoder, settings
         t = settings.tune
         if t.frames > backbone.max_frames:
@@ -102,6 +107,7 @@ class Tuner:
         self.adapter_steps = adapted_steps(t.num_inference_steps, settings.adapter.active_fraction)
         self.grad_steps = min(t.grad_steps, self.adapter_steps)  # un-adapted steps carry no adapter gradient
         self.phrase = identity_phrase(t.token, t.class_word)
+        self.rank = rank
         self.prompts = PromptSampler(tuning_prompts(settings, prompts), self.phrase, t.seed)
         self.embeds = PromptEmbeddings(backbone)
         self.uncond = self.embeds("") if t.guidance_scale > 1 else None
@@ -109,8 +115,12 @@ class Tuner:
         self.frame_rng = random.Random(t.seed + 1)
         self.aug_rng = np.random.default_rng(t.seed + 2)
         self.noise = torch.Generator("cpu").manual_seed(t.seed)
+        if rank:  # a data-parallel replica: its own prompts, noise and frames
+            self.reseed(0)
         self.on_step = on_step
         self.step_index = 0
+        # data-parallel: (params, clips with a loss, losses, sims) -> the same, summed over processes
+        self.grad_sync: Callable | None = None
 
     # ------------------------------------------------------------------ sampling
     def _x0(self, prompt: str, latents: torch.Tensor, grad: bool, adapter: bool = True) -> torch.Tensor:
@@ -127,18 +137,16 @@ class Tuner:
             emb = self.enc.embed(jittered_crops(self.refs, self.enc, self.aug_rng)).float()
         return F.normalize(emb.mean(0), dim=0).to(self.bb.device)
 
-    def step(self) -> StepStats:
+    def _clip_loss(self, reference: torch.Tensor):
+        """Sample one clip from an augmented prompt and return (loss or None, id_sim, scr, faces, prompt)."""
         t = self.s.tune
-        start = time.perf_counter()
         prompt = self.prompts()
         latents = initial_latents(self.bb, t.frames, t.height, t.width, self.noise)
         idx = sorted(self.frame_rng.sample(range(t.frames), t.supervised_frames))
-        reference = self._step_reference()
-        self.bb.unet.train()
         x0 = self._x0(prompt, latents, grad=True)
         frames = self.bb.decode(x0[:, :, idx])[0]  # (K, 3, H, W)
         faces = frame_faces(frames, self.enc, t.no_face)
-        loss_val = sim_val = scr_val = None
+        sim_val = scr_val = None
         losses = []
         if len(faces.crops):
             cos = self.enc.embed(faces.crops).float() @ reference
@@ -151,22 +159,47 @@ class Tuner:
             scr = scr_loss(self.scorer.score(frames, prompt), frozen_scores)
             losses.append(t.scr_weight * scr)
             scr_val = float(scr.detach())
-        if losses:
-            loss = sum(losses)
+        return (sum(losses) if losses else None), sim_val, scr_val, faces, prompt
+
+    def step(self) -> StepStats:
+        """One optimizer step over tune.clips_per_step clips (gradients accumulated), averaged with
+        the other processes' when data-parallel (`grad_sync`)."""
+        t = self.s.tune
+        start = time.perf_counter()
+        reference = self._step_reference()
+        self.bb.unet.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, sims, scrs, prompts, hits, total = [], [], [], [], 0, 0
+        for _ in range(t.clips_per_step):
+            loss, sim, scr, faces, prompt = self._clip_loss(reference)
+            prompts.append(prompt)
+            hits, total = hits + faces.hits, total + faces.total
+            if sim is not None:
+                sims.append(sim)
+            if scr is not None:
+                scrs.append(scr)
+            if loss is None:
+                continue
             if not torch.isfinite(loss):
                 raise PVError(f"the loss became {loss.item()} at step {self.step_index + 1}",
                               "lower tune.lr or check the backbone's dtype; the last good checkpoint is kept")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss / t.clips_per_step).backward()  # one clip's graph at a time: memory of one clip
+            losses.append(float(loss.detach()))
+        contributed = len(losses)
+        if self.grad_sync is not None:  # data-parallel: every process's gradients, averaged
+            contributed, losses, sims = self.grad_sync(self.params, contributed, losses, sims)
+        if contributed:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(t.clips_per_step / contributed)  # the mean over clips that had a loss
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
             self.optimizer.step()
-            loss_val = float(loss.detach())
         self.lr_schedule.step()
         self.bb.unet.eval()
         self.step_index += 1
-        stats = StepStats(self.step_index, loss_val, sim_val, scr_val, faces.hits, faces.total,
-                          self.optimizer.param_groups[0]["lr"], time.perf_counter() - start, prompt)
+        stats = StepStats(self.step_index, _mean(losses), _mean(sims), _mean(scrs), hits, total,
+                          self.optimizer.param_groups[0]["lr"], time.perf_counter() - start, " | ".join(prompts))
         if self.on_step:
             self.on_step(stats)
         return stats
@@ -183,16 +216,29 @@ class Tuner:
             "augment": self.aug_rng.bit_generator.state, "torch": torch.get_rng_state(),
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, rng: bool = True) -> None:
+        """Restore a checkpoint; `rng=False` (a data-parallel replica) re-derives its own random
+        streams for the checkpoint's step instead of taking the main process's."""
         load_adapter_state_dict(self.bb.unet, state["adapter"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.step_index = int(state["step"])
+        if not rng:
+            self.reseed(self.step_index)
+            return
         self.noise.set_state(state["noise"])
         self.prompts.set_state(state["prompts"])
         self.frame_rng.setstate(state["frames"])
         self.aug_rng.bit_generator.state = state["augment"]
         torch.set_rng_state(state["torch"])
-        self.step_index = int(state["step"])
+
+    def reseed(self, step: int) -> None:
+        """Random streams for this rank from `step` on, independent of the other ranks'."""
+        seed = self.s.tune.seed + 7919 * self.rank + 104729 * step
+        self.prompts.rng.seed(seed)
+        self.frame_rng.seed(seed + 1)
+        self.aug_rng = np.random.default_rng(seed + 2)
+        self.noise.manual_seed(seed)
 
     # ------------------------------------------------------------------ measurement
     @torch.no_grad()

@@ -16,13 +16,13 @@ from ..context import Context
 from ..errors import PVError
 from ..identity import write_identity
 from ..locks import IdentityLock
-from ..settings import Settings, from_dict
+from ..settings import Settings, from_dict, overlay
 from ..store import validate_name
 from .common import build_backbone, build_encoder, peak_memory_mb
 
 TINY_NOTE = ("tiny backbone: random weights that never draw a face. This run proves the mechanics "
              "(gradients reach only the adapter, the loss falls, held-out similarity on the tuning "
-             "encoder rises), not identity fidelity: use real AnimateDiff weights for that.")
+             "encoder rises), not identity fidelity: use a profile with real weights for that.")
 HELD_OUT_SEEDS = [1001, 1002, 1003]
 
 
@@ -55,13 +55,23 @@ class _RunInputs:
 
 def tune(ctx: Context, request: TuneRequest) -> dict:
     """Tune a new identity. Checkpoints go to the run folder every tune.checkpoint_every steps
-    and on Ctrl-C; the identity is written only when tuning ends."""
+    and on Ctrl-C; the identity is written only when tuning ends. Under a distributed launcher
+    every process tunes the same identity (data parallel); the main one writes."""
+    from ..distributed import data_parallel
+    from ..engine.identity import expand_photos
+    from ..engine.prompts import load_prompt_file
+
     name = validate_name(request.name)
+    dp = data_parallel()
+    if dp is not None and not dp.is_main:  # a replica: reads the inputs, writes nothing
+        prompts = load_prompt_file(request.prompts_file) if request.prompts_file else None
+        return _tune(ctx, None, _RunInputs(name, expand_photos(request.photos), request.settings, request.profile,
+                                           request.face_index, prompts, request.force, False, False), dp)
     with IdentityLock(ctx.store, name, "tuned"):  # one writer per name, across processes
-        return _start(ctx, request, name)
+        return _start(ctx, request, name, dp)
 
 
-def _start(ctx: Context, request: TuneRequest, name: str) -> dict:
+def _start(ctx: Context, request: TuneRequest, name: str, dp=None) -> dict:
     from ..engine.identity import expand_photos
     from ..engine.prompts import load_prompt_file
     from ..runs import Run
@@ -78,24 +88,33 @@ def _start(ctx: Context, request: TuneRequest, name: str) -> dict:
     run.start({"photos": [str(p) for p in paths], "face_index": request.face_index, "prompts": prompts,
                "profile": request.profile}, request.settings.to_dict())
     return _tune(ctx, run, _RunInputs(name, paths, request.settings, request.profile, request.face_index, prompts,
-                                      request.force, False, request.eval_held_out))
+                                      request.force, False, request.eval_held_out), dp)
 
 
-def resume(ctx: Context, name: str, steps: int | None = None, eval_held_out: bool = True) -> dict:
+def resume(ctx: Context, name: str, steps: int | None = None, eval_held_out: bool = True,
+           clips_per_step: int | None = None) -> dict:
     """Finish the interrupted run of `name` with its own photos and settings; `steps` may extend it."""
+    from contextlib import nullcontext
+
+    from ..distributed import data_parallel
     from ..engine.identity import expand_photos
     from ..runs import Run
 
-    with IdentityLock(ctx.store, name, "tuned"):
+    dp = data_parallel()
+    main = dp is None or dp.is_main
+    with IdentityLock(ctx.store, name, "tuned") if main else nullcontext():
         run = Run(ctx.store, validate_name(name))
         inputs, saved = run.load()
-        settings = from_dict(saved, [{"tune": {"steps": steps}}] if steps else None)
-        ctx.store.check_free(name, force=True)
-        return _tune(ctx, run, _RunInputs(name, expand_photos(inputs["photos"]), settings, inputs["profile"],
-                                          inputs["face_index"], inputs["prompts"], True, True, eval_held_out))
+        settings = from_dict(saved, [overlay({"tune.steps": steps, "tune.clips_per_step": clips_per_step})])
+        if main:
+            ctx.store.check_free(name, force=True)
+        return _tune(ctx, run if main else None, _RunInputs(
+            name, expand_photos(inputs["photos"]), settings, inputs["profile"], inputs["face_index"], inputs["prompts"],
+            True, True, eval_held_out and main), dp, resume_from=None if main else run.latest_checkpoint())
 
 
-def _tune(ctx: Context, run, r: _RunInputs) -> dict:
+def _tune(ctx: Context, run, r: _RunInputs, dp=None, resume_from: dict | None = None) -> dict:
+    """Tune; `run` is None on a data-parallel replica (it writes nothing and returns {})."""
     import copy
 
     import torch
@@ -104,6 +123,12 @@ def _tune(ctx: Context, run, r: _RunInputs) -> dict:
     from ..engine.identity import embed_crops, mean_embedding, reference_faces
     from ..engine.tune import Tuner
 
+    if dp is not None:
+        from dataclasses import replace
+
+        from ..reporting import Reporter
+
+        ctx = replace(ctx, device=dp.device, reporter=ctx.reporter if dp.is_main else Reporter())
     settings, reporter, name = r.settings, ctx.reporter, r.name
     t = settings.tune
     torch.manual_seed(t.seed)
@@ -117,13 +142,18 @@ def _tune(ctx: Context, run, r: _RunInputs) -> dict:
     per_photo = embed_crops(encoder, [ref.crop for ref in refs])
     reference = mean_embedding(per_photo)
 
-    tuner = Tuner(backbone, encoder, settings, refs, prompts=r.prompts, scorer=scorer)
+    tuner = Tuner(backbone, encoder, settings, refs, prompts=r.prompts, scorer=scorer, rank=dp.rank if dp else 0)
     if r.resume:
-        state = run.latest_checkpoint()
+        state = run.latest_checkpoint() if run is not None else resume_from
         if state is not None:
-            tuner.load_state_dict(state)
-            run.truncate_log(tuner.step_index)
+            tuner.load_state_dict(state, rng=run is not None)  # a replica keeps its own random streams
+            if run is not None:
+                run.truncate_log(tuner.step_index)
             reporter.status(f"resuming {name} at step {tuner.step_index}")
+    if dp is not None:
+        tuner.grad_sync = dp.sync
+        dp.broadcast(tuner.params)
+        reporter.status(f"data parallel: {dp.world} processes, {dp.world * t.clips_per_step} clips per step")
     before = tuner.held_out_similarity(HELD_OUT_SEEDS, adapter=False) if r.eval_held_out else None
     start = time.perf_counter()
     first_step = tuner.step_index
@@ -135,16 +165,24 @@ def _tune(ctx: Context, run, r: _RunInputs) -> dict:
             try:
                 stats = tuner.step()
             except KeyboardInterrupt:
+                if run is None:
+                    raise
                 run.save_checkpoint(snapshot, t.keep_checkpoints)
                 raise PVError(f"interrupted at step {snapshot['step']} of {t.steps}; checkpoint saved",
                               f"resume with `pv tune --resume {name}`", exit_code=130) from None
+            drift = {"processes": dp.world, "replica_drift": dp.drift(tuner.params)} if dp is not None else {}
+            if run is None:
+                continue
             run.log({**stats.__dict__, "face_hit_rate": stats.face_hits / max(1, stats.frames),
-                     "peak_memory_mb": round(peak_memory_mb(backbone.device), 1)})
+                     "peak_memory_mb": round(peak_memory_mb(backbone.device), 1), **drift})
             advance(loss=stats.loss, id_sim=stats.id_sim)
             if t.checkpoint_every and stats.step % t.checkpoint_every == 0 and stats.step < t.steps:
                 run.save_checkpoint(tuner.state_dict(), t.keep_checkpoints)
             if t.sample_every and stats.step % t.sample_every == 0:
                 _write_sample(backbone, settings, tuner, run, stats.step)
+    if run is None:  # a replica waits until the main process has written the identity
+        dp.barrier()
+        return {}
     seconds = time.perf_counter() - start
     after = tuner.held_out_similarity(HELD_OUT_SEEDS) if r.eval_held_out else None
     log = [json.loads(ln) for ln in run.log_path.read_text().splitlines() if ln] if run.log_path.is_file() else []
@@ -173,7 +211,7 @@ def _tune(ctx: Context, run, r: _RunInputs) -> dict:
         "held_out_id_sim_before": _round(before), "held_out_id_sim_after": _round(after),
         "face_hit_rate": round(hits / frames, 3) if frames else None,
         "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
-        "note": TINY_NOTE if backbone.name.endswith("tiny") else "",
+        "note": TINY_NOTE if backbone.random_weights else "",
     }
     with ctx.store.writer(name, force=r.force) as folder:
         write_identity(folder, adapter=adapter, metadata=metadata, reference=reference, per_photo=per_photo,
@@ -185,6 +223,9 @@ def _tune(ctx: Context, run, r: _RunInputs) -> dict:
             shutil.copytree(run.samples, folder / "samples")
     run.remove()
     info["path"] = str(ctx.store.path(name))
+    if dp is not None:
+        info["processes"] = dp.world
+        dp.barrier()
     return info
 
 
