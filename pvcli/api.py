@@ -15,7 +15,7 @@ e.g. {"tune.sample_every": 10}) -> keyword settings (the CLI's flags, e.g. steps
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,25 @@ def tune(photos: str | Path | Iterable[str | Path], name: str, *, profile: str |
     info = tune_job(ctx, TuneRequest(name, photo_list, resolved, prof, force=force, face_index=face_index,
                                      prompts_file=str(prompts_file) if prompts_file else None))
     return Identity(name, info, ctx)
+
+
+def tune_manifest(manifest: str | Path, *, shard: str | None = None, profile: str | None = None,
+                  overrides: Overrides = None, device: str | None = None, progress: Progress = None,
+                  context: Context | None = None, **settings: Any):
+    """Tune every identity of a manifest (YAML: `identities:` entries with name and photos), this
+    process's share of `shard` ("i/n"); yields one record per identity (name, status: tuned /
+    resumed / skipped / failed, error, path). `profile`, `overrides` and keyword settings apply
+    over each entry's own (command-line wins)."""
+    from .distributed import rank_and_world
+    from .jobs.manifest import parse_shard, read_manifest, run_manifest, select
+
+    shard_spec = parse_shard(shard)
+    entries = read_manifest(manifest)
+    ctx = _context(context, device, progress)
+    extra = _overlays(TUNE_SETTINGS, settings, overrides)
+    if profile:
+        entries = [replace(e, profile=profile) for e in entries]
+    yield from run_manifest(ctx, select(entries, shard_spec, *rank_and_world()), extra)
 
 
 def resume(name: str, *, steps: int | None = None, device: str | None = None, progress: Progress = None,

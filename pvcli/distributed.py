@@ -68,7 +68,7 @@ class DataParallel:
         dist.barrier()
 
 
-def data_parallel() -> DataParallel | None:
+def process_group() -> DataParallel | None:
     """The process group when pv runs under a distributed launcher, else None."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
@@ -87,9 +87,14 @@ def data_parallel() -> DataParallel | None:
     return DataParallel(dist.get_rank(), dist.get_world_size(), device)
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes a distributed launcher started (0, 1 alone)."""
+    return int(os.environ.get("RANK", "0") or 0), int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def is_replica() -> bool:
     """Whether this process is a data-parallel replica (not the main process)."""
-    return int(os.environ.get("RANK", "0") or 0) > 0
+    return rank_and_world()[0] > 0
 
 
 def launch(processes: int, argv: list[str]) -> int:

@@ -75,7 +75,8 @@ class Store:
         """Yield a temporary folder; on success it becomes identities/<name> atomically."""
         self.check_free(name, force)
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=self.root))
+        sweep_stale(self.path(name))
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(name), suffix=".tmp", dir=self.root))
         try:
             yield tmp
             if self.path(name).exists():
@@ -89,10 +90,45 @@ class Store:
         path = self.path(name)
         if not self.exists(name):
             self.load_info(name)  # raises the "no identity" error
-        trash = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=self.root))
+        trash = Path(tempfile.mkdtemp(prefix=temp_prefix(name), suffix=".old", dir=self.root))
         os.replace(path, trash / name)
         shutil.rmtree(trash, ignore_errors=True)
         return path
+
+
+def temp_prefix(name: str) -> str:
+    """Temporary files and folders beside `name` carry the writer's pid, so that a later writer
+    can tell the leftovers of a killed one (kill -9 runs no cleanup) from a live one's."""
+    return f".{name}.pv{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(final: Path) -> None:
+    """Remove what killed writers of `final` left beside it; a folder moved aside just before a
+    kill (`.old/previous`) goes back into place if nothing replaced it."""
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.pv(\d+)\.[a-z0-9_]+\.(tmp|old)(\.\w+)?$")
+    if not final.parent.is_dir():
+        return
+    for entry in final.parent.iterdir():
+        m = pattern.match(entry.name)
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        previous = entry / "previous"
+        if m.group(2) == "old" and previous.exists() and not final.exists():
+            os.replace(previous, final)
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def swap_into_place(tmp: Path, final: Path) -> None:
@@ -100,7 +136,7 @@ def swap_into_place(tmp: Path, final: Path) -> None:
     deleted only once the new one is in place."""
     old = None
     if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+        old = Path(tempfile.mkdtemp(prefix=temp_prefix(final.name), suffix=".old", dir=final.parent))
         os.replace(final, old / "previous")
     os.replace(tmp, final)
     if old is not None:
@@ -112,7 +148,8 @@ def atomic_write_file(path: Path, write, suffix: str = ".tmp") -> Path:
     never see a half-written file, and a failure leaves `path` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    sweep_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PVError
-from .store import atomic_write_file, swap_into_place
+from .store import atomic_write_file, swap_into_place, sweep_stale, temp_prefix
 
 OUTPUT_SUFFIXES = (".mp4", ".gif", ".webp")
 FRAME_PATTERN = "frame_{:05d}.png"
@@ -88,7 +88,8 @@ def _write_frames(frames: np.ndarray, path: Path, metadata: dict | None) -> Path
     from PIL.PngImagePlugin import PngInfo
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    sweep_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent))
     try:
         info = PngInfo()
         info.add_text("pv", json.dumps(metadata or {}, sort_keys=True))

@@ -60,6 +60,7 @@ def test_an_interrupted_run_resumes_on_two_processes(astronaut, pv_home, monkeyp
 
 def test_clips_per_step_accumulates_several_clips_into_one_update(encoder, reference, tiny_settings):
     from pv_animatediff.backbone import make_tiny
+
     from pvcli.engine.adapter import adapter_state_dict
     from pvcli.settings import from_dict
 
@@ -74,3 +75,55 @@ def test_clips_per_step_accumulates_several_clips_into_one_update(encoder, refer
         updates[clips] = sum(float((after[k] - before[k]).abs().sum()) for k in before)
         assert updates[clips] > 0
     assert updates[1] != updates[2]  # the second clip changed the gradient
+
+
+def _manifest(tmp_path, photo_dir, names=("alice", "bob", "carol")):
+    photos = {"alice": "astronaut.png", "bob": "blank.png", "carol": "astronaut_small.jpg"}
+    lines = ["defaults:", "  profile: tiny", "  settings: {tune: {steps: 1}}", "identities:"]
+    for n in names:
+        lines += [f"  - name: {n}", f"    photos: [{photo_dir / photos[n]}]"]
+    path = tmp_path / "people.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_manifest_tunes_each_identity_reports_failures_and_skips_finished_ones(photo_dir, pv_home, tmp_path, monkeypatch):
+    manifest = _manifest(tmp_path, photo_dir)
+    # carol was interrupted earlier: the manifest resumes her run
+    original = Tuner.step
+
+    def interrupted(self):
+        if self.step_index == 1:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Tuner, "step", interrupted)
+    assert run("tune", photo_dir / "astronaut_small.jpg", "--name", "carol", "--profile", "tiny", "--steps", "2",
+               "--quiet").exit_code == 130
+    monkeypatch.setattr(Tuner, "step", original)
+
+    r = run("tune", "--manifest", manifest, "--json")
+    assert r.exit_code == 1 and "1 identity of the manifest failed" in r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(x["name"], x["status"]) for x in records] == [("alice", "tuned"), ("bob", "failed"), ("carol", "resumed")]
+    assert "no face" in records[1]["error"].lower()
+    assert json.loads((pv_home / "identities" / "carol" / "identity.json").read_text())["steps"] == 2  # its own run
+    r = run("tune", "--manifest", manifest, "--json")  # again: finished ones are skipped
+    assert [json.loads(line)["status"] for line in r.stdout.splitlines()] == ["skipped", "failed", "skipped"]
+
+
+def test_manifest_shards_split_the_entries_and_bad_manifests_get_one_line(photo_dir, pv_home, tmp_path):
+    manifest = _manifest(tmp_path, photo_dir, names=("alice", "bob", "carol"))
+    r = run("tune", "--manifest", manifest, "--shard", "2/2")
+    assert r.exit_code == 1 and r.stdout == ""  # shard 2 of 2 holds bob alone, who has no face
+    r = run("tune", "--manifest", manifest, "--shard", "1/2", "--steps", "1")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines() == ["alice", "carol"]
+    for bad, message in [("identities: []\n", "non-empty `identities:`"), ("identities:\n  - name: x\n", "needs a name and photos"),
+                         ("identities:\n  - {name: x, photos: a.png, colour: red}\n", "unknown key(s) colour"),
+                         ("identities: [\n", "not valid YAML")]:
+        (tmp_path / "bad.yaml").write_text(bad)
+        r = run("tune", "--manifest", tmp_path / "bad.yaml")
+        assert r.exit_code == 1 and message in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
+    r = run("tune", "--manifest", manifest, "--shard", "3/2")
+    assert r.exit_code == 1 and "--shard must be i/n" in r.stderr

@@ -48,6 +48,10 @@ def register(app: typer.Typer, state: AppState) -> None:
                                               help="Adapter active in the last fraction of denoising steps (1 = all; "
                                                    "use 1 for identities you mainly export to other tools)."),
         scr_weight: float = typer.Option(None, "--scr-weight", help="Semantic Consistency Reward weight (0 = off)."),
+        manifest: str = typer.Option(None, "--manifest", help="A YAML list of identities (name, photos, optional "
+                                     "profile/settings/set each): tuned in turn, finished ones skipped, interrupted "
+                                     "ones resumed; one line (or JSON record) per identity on stdout."),
+        shard: str = typer.Option(None, "--shard", help="With --manifest: take shard i/n of the entries (job arrays)."),
         processes: int = typer.Option(None, "--processes", min=1,
                                       help="Tune on N local processes (data parallel, one GPU each; started with "
                                            "torchrun; `accelerate launch -m pvcli tune ...` works too)."),
@@ -66,6 +70,24 @@ def register(app: typer.Typer, state: AppState) -> None:
         if processes and processes > 1:
             raise typer.Exit(launch(processes, drop_option(sys.argv[1:], "--processes")))
         ctx = state.context(quiet or as_json, device)
+        if manifest or shard:
+            if photos or name or resume:
+                raise PVError("--manifest names the identities and photos itself",
+                              "give only --manifest (with --shard, --profile, --set and tuning options)")
+            if not manifest:
+                raise PVError("--shard needs --manifest")
+            failed = 0
+            for record in api.tune_manifest(manifest, shard=shard, profile=profile, overrides=sets, context=ctx,
+                                            steps=steps, lr=lr, seed=seed, rank=rank, targets=targets,
+                                            class_word=class_word, encoder=encoder, clips_per_step=clips_per_step):
+                failed += record["status"] == "failed"
+                if record["status"] != "failed":
+                    emit(record if as_json else record["name"], as_json)
+                elif as_json:
+                    emit(record, True)
+            if failed:
+                raise PVError(f"{failed} identit{'y' if failed == 1 else 'ies'} of the manifest failed (see above)")
+            return
         if resume:
             if photos or name or profile or sets:
                 raise PVError("--resume takes the photos, profile and settings of the interrupted run",

@@ -53,16 +53,16 @@ class _RunInputs:
     eval_held_out: bool
 
 
-def tune(ctx: Context, request: TuneRequest) -> dict:
+def tune(ctx: Context, request: TuneRequest, data_parallel: bool = True) -> dict:
     """Tune a new identity. Checkpoints go to the run folder every tune.checkpoint_every steps
     and on Ctrl-C; the identity is written only when tuning ends. Under a distributed launcher
     every process tunes the same identity (data parallel); the main one writes."""
-    from ..distributed import data_parallel
+    from ..distributed import process_group
     from ..engine.identity import expand_photos
     from ..engine.prompts import load_prompt_file
 
     name = validate_name(request.name)
-    dp = data_parallel()
+    dp = process_group() if data_parallel else None
     if dp is not None and not dp.is_main:  # a replica: reads the inputs, writes nothing
         prompts = load_prompt_file(request.prompts_file) if request.prompts_file else None
         return _tune(ctx, None, _RunInputs(name, expand_photos(request.photos), request.settings, request.profile,
@@ -92,15 +92,15 @@ def _start(ctx: Context, request: TuneRequest, name: str, dp=None) -> dict:
 
 
 def resume(ctx: Context, name: str, steps: int | None = None, eval_held_out: bool = True,
-           clips_per_step: int | None = None) -> dict:
+           clips_per_step: int | None = None, data_parallel: bool = True) -> dict:
     """Finish the interrupted run of `name` with its own photos and settings; `steps` may extend it."""
     from contextlib import nullcontext
 
-    from ..distributed import data_parallel
+    from ..distributed import process_group
     from ..engine.identity import expand_photos
     from ..runs import Run
 
-    dp = data_parallel()
+    dp = process_group() if data_parallel else None
     main = dp is None or dp.is_main
     with IdentityLock(ctx.store, name, "tuned") if main else nullcontext():
         run = Run(ctx.store, validate_name(name))
