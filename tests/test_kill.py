@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from safetensors import safe_open
-
 from conftest import tuned_home
+from safetensors import safe_open
 
 
 def spawn(home: Path, *args) -> subprocess.Popen:
