@@ -241,6 +241,21 @@ def read_profile(name_or_path: str) -> tuple[str, dict]:
     return name, {"description": description, **data}
 
 
+def _profile_layers(profile: str, seen: tuple = ()) -> tuple[str, list[dict]]:
+    """A profile's overlays, base first: `extends: NAME` layers another profile under it, and a
+    profile file that names no backbone extends the default profile."""
+    name, data = read_profile(profile)
+    data.pop("description", None)
+    base = data.pop("extends", None)
+    if base is None and not (data.get("backbone") or {}).get("name") and profile != default_profile():
+        base = default_profile()
+    if base is None:
+        return name, [data]
+    if base in seen or base == profile:
+        raise PVError(f"profile {profile!r} extends itself through {base!r}")
+    return name, [*_profile_layers(str(base), (*seen, profile))[1], data]
+
+
 def parse_set(items: list[str]) -> dict:
     """`a.b=v` items into a nested overlay; values are parsed as YAML scalars."""
     overlay: dict = {}
@@ -278,10 +293,10 @@ def overlay(values: dict[str, Any]) -> dict:
 
 def resolve(profile: str | None = None, overlays: list[dict] | None = None) -> tuple[str, Settings]:
     """Defaults, then the profile, then each overlay in order; validated."""
-    name, data = read_profile(profile or default_profile())
-    data.pop("description", None)
+    name, layers = _profile_layers(profile or default_profile())
     settings = Settings()
-    _merge_into(settings, data, "")
+    for data in layers:
+        _merge_into(settings, data, "")
     for overlay in overlays or []:
         _merge_into(settings, overlay, "")
     _validate(settings)

@@ -133,7 +133,15 @@ def test_no_profile_means_the_default_profile_and_an_empty_backbone_is_an_error(
     from pvcli.settings import default_profile, resolve
 
     assert default_profile() == "animatediff"
-    profile = tmp_path / "p.yaml"
-    profile.write_text("backbone:\n  name: ''\n")
+    mine = tmp_path / "mine.yaml"  # a profile file that names no backbone extends the default
+    mine.write_text("tune:\n  steps: 7\n")
+    _, s = resolve(str(mine))
+    assert s.backbone.name == "animatediff" and s.tune.steps == 7
+    mine.write_text("extends: tiny-sdxl\ntune:\n  steps: 7\n")
+    _, s = resolve(str(mine))
+    assert s.backbone.name == "animatediff-sdxl-tiny" and s.tune.steps == 7 and s.tune.height == 64
+    mine.write_text(f"extends: {mine}\n")
+    with pytest.raises(PVError, match="extends itself"):
+        resolve(str(mine))
     with pytest.raises(PVError, match="no backbone is set"):
-        resolve(str(profile))
+        resolve("tiny", [{"backbone": {"name": ""}}])

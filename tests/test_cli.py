@@ -130,3 +130,17 @@ def test_console_script_and_module_entry_work():
     assert out.returncode == 0 and out.stdout.strip()
     out = subprocess.run(["pv", "profiles", "--json"], capture_output=True, text=True)
     assert {p["name"] for p in json.loads(out.stdout)} >= {"tiny", "animatediff"}
+
+
+def test_out_of_memory_is_one_line_naming_what_lowers_memory(astronaut, monkeypatch):
+    import torch
+
+    from pvcli.engine.tune import Tuner
+
+    def oom(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Tuner, "step", oom)
+    r = CliRunner().invoke(create_app(), ["tune", str(astronaut), "--name", "alice", "--profile", "tiny", "--quiet"])
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    assert "out of GPU memory while tuning" in r.stderr and "tune.gradient_checkpointing=true" in r.stderr

@@ -205,9 +205,10 @@ class TinyOptions:
     seed: int = 0
     dtype: str = "float32"
     scheduler: str = "ddim"  # ddim, lcm or euler-trailing (the few-step families' samplers)
+    width: int = 32  # base channel count: 32 is the tiny model (1.8M UNet); 128 a mid-size one for benchmarks
 
 
-def build_tiny_components(seed: int = 0, scheduler: str = "ddim") -> dict:
+def build_tiny_components(seed: int = 0, scheduler: str = "ddim", width: int = 32) -> dict:
     """Every AnimateDiff component, tiny, from configs, deterministic for a seed. UNet 1.8M
     params; a 3-level VAE (64 px frames -> 16x16 latents); pv's offline character tokenizer."""
     _quiet_libraries()
@@ -218,19 +219,20 @@ def build_tiny_components(seed: int = 0, scheduler: str = "ddim") -> dict:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        w = width
         unet2d = UNet2DConditionModel(
-            block_out_channels=(32, 64), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
+            block_out_channels=(w, 2 * w), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, norm_num_groups=2,
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=w, norm_num_groups=2,
         )
-        adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_norm_num_groups=2,
+        adapter = MotionAdapter(block_out_channels=(w, 2 * w), motion_layers_per_block=2, motion_norm_num_groups=2,
                                 motion_num_attention_heads=4, motion_max_seq_length=32)
         vae = AutoencoderKL(
-            block_out_channels=[32, 64, 64], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
+            block_out_channels=[w, 2 * w, 2 * w], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=2,
             down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, sample_size=64,
         )
         text_encoder = CLIPTextModel(CLIPTextConfig(
-            bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID, hidden_size=32, intermediate_size=37,
+            bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID, hidden_size=w, intermediate_size=37 * w // 32,
             layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5, vocab_size=CHAR_VOCAB_SIZE,
             max_position_embeddings=77,
         ))
@@ -257,9 +259,10 @@ def make_tiny(options: dict | None = None, device: str | None = "cpu") -> Animat
     dev = _resolve_device(device)
     from diffusers import UNetMotionModel
 
-    c = build_tiny_components(opts.seed, opts.scheduler)
+    c = build_tiny_components(opts.seed, opts.scheduler, opts.width)
     unet = UNetMotionModel.from_unet2d(c["unet2d"], c["motion_adapter"])
-    info = {"base_model": f"tiny(seed={opts.seed})", "motion_adapter": "tiny", "scheduler": opts.scheduler}
+    size = "" if opts.width == 32 else f",width={opts.width}"
+    info = {"base_model": f"tiny(seed={opts.seed}{size})", "motion_adapter": "tiny", "scheduler": opts.scheduler}
     return AnimateDiffBackbone("animatediff-tiny", unet, c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"], info,
                                dev, _resolve_dtype(opts.dtype, dev), random_weights=True)
 

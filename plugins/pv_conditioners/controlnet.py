@@ -100,7 +100,9 @@ def _valid_type(kind: str, raw: bool) -> bool:
 
 def load_controlnet(ref: str, backbone: Backbone, seed: int = 0, kind: str = "control"):
     param = next(backbone.unet.parameters())
-    key = (ref, str(param.device), param.dtype, seed if ref == "tiny" else None)
+    # a tiny ControlNet is shaped after the backbone's UNet: one per UNet architecture
+    shape = repr(sorted(backbone.unet.config.items())) if ref == "tiny" else None
+    key = (ref, str(param.device), param.dtype, seed if ref == "tiny" else None, shape)
     if key not in _CACHE:
         if ref == "tiny":
             model = tiny_controlnet(backbone, seed)

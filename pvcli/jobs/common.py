@@ -1,9 +1,40 @@
-"""Small pieces the jobs share: building plugins through the registry, memory accounting."""
+"""Small pieces the jobs share: building plugins through the registry, memory accounting, and
+out-of-memory errors that say what lowers memory."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from ..context import Context
+from ..errors import PVError
 from ..settings import Settings
+
+LOWER_MEMORY = {
+    "tune": ("--set tune.gradient_checkpointing=true, fewer tune.supervised_frames / tune.grad_steps / tune.frames, "
+             "a smaller tune.height/width, or --set backbone.options.dtype=float16 (bfloat16)"),
+    "generate": ("fewer --frames, a smaller --height/--width, or --set backbone.options.dtype=float16; long clips: "
+                 "--set generate.context_length=16"),
+}
+
+
+@contextmanager
+def out_of_memory_hint(job: str, device=None):
+    """A GPU (or CPU allocator) out-of-memory error becomes one line naming what lowers memory."""
+    try:
+        yield
+    except MemoryError:
+        raise PVError(f"out of memory while {job == 'tune' and 'tuning' or 'generating'} on the CPU",
+                      f"lower memory with {LOWER_MEMORY[job]}") from None
+    except RuntimeError as exc:
+        import torch
+
+        if not isinstance(exc, torch.OutOfMemoryError) and "out of memory" not in str(exc).lower():
+            raise
+        where = f" on {device}" if device is not None else ""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise PVError(f"out of GPU memory while {'tuning' if job == 'tune' else 'generating'}{where}",
+                      f"lower memory with {LOWER_MEMORY[job]}") from None
 
 
 def build_backbone(ctx: Context, settings: Settings):

@@ -14,7 +14,7 @@ from ..context import Context
 from ..errors import PVError
 from ..identity import read_adapter, read_settings
 from ..settings import GenerateSettings, Settings, from_dict
-from .common import build_backbone
+from .common import build_backbone, out_of_memory_hint
 
 
 @dataclass
@@ -219,6 +219,9 @@ def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, request
                                         else None)
                 if target is not None:
                     check_video_path(Path(target))
-                yield renderer().render(req.prompt, Path(target) if target is not None else None, adapter=adapter,
-                                        generate=clip, addons=addons, video=video, advance=advance)
+                with out_of_memory_hint("generate", ctx.device):
+                    video_out = renderer().render(req.prompt, Path(target) if target is not None else None,
+                                                  adapter=adapter, generate=clip, addons=addons, video=video,
+                                                  advance=advance)
+                yield video_out
                 index += 1

@@ -18,7 +18,7 @@ from ..identity import write_identity
 from ..locks import IdentityLock
 from ..settings import Settings, from_dict, overlay
 from ..store import validate_name
-from .common import build_backbone, build_encoder, peak_memory_mb
+from .common import build_backbone, build_encoder, out_of_memory_hint, peak_memory_mb
 
 TINY_NOTE = ("tiny backbone: random weights that never draw a face. This run proves the mechanics "
              "(gradients reach only the adapter, the loss falls, held-out similarity on the tuning "
@@ -157,7 +157,7 @@ def _tune(ctx: Context, run, r: _RunInputs, dp=None, resume_from: dict | None = 
     before = tuner.held_out_similarity(HELD_OUT_SEEDS, adapter=False) if r.eval_held_out else None
     start = time.perf_counter()
     first_step = tuner.step_index
-    with reporter.progress(f"tuning {name}", t.steps) as advance:
+    with reporter.progress(f"tuning {name}", t.steps) as advance, out_of_memory_hint("tune", backbone.device):
         for _ in range(first_step):
             advance()
         while tuner.step_index < t.steps:
