@@ -21,6 +21,7 @@ def lint(session):
 @nox.session
 def bench(session):
     session.install(*INSTALL)
-    session.run("python", "bench/tune_step.py", *session.posargs)
+    session.run("python", "bench/ratios.py", *session.posargs)  # BENCHMARKS.md's tables; --real adds SD 1.5 size
+    session.run("python", "bench/tune_step.py")
     session.run("python", "bench/generate.py")
     session.run("python", "bench/batch.py")

@@ -26,10 +26,14 @@ from pathlib import Path
 
 CONFIGS = {  # name -> (profile, --set overrides)
     "tiny": ("tiny", []),
+    # a 4x wider UNet at 128 px with the real profile's adapter (attention layers, gated to the
+    # last quarter of the steps), so the UNet dominates as it does at full size
     "mid": ("tiny", ["backbone.options.width=128", "tune.frames=8", "tune.height=128", "tune.width=128",
                      "tune.num_inference_steps=8", "generate.frames=8", "generate.height=128", "generate.width=128",
-                     "generate.steps=8"]),
+                     "generate.steps=8", "adapter.targets=attention", "adapter.active_fraction=0.25"]),
 }
+# what `tune.trajectory_pool` saves once its pairs are warm (configs whose adapter is gated)
+POOLED = {"mid": ["tune.trajectory_pool=1"]}
 
 
 def photo() -> Path:
@@ -79,13 +83,13 @@ def build(config: str, sets: list[str] = ()):
     return bb, enc, s, reference_faces(enc, [photo()])
 
 
-def step_vs_generation(config: str, repeats: int = 3) -> dict:
+def step_vs_generation(config: str, repeats: int = 3, sets: list[str] = (), label: str = "") -> dict:
     import dataclasses
 
     from pvcli.engine.generate import generate_frames
     from pvcli.engine.tune import Tuner
 
-    bb, enc, s, refs = build(config)
+    bb, enc, s, refs = build(config, sets)
     tuner = Tuner(bb, enc, s, refs)
     t = s.tune
     g = dataclasses.replace(s.generate, frames=t.frames, height=t.height, width=t.width, steps=t.num_inference_steps,
@@ -108,7 +112,7 @@ def step_vs_generation(config: str, repeats: int = 3) -> dict:
     step, gen = statistics.median(steps), statistics.median(gens)
     known = dict(phases.t)  # of the last step
     known["backward + the rest"] = max(0.0, steps[-1] - sum(known.values()))
-    return {"config": config, "frames": t.frames, "size": t.height, "steps": t.num_inference_steps,
+    return {"config": config + label, "frames": t.frames, "size": t.height, "steps": t.num_inference_steps,
             "grad_steps": t.grad_steps, "supervised_frames": t.supervised_frames, "tune_step_s": round(step, 3),
             "generation_s": round(gen, 3), "ratio": round(step / gen, 2),
             "breakdown_s": {k: round(v, 3) for k, v in sorted(known.items(), key=lambda kv: -kv[1])}}
@@ -127,6 +131,8 @@ def activation_memory(config: str, variants: dict[str, list[str]]) -> list[dict]
         rows.append({"config": config, "variant": label, "frames": s.tune.frames, "size": s.tune.height,
                      "grad_steps": s.tune.grad_steps, "checkpointing": s.tune.gradient_checkpointing,
                      "activations_mb": round(saved["bytes"] / 2**20, 1)})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+        bb = enc = tuner = None
     return rows
 
 
@@ -182,15 +188,24 @@ def cli_startup(repeats: int = 5) -> dict:
 
     pv = timed([sys.executable, "-m", "pvcli", "--help"])
     typer = timed([sys.executable, "-c", "import typer"])
-    return {"pv_help_s": round(pv, 3), "import_typer_s": round(typer, 3), "ratio": round(pv / typer, 2)}
+    # the floor for a typer CLI with rich help: a one-command app's --help (loads typer.rich_utils too)
+    app = "import typer\napp = typer.Typer()\n@app.command()\ndef hello(name: str = ''):\n    pass\n" \
+          "@app.command()\ndef bye():\n    pass\napp()\n"
+    minimal = timed([sys.executable, "-c", app, "--help"])
+    return {"pv_help_s": round(pv, 3), "import_typer_s": round(typer, 3), "ratio": round(pv / typer, 2),
+            "minimal_typer_app_help_s": round(minimal, 3), "ratio_to_minimal_app": round(pv / minimal, 2)}
 
 
 def real_size() -> dict:
-    """One tuning step of SD 1.5 + AnimateDiff v1-5 at full size (random weights) on CPU at small
-    sizes; activation memory per frame and pixel, extrapolated to 512x512x16 fp16 on a GPU."""
+    """SD 1.5 + AnimateDiff v1-5 at full size (random weights, CPU): where the adapter lands, one
+    tuning step at 64 px, and the activations kept for backward per component (UNet per frame and
+    grad step, VAE decoder per supervised frame, face network per crop) at 64 and 128 px, with and
+    without gradient checkpointing; extrapolated to a 512x512x16 step on a GPU (an estimate)."""
+    import math
+
+    import torch
     from pv_animatediff.reference_size import build_sd15_random
 
-    from pvcli.engine.adapter import add_adapter
     from pvcli.engine.identity import reference_faces
     from pvcli.engine.memory import saved_activations
     from pvcli.engine.tune import Tuner
@@ -199,45 +214,76 @@ def real_size() -> dict:
 
     enc = build_plugin_manager().create("encoders", "facenet", device="cpu")
     refs = reference_faces(enc, [photo()])
-    out = {"points": []}
+    out: dict = {}
     start = time.perf_counter()
     bb = build_sd15_random()
     out["build_s"] = round(time.perf_counter() - start, 1)
     out["unet_params_m"] = round(sum(p.numel() for p in bb.unet.parameters()) / 1e6, 1)
-    names = add_adapter(bb, "attention", 16, 16)
-    out["attention_lora_layers"] = len(names)
-    out["lora_in_motion_modules"] = sum("motion_modules" in n for n in names)
-    bb = None
-    for frames, size, ckpt in ((2, 64, False), (4, 64, False), (2, 128, False), (2, 64, True)):
-        bb = build_sd15_random()
-        sets = [f"tune.frames={frames}", f"tune.height={size}", f"tune.width={size}", "tune.num_inference_steps=2",
-                "tune.grad_steps=1", f"tune.supervised_frames={min(frames, 2)}", "tune.guidance_scale=1",
-                f"tune.gradient_checkpointing={str(ckpt).lower()}", "adapter.targets=attention",
-                "adapter.active_fraction=1"]
-        _, s = resolve("animatediff", [parse_set(sets)])
-        tuner = Tuner(bb, enc, s, refs)
+    out["text_encoder_params_m"] = round(sum(p.numel() for p in bb.text_encoder.parameters()) / 1e6, 1)
+    out["vae_params_m"] = round(sum(p.numel() for p in bb.vae.parameters()) / 1e6, 1)
+    _, s = resolve("animatediff", [parse_set([
+        "tune.frames=2", "tune.height=64", "tune.width=64", "tune.num_inference_steps=2", "tune.grad_steps=1",
+        "tune.supervised_frames=2", "tune.guidance_scale=1", "adapter.active_fraction=1"])])
+    tuner = Tuner(bb, enc, s, refs)
+    out["attention_lora_layers"] = len(tuner.layers)
+    out["lora_in_motion_modules"] = sum("motion_modules" in n for n in tuner.layers)
+    out["adapter_params_m"] = round(sum(p.numel() for p in tuner.params) / 1e6, 2)
+    out["step_2x64x64_s"] = round(tuner.step().seconds, 1)
+
+    cond = bb.encode_prompt(["sks person"])
+    mb = {}
+
+    def kept(fn) -> float:
         with saved_activations() as saved:
-            stats = tuner.step()
-        out["points"].append({"frames": frames, "size": size, "checkpointing": ckpt, "seconds": round(stats.seconds, 1),
-                              "activations_mb": round(saved["bytes"] / 2**20, 1)})
-        bb = tuner = None
-    p = {(x["frames"], x["size"], x["checkpointing"]): x["activations_mb"] for x in out["points"]}
-    per_frame = p[(4, 64, False)] - p[(2, 64, False)]  # MB per extra frame at 64 px
-    fixed = p[(2, 64, False)] - 2 * per_frame
-    per_frame_128 = (p[(2, 128, False)] - fixed) / 2
-    pixel_scale = per_frame_128 / per_frame  # 4x pixels -> this much more per frame
-    exponent = __import__("math").log(pixel_scale, 4)
-    per_frame_512 = per_frame * (64 ** exponent)  # (512/64)^2 = 64x pixels
-    ckpt_ratio = p[(2, 64, True)] / p[(2, 64, False)]
-    weights_fp16_gb = (out["unet_params_m"] * 1e6 * 2 + 123e6 * 2 + 84e6 * 4) / 2**30
-    est = (max(fixed, 0) + 16 * per_frame_512) / 1024 / 2  # fp16 halves the fp32 activations
+            fn()
+        return saved["bytes"] / 2**20
+
+    for ckpt in (False, True):
+        if ckpt:
+            bb.enable_gradient_checkpointing()
+        bb.unet.train()
+        for px in (64, 128):
+            for frames in (1, 2):
+                lat = torch.randn(1, 4, frames, px // 8, px // 8)
+                mb[("unet", px, frames, ckpt)] = kept(lambda lat=lat: bb.predict_noise(lat, torch.tensor(500), cond))
+            lat = torch.randn(1, 4, 1, px // 8, px // 8, requires_grad=True)
+            mb[("vae", px, 1, ckpt)] = kept(lambda lat=lat: bb.decode(lat))
+    crops = torch.rand(4, 3, enc.input_size, enc.input_size, requires_grad=True)
+    face_mb = kept(lambda: enc.embed(crops)) / 4
+    tuner = bb = None
+
+    def per_frame(part, px, ckpt):  # MB per extra frame (UNet) or per frame (decoder), fp32
+        if part == "unet":
+            return mb[("unet", px, 2, ckpt)] - mb[("unet", px, 1, ckpt)]
+        return mb[("vae", px, 1, ckpt)]
+
+    est = {}
+    for ckpt in (False, True):
+        u64, u128 = per_frame("unet", 64, ckpt), per_frame("unet", 128, ckpt)
+        v64, v128 = per_frame("vae", 64, ckpt), per_frame("vae", 128, ckpt)
+        eu, ev = math.log(u128 / u64, 4), math.log(v128 / v64, 4)  # growth per 4x pixels, as an exponent
+        u512, v512 = u128 * 16 ** eu, v128 * 16 ** ev  # 512 px = 16x the pixels of 128 px
+        # the default profile: 16 frames, CFG (batch 2 in the UNet), 2 grad steps, 4 supervised frames;
+        # the UNet runs in fp16 (half of the fp32 bytes measured), the VAE and the face network in fp32
+        unet_gb = 16 * 2 * 2 * u512 / 2 / 1024
+        vae_gb = 4 * v512 / 1024
+        face_gb = 4 * face_mb / 1024
+        est[ckpt] = {"unet_exponent": round(eu, 2), "vae_exponent": round(ev, 2), "unet_activations_gb": round(unet_gb, 2),
+                     "vae_decoder_activations_gb": round(vae_gb, 2), "face_network_gb": round(face_gb, 2)}
+    params = out["unet_params_m"] * 2 + out["text_encoder_params_m"] * 2 + out["vae_params_m"] * 4  # MB: fp16, fp16, fp32
+    weights_gb = (params + out["adapter_params_m"] * 4 * 4) / 1024  # + the adapter, its grads and AdamW's two moments
+    out["measured_mb_fp32"] = {f"{k[0]} {k[1]}px {k[2]}f{' ckpt' if k[3] else ''}": round(v, 1) for k, v in mb.items()}
+    out["face_network_mb_per_crop"] = round(face_mb, 1)
     out["estimate_512x512x16_fp16"] = {
-        "weights_gb": round(weights_fp16_gb, 2), "activations_gb": round(est, 2),
-        "total_gb": round(weights_fp16_gb + est, 2),
-        "with_checkpointing_gb": round(weights_fp16_gb + est * ckpt_ratio, 2),
-        "pixel_exponent": round(exponent, 2), "checkpointing_ratio": round(ckpt_ratio, 2),
-        "note": "estimate: grad tail of 2 steps over 16 frames, 4 supervised frames decoded; activations scale "
-                "with frames and with pixels^exponent measured between 64 and 128 px"}
+        "weights_gb": round(weights_gb, 2),
+        "without_checkpointing": {**est[False], "total_gb": round(weights_gb + sum(
+            v for k, v in est[False].items() if k.endswith("gb")), 1)},
+        "with_checkpointing": {**est[True], "total_gb": round(weights_gb + sum(
+            v for k, v in est[True].items() if k.endswith("gb")), 1)},
+        "note": "estimate, not a GPU measurement: activations kept for backward (torch saved-tensor accounting) "
+                "measured per component on CPU at 64 and 128 px and scaled to 512 px by the measured growth; "
+                "the default profile's step (16 frames, CFG, 2 grad steps, 4 supervised frames), UNet fp16, VAE "
+                "and face network fp32; excludes the allocator's workspace and fragmentation"}
     return out
 
 
@@ -255,35 +301,62 @@ def markdown(r: dict) -> str:
         lines += ["", f"pv eval path {e['pv_fps']} frames/s vs direct face-model calls {e['direct_fps']} (ratio {e['ratio']})"]
     if "startup" in r:
         c = r["startup"]
-        lines += [f"`pv --help` {c['pv_help_s']} s vs `python -c 'import typer'` {c['import_typer_s']} s (ratio {c['ratio']})"]
+        lines += [f"`pv --help` {c['pv_help_s']} s vs `python -c 'import typer'` {c['import_typer_s']} s (ratio {c['ratio']}), "
+                  f"vs a two-command typer app's --help {c.get('minimal_typer_app_help_s')} s "
+                  f"(ratio {c.get('ratio_to_minimal_app')})"]
     return "\n".join(lines)
+
+
+MEMORY_BASE = {"tiny": [], "mid": ["tune.frames=4", "tune.supervised_frames=2"]}  # mid at 8 frames needs >24 GB naive
+
+
+def memory_variants(config: str) -> dict[str, list[str]]:
+    steps = {"tiny": 4, "mid": 8}[config]
+    frames, size = (4, 64) if config == "tiny" else (4, 128)
+    base = MEMORY_BASE[config]
+    return {
+        "pv: grad tail of 2 steps": base,
+        f"naive: backprop through all {steps} steps": [*base, f"tune.grad_steps={steps}", "adapter.active_fraction=1"],
+        "pv + gradient checkpointing (UNet, motion modules, VAE decoder)": [*base, "tune.gradient_checkpointing=true"],
+        f"pv, 2x frames ({frames * 2})": [*base, f"tune.frames={frames * 2}"],
+        f"pv, 2x resolution ({size * 2} px)": [*base, f"tune.height={size * 2}", f"tune.width={size * 2}"],
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", nargs="*", default=["tiny", "mid"])
+    ap.add_argument("--parts", nargs="*", default=["steps", "memory", "eval", "startup"],
+                    help="any of steps, memory, eval, startup (results merge into --out)")
     ap.add_argument("--real", action="store_true", help="also the SD 1.5-size step (needs ~12 GB RAM, minutes)")
     ap.add_argument("--out", default=str(Path(__file__).with_name("ratios.json")))
     args = ap.parse_args()
-    r: dict = {"step_vs_generation": [], "memory": []}
-    for config in args.configs:
-        r["step_vs_generation"].append(step_vs_generation(config))
-        print(json.dumps(r["step_vs_generation"][-1]), file=sys.stderr)
-        steps = {"tiny": 4, "mid": 8}[config]
-        r["memory"] += activation_memory(config, {
-            "pv: grad tail of 2 steps": [],
-            f"naive: backprop through all {steps} steps": [f"tune.grad_steps={steps}", "adapter.active_fraction=1"],
-            "pv + gradient checkpointing": ["tune.gradient_checkpointing=true"],
-            "pv, 2x frames": [f"tune.frames={8 if config == 'tiny' else 16}", "tune.supervised_frames=4"],
-            "pv, 2x resolution": [f"tune.height={128 if config == 'tiny' else 256}",
-                                  f"tune.width={128 if config == 'tiny' else 256}"],
-        })
-    r["eval"] = eval_fps()
-    r["startup"] = cli_startup()
+    out = Path(args.out)
+    r: dict = json.loads(out.read_text()) if out.is_file() else {}
+
+    def save(key, value):  # each part lands as soon as it is measured
+        r[key] = value
+        out.write_text(json.dumps(r, indent=2) + "\n")
+        print(json.dumps(value), file=sys.stderr)
+
+    if "steps" in args.parts:
+        rows = []
+        for config in args.configs:
+            rows.append(step_vs_generation(config))
+            if config in POOLED:
+                rows.append(step_vs_generation(config, sets=POOLED[config], label=" + warm trajectory_pool"))
+            save("step_vs_generation", rows)
+    if "memory" in args.parts:
+        rows = []
+        for config in args.configs:
+            rows += activation_memory(config, memory_variants(config))
+            save("memory", rows)
+    if "eval" in args.parts:
+        save("eval", eval_fps())
+    if "startup" in args.parts:
+        save("startup", cli_startup())
     if args.real:
-        r["real_size"] = real_size()
-        print(json.dumps(r["real_size"]), file=sys.stderr)
-    Path(args.out).write_text(json.dumps(r, indent=2) + "\n")
+        save("real_size", real_size())
     print(markdown(r))
 
 

@@ -87,6 +87,12 @@ class Backbone(ABC):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Differentiably decode latents (B, C, F, h, w) into frames (B, F, 3, H, W) in [0, 1]."""
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in backward instead of keeping them (`tune.gradient_checkpointing`):
+        every module the loss backpropagates through (denoiser, decoder) should take part."""
+        if hasattr(self.unet, "enable_gradient_checkpointing"):
+            self.unet.enable_gradient_checkpointing()
+
     def new_scheduler(self):
         """A fresh scheduler with the backbone's configuration (samplers keep state)."""
         return type(self.scheduler).from_config(self.scheduler.config)

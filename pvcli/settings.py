@@ -61,6 +61,11 @@ class TuneSettings:
     # clips sampled (and gradients accumulated) per optimizer step: the effective batch on one
     # device; N processes with --processes multiply it by N
     clips_per_step: int = 1
+    # 0: fresh prompt and noise for every clip (the paper). N > 0: clips draw from N fixed
+    # (prompt, noise) pairs and reuse their adapter-free early denoising steps (computed once per
+    # pair), so a step costs only the adapted tail once the pool is warm. Needs late-step gating
+    # (adapter.active_fraction < 1); fewer distinct clips, so use N in the tens.
+    trajectory_pool: int = 0
     no_face: Literal["center", "skip"] = "center"
     token: str = "sks"
     class_word: str = "person"
@@ -114,7 +119,8 @@ _RANGES = {
     "adapter.rank": (1, 1024), "adapter.alpha": (1e-6, None),
     "tune.steps": (0, None), "tune.lr": (0.0, 1.0), "tune.frames": (1, None), "tune.height": (8, None),
     "tune.width": (8, None), "tune.num_inference_steps": (1, 1000), "tune.grad_steps": (1, 1000),
-    "tune.guidance_scale": (0.0, None), "tune.supervised_frames": (1, None), "tune.clips_per_step": (1, 1024), "tune.grad_clip": (0.0, None),
+    "tune.guidance_scale": (0.0, None), "tune.supervised_frames": (1, None), "tune.clips_per_step": (1, 1024),
+    "tune.trajectory_pool": (0, 100000), "tune.grad_clip": (0.0, None),
     "tune.warmup_steps": (0, None), "tune.weight_decay": (0.0, None), "adapter.active_fraction": (1e-6, 1.0),
     "tune.scr_weight": (0.0, None), "tune.scr_frames": (2, None), "tune.checkpoint_every": (0, None),
     "tune.keep_checkpoints": (1, None), "tune.sample_every": (0, None),

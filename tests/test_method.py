@@ -123,3 +123,119 @@ def test_gradient_checkpointing_gives_the_same_step(encoder, reference):
         tuner.step()
         adapters.append(adapter_state_dict(tuner.bb.unet))
     assert all(torch.allclose(adapters[0][k], adapters[1][k], atol=1e-6) for k in adapters[0])
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "lcm", "euler-trailing"])
+def test_a_trajectory_stopped_and_continued_is_the_full_trajectory(scheduler):
+    from pv_animatediff.backbone import make_tiny
+
+    bb = make_tiny({"scheduler": scheduler})
+    cond, uncond = bb.encode_prompt(["sks person"]), bb.encode_prompt([""])
+    noise = initial_latents(bb, 4, 64, 64, torch.Generator().manual_seed(2))
+    with torch.no_grad():  # LCM adds fresh noise each step from torch's global generator
+        torch.manual_seed(0)
+        full = sample(bb, cond, uncond, noise, 6, 3.0)
+        torch.manual_seed(0)
+        half = sample(bb, cond, uncond, noise, 6, 3.0, stop=4)
+        rest = sample(bb, cond, uncond, half.latents, 6, 3.0, start=4)
+    assert torch.equal(rest.latents, full.latents) and torch.equal(rest.x0, full.x0)
+
+
+def _count_unet_calls(bb):
+    calls = []
+    original = bb.predict_noise
+
+    def counted(*a, **kw):
+        calls.append(torch.is_grad_enabled())
+        return original(*a, **kw)
+
+    bb.predict_noise = counted
+    return calls
+
+
+POOLED = ("adapter.active_fraction=0.3", "tune.num_inference_steps=6", "tune.grad_steps=2", "tune.scr_weight=0")
+
+
+def test_trajectory_pool_runs_only_the_adapted_tail_once_warm(encoder, reference):
+    from pv_animatediff.backbone import make_tiny
+
+    torch.manual_seed(0)
+    tuner = Tuner(make_tiny(), encoder, _settings(*POOLED, "tune.trajectory_pool=1"), reference)
+    calls = _count_unet_calls(tuner.bb)
+    first = tuner.step()
+    assert calls == [False] * 4 + [True] * 2  # the pair's adapter-free prefix once, then the grad tail
+    calls.clear()
+    second = tuner.step()
+    assert calls == [True] * 2  # warm: only the adapted tail
+    assert first.prompt == second.prompt  # one pair in the pool
+    assert second.loss is not None and second.loss != first.loss  # the adapter moved between them
+
+
+def test_trajectory_pool_step_equals_the_fresh_step_from_the_same_noise(encoder, reference):
+    """A warm pool's clip is the same clip the sampler makes from the pair's noise: same loss."""
+    from pv_animatediff.backbone import make_tiny
+
+    torch.manual_seed(0)
+    pooled = Tuner(make_tiny(), encoder, _settings(*POOLED, "tune.trajectory_pool=3"), reference)
+    prompt, kept, start = pooled.pool.draw(torch.Generator().manual_seed(0))
+    seed = next(s for p, s in pooled.pool.pairs if p == prompt)
+    noise = initial_latents(pooled.bb, 4, 64, 64, torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        fresh = pooled._x0(prompt, noise, grad=False)
+        warm = pooled._x0(prompt, kept, grad=False, start=start)
+    assert start == 4 and torch.equal(fresh, warm)
+
+
+def test_trajectory_pool_resumes_exactly_and_needs_gating(encoder, astronaut, tmp_path):
+    from pv_animatediff.backbone import make_tiny
+
+    from pvcli.errors import PVError
+
+    refs = reference_faces(encoder, [astronaut])
+    s = _settings(*POOLED, "tune.trajectory_pool=2", "tune.steps=4")
+    torch.manual_seed(0)
+    full = Tuner(make_tiny(), encoder, s, refs)
+    full.run()
+    torch.manual_seed(0)
+    first = Tuner(make_tiny(), encoder, s, refs)
+    first.step(), first.step()
+    save_state(first.state_dict(), tmp_path / "ckpt.safetensors")
+    second = Tuner(make_tiny(), encoder, s, refs)  # a new process: the pool's latents are recomputed
+    second.load_state_dict(load_state(tmp_path / "ckpt.safetensors"))
+    second.run()
+    a, b = adapter_state_dict(full.bb.unet), adapter_state_dict(second.bb.unet)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(PVError, match="trajectory_pool"):
+        Tuner(make_tiny(), encoder, _settings("adapter.active_fraction=1", "tune.trajectory_pool=2"), refs)
+
+
+def test_gradient_checkpointing_keeps_less_for_backward_in_the_unet_and_the_decoder(encoder, reference):
+    from pv_animatediff.backbone import make_tiny
+
+    from pvcli.engine.memory import saved_activations
+
+    kept = []
+    for flag in ("false", "true"):
+        torch.manual_seed(0)
+        tuner = Tuner(make_tiny(), encoder, _settings(f"tune.gradient_checkpointing={flag}"), reference)
+        with saved_activations() as saved:
+            tuner.step()
+        kept.append(saved["bytes"])
+    assert tuner.bb.vae.is_gradient_checkpointing and tuner.bb.unet.is_gradient_checkpointing
+    assert kept[1] < 0.8 * kept[0], kept  # on the tiny model FaceNet's own activations are half of what is left
+
+
+def test_a_half_precision_unet_trains_a_float32_adapter(encoder, reference):
+    """backbone.options.dtype (fp16 on CUDA by default): the UNet in half precision, the VAE and
+    the adapter with its optimizer state in fp32; the step is finite and moves the adapter."""
+    from pv_animatediff.backbone import make_tiny
+
+    bb = make_tiny({"dtype": "bfloat16"})
+    tuner = Tuner(bb, encoder, _settings(), reference)
+    before = adapter_state_dict(bb.unet)
+    stats = tuner.step()
+    assert stats.loss is not None and torch.isfinite(torch.tensor(stats.loss))
+    assert {p.dtype for p in tuner.params} == {torch.float32} and bb.vae.dtype == torch.float32
+    assert next(p for n, p in bb.unet.named_parameters() if "lora" not in n).dtype == torch.bfloat16
+    after = adapter_state_dict(bb.unet)
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -163,6 +163,16 @@ class AnimateDiffBackbone(Backbone):
     def lora_modules(self) -> list[torch.nn.Module]:
         return [self.unet, self.text_encoder]
 
+    def enable_gradient_checkpointing(self) -> None:
+        # diffusers' switch covers the UNet's resnets and spatial attention, not the motion modules
+        # (0.42.1): those are checkpointed here. The decoder too: at 512 px it keeps ~5 GB per frame.
+        self.unet.enable_gradient_checkpointing()
+        self.vae.enable_gradient_checkpointing()
+        for name, module in self.unet.named_modules():
+            if name.endswith("motion_modules"):
+                for block in module:
+                    _checkpoint_forward(block)
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         lat = latents.float() / self.vae.config.scaling_factor
         b, c, f, h, w = lat.shape
@@ -170,6 +180,23 @@ class AnimateDiffBackbone(Backbone):
         frames = torch.cat([self.vae.decode(chunk).sample for chunk in lat.split(DECODE_CHUNK)])
         frames = frames.reshape(b, f, *frames.shape[1:])
         return (frames / 2 + 0.5).clamp(0, 1)
+
+
+def _checkpoint_forward(module: torch.nn.Module) -> None:
+    """Recompute `module`'s activations in backward when grad is on (its weights are untouched)."""
+    import torch.utils.checkpoint
+
+    if getattr(module, "_pv_checkpointed", False):
+        return
+    forward = module.forward
+
+    def checkpointed(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    module.forward = checkpointed
+    module._pv_checkpointed = True
 
 
 def controls_model(controlnets: list):
@@ -201,7 +228,22 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 
 @dataclass
-class TinyOptions:
+class SpeedOptions:
+    tf32: bool = True  # CUDA: TF32 matmuls and convolutions (Ampere and newer); no effect on CPU
+    compile: bool = False  # torch.compile the UNet in place (names, and so adapter keys, unchanged)
+
+
+def apply_speed_options(backbone: AnimateDiffBackbone, opts: SpeedOptions) -> AnimateDiffBackbone:
+    if opts.tf32 and backbone.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if opts.compile:
+        backbone.unet.compile()  # traced at the first call, after the identity adapter is on
+    return backbone
+
+
+@dataclass
+class TinyOptions(SpeedOptions):
     seed: int = 0
     dtype: str = "float32"
     scheduler: str = "ddim"  # ddim, lcm or euler-trailing (the few-step families' samplers)
@@ -263,15 +305,16 @@ def make_tiny(options: dict | None = None, device: str | None = "cpu") -> Animat
     unet = UNetMotionModel.from_unet2d(c["unet2d"], c["motion_adapter"])
     size = "" if opts.width == 32 else f",width={opts.width}"
     info = {"base_model": f"tiny(seed={opts.seed}{size})", "motion_adapter": "tiny", "scheduler": opts.scheduler}
-    return AnimateDiffBackbone("animatediff-tiny", unet, c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"], info,
-                               dev, _resolve_dtype(opts.dtype, dev), random_weights=True)
+    return apply_speed_options(AnimateDiffBackbone(
+        "animatediff-tiny", unet, c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"], info, dev,
+        _resolve_dtype(opts.dtype, dev), random_weights=True), opts)
 
 
 # --------------------------------------------------------------------------- real weights
 
 
 @dataclass
-class AnimateDiffOptions:
+class AnimateDiffOptions(SpeedOptions):
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     motion_adapter: str = "guoyww/animatediff-motion-adapter-v1-5-2"
     # a motion module file inside the motion_adapter repo or folder, in diffusers keys
@@ -361,8 +404,8 @@ def make_animatediff(options: dict | None = None, device: str | None = None) -> 
     dev = _resolve_device(device)
     dtype = _resolve_dtype(opts.dtype, dev)
     m, info = load_family(SD15, opts, dtype)
-    return AnimateDiffBackbone("animatediff", m["unet"], m["vae"], m["text_encoder"], m["tokenizer"], m["scheduler"],
-                               info, dev, dtype)
+    return apply_speed_options(AnimateDiffBackbone(
+        "animatediff", m["unet"], m["vae"], m["text_encoder"], m["tokenizer"], m["scheduler"], info, dev, dtype), opts)
 
 
 def _motion_module_file(repo: str, weight_name: str, dtype):

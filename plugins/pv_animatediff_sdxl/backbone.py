@@ -10,6 +10,7 @@ from pv_animatediff.backbone import (
     _quiet_libraries,
     _resolve_device,
     _resolve_dtype,
+    apply_speed_options,
     load_family,
 )
 from pv_animatediff.schedulers import make_scheduler
@@ -154,9 +155,9 @@ def make_tiny_sdxl(options: dict | None = None, device: str | None = "cpu") -> A
     c = build_tiny_sdxl_components(opts.seed, opts.scheduler)
     unet = UNetMotionModel.from_unet2d(c["unet2d"], c["motion_adapter"])
     info = {"base_model": f"tiny-sdxl(seed={opts.seed})", "motion_adapter": "tiny-sdxl", "scheduler": opts.scheduler}
-    return AnimateDiffSDXLBackbone("animatediff-sdxl-tiny", unet, c["vae"], c["text_encoder"], c["text_encoder_2"],
-                                   c["tokenizer"], c["tokenizer_2"], c["scheduler"], info, dev,
-                                   _resolve_dtype(opts.dtype, dev), random_weights=True)
+    return apply_speed_options(AnimateDiffSDXLBackbone(
+        "animatediff-sdxl-tiny", unet, c["vae"], c["text_encoder"], c["text_encoder_2"], c["tokenizer"], c["tokenizer_2"],
+        c["scheduler"], info, dev, _resolve_dtype(opts.dtype, dev), random_weights=True), opts)
 
 
 # --------------------------------------------------------------------------- real weights
@@ -173,5 +174,6 @@ def make_animatediff_sdxl(options: dict | None = None, device: str | None = None
     dev = _resolve_device(device)
     dtype = _resolve_dtype(opts.dtype, dev)
     m, info = load_family(SDXL, opts, dtype)
-    return AnimateDiffSDXLBackbone("animatediff-sdxl", m["unet"], m["vae"], m["text_encoder"], m["text_encoder_2"],
-                                   m["tokenizer"], m["tokenizer_2"], m["scheduler"], info, dev, dtype)
+    return apply_speed_options(AnimateDiffSDXLBackbone(
+        "animatediff-sdxl", m["unet"], m["vae"], m["text_encoder"], m["text_encoder_2"], m["tokenizer"], m["tokenizer_2"],
+        m["scheduler"], info, dev, dtype), opts)

@@ -1,5 +1,5 @@
 """Memory accounting that works on any device: the bytes autograd keeps for backward (activations),
-counted through torch's saved-tensor hooks, unique storages only, parameters excluded. On CPU torch
+counted through torch's saved-tensor hooks, unique storages only, parameters and their views excluded. On CPU torch
 has no allocator statistics; this is the part of a tuning step's memory that grows with frames,
 resolution and the grad tail."""
 
@@ -17,7 +17,8 @@ def saved_activations():
     record = {"bytes": 0, "tensors": 0}
 
     def pack(t: torch.Tensor):
-        if not isinstance(t, torch.nn.Parameter) and t.requires_grad is not None:
+        base = t._base if t._base is not None else t  # a weight's view (W.t() in linear) is the weight
+        if not isinstance(base, torch.nn.Parameter):
             try:
                 key = t.untyped_storage().data_ptr()
             except (RuntimeError, NotImplementedError):

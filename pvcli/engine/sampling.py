@@ -43,20 +43,32 @@ def sample(
     grad_steps: int = 0,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     adapter_steps: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> SampleResult:
     """Denoise `latents` (pure noise) in `steps` steps. The last `grad_steps` run under grad;
     the rest without. `uncond` is used when guidance_scale > 1. The identity adapter is active
     only in the last `adapter_steps` steps (None: all): late-step gating, motion forms early and
-    appearance late."""
+    appearance late.
+
+    `stop=k` returns after the first k steps; `start=k` continues from such latents (the state
+    after k steps, not noise). The two halves give exactly the full trajectory."""
     scheduler = backbone.new_scheduler()
     scheduler.set_timesteps(steps, device=backbone.device)
-    latents = latents * scheduler.init_noise_sigma
+    if start == 0:
+        latents = latents * scheduler.init_noise_sigma
+    elif hasattr(scheduler, "set_begin_index"):  # Euler/LCM keep a step index
+        scheduler.set_begin_index(start)
     use_cfg = guidance_scale > 1.0 and uncond is not None
     embeds = backbone.cat_conditioning([uncond, cond]) if use_cfg else cond
     x0 = latents
     timesteps = scheduler.timesteps
     first_adapted = 0 if adapter_steps is None else len(timesteps) - adapter_steps
     for i, t in enumerate(timesteps):
+        if i < start:
+            continue
+        if stop is not None and i >= stop:
+            break
         gate = adapter_disabled(backbone.unet) if i < first_adapted else nullcontext()
         with gate, torch.enable_grad() if i >= len(timesteps) - grad_steps else torch.no_grad():
             model_in = torch.cat([latents] * 2) if use_cfg else latents
@@ -80,6 +92,12 @@ def predicted_clean(out, latents: torch.Tensor) -> torch.Tensor:
         if value is not None:
             return value
     return latents
+
+
+def adapter_free_prefix(steps: int, adapter_steps: int, grad_steps: int) -> int:
+    """How many first denoising steps run without the adapter and without grad: their result
+    depends only on the prompt and the noise, never on the adapter's weights."""
+    return max(0, min(steps - adapter_steps, steps - grad_steps))
 
 
 def adapted_steps(steps: int, fraction: float) -> int:

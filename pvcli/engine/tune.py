@@ -24,7 +24,7 @@ from ..settings import Settings
 from .adapter import adapter_disabled, adapter_state_dict, add_adapter, load_adapter_state_dict, trainable_parameters
 from .identity import ReferenceFace, embed_crops, frame_faces, jittered_crops, mean_embedding
 from .prompts import PROMPTS, PromptSampler, identity_phrase
-from .sampling import adapted_steps, initial_latents, sample
+from .sampling import adapted_steps, adapter_free_prefix, initial_latents, sample
 
 
 @dataclass
@@ -83,6 +83,38 @@ def _optimizer(name: str, params, lr: float, weight_decay: float):
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+class TrajectoryPool:
+    """`tune.trajectory_pool`: N fixed (prompt, noise) pairs, drawn once from the tune seed (and
+    the process's rank). The adapter-free, no-grad early steps of a pair's trajectory do not
+    depend on the adapter, so they are computed at the pair's first use and kept; later clips
+    of that pair run only the adapted tail. Which pair a clip uses comes from the tuner's
+    checkpointed noise generator, so resume stays exact (the kept latents are recomputed)."""
+
+    def __init__(self, tuner: Tuner, rank: int):
+        t = tuner.s.tune
+        self.tuner = tuner
+        self.start = adapter_free_prefix(t.num_inference_steps, tuner.adapter_steps, tuner.grad_steps)
+        if not self.start:
+            raise PVError("tune.trajectory_pool reuses the adapter-free early steps, and these settings have none",
+                          "set adapter.active_fraction below 1, or tune.trajectory_pool=0")
+        seed = t.seed + 7919 * rank + 3
+        rng = random.Random(seed)
+        self.pairs = [(rng.choice(tuner.prompts.prompts), seed * 100003 + i) for i in range(t.trajectory_pool)]
+        self.kept: dict[int, torch.Tensor] = {}
+
+    def draw(self, generator: torch.Generator) -> tuple[str, torch.Tensor, int]:
+        """(prompt, latents after the adapter-free steps, how many steps those are)."""
+        i = int(torch.randint(len(self.pairs), (1,), generator=generator))
+        prompt, seed = self.pairs[i]
+        if i not in self.kept:
+            tu, t = self.tuner, self.tuner.s.tune
+            noise = initial_latents(tu.bb, t.frames, t.height, t.width, torch.Generator("cpu").manual_seed(seed))
+            with torch.no_grad():
+                self.kept[i] = sample(tu.bb, tu.embeds(prompt), tu.uncond, noise, t.num_inference_steps,
+                                      t.guidance_scale, adapter_steps=tu.adapter_steps, stop=self.start).latents
+        return prompt, self.kept[i], self.start
+
+
 class Tuner:
     def __init__(self, backbone: Backbone, encoder: IdentityEncoder, settings: Settings,
                  reference: torch.Tensor | list[ReferenceFace], prompts: list[str] | None = None,
@@ -98,8 +130,8 @@ class Tuner:
         fixed = mean_embedding(embed_crops(encoder, [r.crop for r in self.refs])) if self.refs else reference
         self.reference = F.normalize(fixed.float(), dim=0).to(backbone.device)
         self.layers = add_adapter(backbone, settings.adapter.targets, settings.adapter.rank, settings.adapter.alpha)
-        if t.gradient_checkpointing and hasattr(backbone.unet, "enable_gradient_checkpointing"):
-            backbone.unet.enable_gradient_checkpointing()
+        if t.gradient_checkpointing:
+            backbone.enable_gradient_checkpointing()
         self.params = trainable_parameters(backbone.unet)
         self.optimizer = _optimizer(t.optimizer, self.params, t.lr, t.weight_decay)
         warm = max(1, t.warmup_steps)
@@ -111,6 +143,7 @@ class Tuner:
         self.prompts = PromptSampler(tuning_prompts(settings, prompts), self.phrase, t.seed)
         self.embeds = PromptEmbeddings(backbone)
         self.uncond = self.embeds("") if t.guidance_scale > 1 else None
+        self.pool = TrajectoryPool(self, rank) if t.trajectory_pool else None
         self.scorer = scorer
         self.frame_rng = random.Random(t.seed + 1)
         self.aug_rng = np.random.default_rng(t.seed + 2)
@@ -123,12 +156,12 @@ class Tuner:
         self.grad_sync: Callable | None = None
 
     # ------------------------------------------------------------------ sampling
-    def _x0(self, prompt: str, latents: torch.Tensor, grad: bool, adapter: bool = True) -> torch.Tensor:
+    def _x0(self, prompt: str, latents: torch.Tensor, grad: bool, adapter: bool = True, start: int = 0) -> torch.Tensor:
         t = self.s.tune
         ctx = nullcontext() if adapter else adapter_disabled(self.bb.unet)
         with ctx:
             return sample(self.bb, self.embeds(prompt), self.uncond, latents, t.num_inference_steps, t.guidance_scale,
-                          grad_steps=self.grad_steps if grad else 0, adapter_steps=self.adapter_steps).x0
+                          grad_steps=self.grad_steps if grad else 0, adapter_steps=self.adapter_steps, start=start).x0
 
     def _step_reference(self) -> torch.Tensor:
         if not (self.refs and self.s.tune.reference_augment):
@@ -140,10 +173,13 @@ class Tuner:
     def _clip_loss(self, reference: torch.Tensor):
         """Sample one clip from an augmented prompt and return (loss or None, id_sim, scr, faces, prompt)."""
         t = self.s.tune
-        prompt = self.prompts()
-        latents = initial_latents(self.bb, t.frames, t.height, t.width, self.noise)
+        if self.pool:
+            prompt, latents, start = self.pool.draw(self.noise)
+        else:
+            prompt, start = self.prompts(), 0
+            latents = initial_latents(self.bb, t.frames, t.height, t.width, self.noise)
         idx = sorted(self.frame_rng.sample(range(t.frames), t.supervised_frames))
-        x0 = self._x0(prompt, latents, grad=True)
+        x0 = self._x0(prompt, latents, grad=True, start=start)
         frames = self.bb.decode(x0[:, :, idx])[0]  # (K, 3, H, W)
         faces = frame_faces(frames, self.enc, t.no_face)
         sim_val = scr_val = None
@@ -154,7 +190,7 @@ class Tuner:
             sim_val = float(cos.detach().mean())
         if t.scr_weight > 0:
             with torch.no_grad():
-                frozen = self.bb.decode(self._x0(prompt, latents, grad=False, adapter=False)[:, :, idx])[0]
+                frozen = self.bb.decode(self._x0(prompt, latents, grad=False, adapter=False, start=start)[:, :, idx])[0]
                 frozen_scores = self.scorer.score(frozen, prompt)
             scr = scr_loss(self.scorer.score(frames, prompt), frozen_scores)
             losses.append(t.scr_weight * scr)
