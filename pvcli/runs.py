@@ -34,6 +34,9 @@ class Run:
         (self.root / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
         (self.root / "run.json").write_text(json.dumps(inputs, indent=2) + "\n")
 
+    def discard(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
     def load(self) -> tuple[dict, dict]:
         if not self.exists():
             raise PVError(f"no interrupted run named {self.name!r} to resume",

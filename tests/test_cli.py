@@ -144,3 +144,12 @@ def test_out_of_memory_is_one_line_naming_what_lowers_memory(astronaut, monkeypa
     r = CliRunner().invoke(create_app(), ["tune", str(astronaut), "--name", "alice", "--profile", "tiny", "--quiet"])
     assert r.exit_code == 1 and "Traceback" not in r.stderr
     assert "out of GPU memory while tuning" in r.stderr and "tune.gradient_checkpointing=true" in r.stderr
+
+
+def test_a_tune_that_fails_before_any_checkpoint_leaves_no_run_behind(astronaut):
+    app = create_app()
+    bad = ["tune", str(astronaut), "--name", "alice", "--profile", "tiny", "--quiet", "--set", "tune.trajectory_pool=4"]
+    r = CliRunner().invoke(app, bad)
+    assert r.exit_code == 1 and "trajectory_pool" in r.stderr and "Traceback" not in r.stderr
+    r = CliRunner().invoke(app, ["tune", "--resume", "alice", "--quiet"])  # nothing half-made to resume or to block
+    assert r.exit_code == 1 and "no interrupted run named 'alice'" in r.stderr

@@ -87,8 +87,13 @@ def _start(ctx: Context, request: TuneRequest, name: str, dp=None) -> dict:
     prompts = load_prompt_file(request.prompts_file) if request.prompts_file else None
     run.start({"photos": [str(p) for p in paths], "face_index": request.face_index, "prompts": prompts,
                "profile": request.profile}, request.settings.to_dict())
-    return _tune(ctx, run, _RunInputs(name, paths, request.settings, request.profile, request.face_index, prompts,
-                                      request.force, False, request.eval_held_out), dp)
+    try:
+        return _tune(ctx, run, _RunInputs(name, paths, request.settings, request.profile, request.face_index, prompts,
+                                          request.force, False, request.eval_held_out), dp)
+    except BaseException:
+        if not run.checkpoint_paths():  # failed before any checkpoint (setup, a bad photo): nothing to resume
+            run.discard()
+        raise
 
 
 def resume(ctx: Context, name: str, steps: int | None = None, eval_held_out: bool = True,
