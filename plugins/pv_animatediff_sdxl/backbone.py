@@ -7,6 +7,7 @@ from pv_animatediff.backbone import (
     AnimateDiffBackbone,
     AnimateDiffOptions,
     Family,
+    SpeedOptions,
     _quiet_libraries,
     _resolve_device,
     _resolve_dtype,
@@ -105,7 +106,7 @@ class AnimateDiffSDXLBackbone(AnimateDiffBackbone):
 
 
 @dataclass
-class TinyOptions:
+class TinyOptions(SpeedOptions):
     seed: int = 0
     dtype: str = "float32"
     scheduler: str = "ddim"
