@@ -12,8 +12,9 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
+
+from common import astronaut_photo
 
 VARIANTS = {
     "tiny profile (gating 1.0, aug on, SCR off)": [],
@@ -66,14 +67,10 @@ def run(name: str, sets: list[str], steps: int, photo: Path, reg, profile: str =
 
 def setup():
     """(a reference photo, the plugin registry)."""
-    import cv2
-    import skimage.data
 
     from pvcli.plugins import build_plugin_manager
 
-    photo = Path(tempfile.mkdtemp()) / "face.png"
-    cv2.imwrite(str(photo), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
-    return photo, build_plugin_manager()
+    return astronaut_photo(), build_plugin_manager()
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import astronaut_photo
+
 PROMPTS = ["surfing at sunset", "dancing on a stage", "reading a book in a library", "riding a bicycle in Paris",
            "cooking pasta", "playing the guitar", "walking in the rain", "skiing down a slope", "painting a mural",
            "laughing with friends", "jogging on a beach", "drinking coffee in a cafe"]
@@ -25,11 +27,8 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pv-bench-batch-"))
     env = {**os.environ, "PV_HOME": str(work / "home"), "HF_HUB_OFFLINE": "1"}
-    import cv2
-    import skimage.data
 
-    face = work / "face.png"
-    cv2.imwrite(str(face), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    face = astronaut_photo(work)
     subprocess.run(["pv", "tune", str(face), "--name", "alice", "--profile", "tiny", "--steps", "0", "-q"], env=env,
                    check=True, capture_output=True)
     prompts = (PROMPTS * 2)[: args.clips]

@@ -19,10 +19,11 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from common import astronaut_photo
 
 CONFIGS = {  # name -> (profile, --set overrides)
     "tiny": ("tiny", []),
@@ -34,15 +35,6 @@ CONFIGS = {  # name -> (profile, --set overrides)
 }
 # what `tune.trajectory_pool` saves once its pairs are warm (configs whose adapter is gated)
 POOLED = {"mid": ["tune.trajectory_pool=1"]}
-
-
-def photo() -> Path:
-    import cv2
-    import skimage.data
-
-    path = Path(tempfile.mkdtemp()) / "face.png"
-    cv2.imwrite(str(path), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
-    return path
 
 
 class Phases:
@@ -80,7 +72,7 @@ def build(config: str, sets: list[str] = ()):
     torch.manual_seed(0)
     bb = reg.create("backbones", s.backbone.name, options=s.backbone.options, device="cpu")
     enc = reg.create("encoders", s.encoder.name, options=s.encoder.options, device="cpu")
-    return bb, enc, s, reference_faces(enc, [photo()])
+    return bb, enc, s, reference_faces(enc, [astronaut_photo()])
 
 
 def step_vs_generation(config: str, repeats: int = 3, sets: list[str] = (), label: str = "") -> dict:
@@ -213,7 +205,7 @@ def real_size() -> dict:
     from pvcli.settings import parse_set, resolve
 
     enc = build_plugin_manager().create("encoders", "facenet", device="cpu")
-    refs = reference_faces(enc, [photo()])
+    refs = reference_faces(enc, [astronaut_photo()])
     out: dict = {}
     start = time.perf_counter()
     bb = build_sd15_random()

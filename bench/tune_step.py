@@ -8,9 +8,9 @@ import json
 import resource
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
+
+from common import astronaut_photo
 
 
 def main() -> None:
@@ -20,8 +20,6 @@ def main() -> None:
     ap.add_argument("--profile", default="tiny")
     args = ap.parse_args()
 
-    import cv2
-    import skimage.data
     import torch
 
     from pvcli.engine.identity import embed_crops, mean_embedding, reference_faces
@@ -37,8 +35,7 @@ def main() -> None:
     bb = reg.create("backbones", s.backbone.name, options=s.backbone.options, device="cpu")
     enc = reg.create("encoders", s.encoder.name, options=s.encoder.options, device="cpu")
     build = time.perf_counter() - t0
-    photo = Path(tempfile.mkdtemp()) / "face.png"
-    cv2.imwrite(str(photo), cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+    photo = astronaut_photo()
     ref = mean_embedding(embed_crops(enc, [r.crop for r in reference_faces(enc, [photo])]))
     tuner = Tuner(bb, enc, s, ref)
     before = tuner.held_out_similarity(HELD_OUT_SEEDS)

@@ -64,11 +64,7 @@ def sample(
     x0 = latents
     timesteps = scheduler.timesteps
     first_adapted = 0 if adapter_steps is None else len(timesteps) - adapter_steps
-    for i, t in enumerate(timesteps):
-        if i < start:
-            continue
-        if stop is not None and i >= stop:
-            break
+    for i, t in enumerate(timesteps[start:stop], start=start):
         gate = adapter_disabled(backbone.unet) if i < first_adapted else nullcontext()
         with gate, torch.enable_grad() if i >= len(timesteps) - grad_steps else torch.no_grad():
             model_in = torch.cat([latents] * 2) if use_cfg else latents
