@@ -184,8 +184,8 @@ def test_trajectory_pool_step_equals_the_fresh_step_from_the_same_noise(encoder,
     seed = next(s for p, s in pooled.pool.pairs if p == prompt)
     noise = initial_latents(pooled.bb, 4, 64, 64, torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        fresh = pooled._x0(prompt, noise, grad=False)
-        warm = pooled._x0(prompt, kept, grad=False, start=start)
+        fresh = pooled._final(prompt, noise, grad=False)
+        warm = pooled._final(prompt, kept, grad=False, start=start)
     assert start == 4 and torch.equal(fresh, warm)
 
 

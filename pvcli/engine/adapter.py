@@ -71,16 +71,19 @@ def set_adapter_scale(model: torch.nn.Module, scale: float) -> None:
 
 @contextmanager
 def adapter_disabled(model: torch.nn.Module):
-    """Run the base model exactly (the adapter's layers pass through); requires_grad is restored."""
+    """Run the base model exactly (the adapter's layers pass through). Nests: leaving restores each
+    layer's previous state (an inner "off" inside an outer "off" leaves it off) and requires_grad."""
     flags = {id(p): p.requires_grad for p in model.parameters()}
     layers = [m for _, m in lora_layers(model)]
+    was_disabled = [m.disable_adapters for m in layers]
     for m in layers:
         m.enable_adapters(False)
     try:
         yield
     finally:
-        for m in layers:
-            m.enable_adapters(True)
+        for m, disabled in zip(layers, was_disabled):
+            if not disabled:
+                m.enable_adapters(True)
         for p in model.parameters():
             p.requires_grad_(flags[id(p)])
 

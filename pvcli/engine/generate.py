@@ -53,11 +53,15 @@ def plan_strength(plan: GenerationPlan | None) -> float | None:
 def render_latents(backbone: Backbone, prompt: str, g: GenerateSettings, adapter_steps: int | None = None,
                    on_step=None, plan: GenerationPlan | None = None, adapter_scale: float = 1.0) -> torch.Tensor:
     """The final latents (B, C, F, h, w) of one clip with the settings' seed. The identity adapter
-    (if the backbone has one) acts at `adapter_scale` in the last `adapter_steps` denoising steps
-    only; `plan` carries the add-ons' controls and LoRA weights."""
+    (if the backbone has one) acts at `adapter_scale` in the last `adapter_steps` steps of the full
+    `g.steps` schedule, the timesteps it was tuned on: video-to-video runs only the schedule's tail
+    (`strength`), and the adapter acts in the part of that tail inside its window. `plan` carries
+    the add-ons' controls and LoRA weights."""
     check_frames(backbone, g.frames)
     plan = plan or GenerationPlan(g.frames, g.height, g.width)
-    initial, callback = gate_callback(backbone, denoising_steps(g.steps, plan_strength(plan)), adapter_steps, adapter_scale, on_step)
+    run = denoising_steps(g.steps, plan_strength(plan))
+    in_run = None if adapter_steps is None else min(adapter_steps, run)
+    initial, callback = gate_callback(backbone, run, in_run, adapter_scale, on_step)
     activate_adapters(backbone.lora_modules(), {ADAPTER_NAME: initial, **plan.loras})
     try:
         return backbone.pipeline_call(plan, prompt=prompt, negative_prompt=g.negative_prompt,

@@ -5,6 +5,7 @@ the identity phrase (token + class word, e.g. "sks person")."""
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 from ..errors import PVError
@@ -44,7 +45,7 @@ PROMPTS = [
     # outfits
     "{id} wearing a black suit and tie",
     "{id} wearing a red hoodie",
-    "{id} in a astronaut suit inside a space station",
+    "{id} in an astronaut suit inside a space station",
     "{id} wearing a chef's uniform",
     "{id} in medieval armor in a castle",
     "{id} wearing sunglasses and a leather jacket",
@@ -88,7 +89,7 @@ def with_identity(prompt: str, phrase: str) -> str:
     """`{id}` placeholders become the phrase; a prompt without one gets it in front."""
     if "{id}" in prompt:
         return prompt.replace("{id}", phrase)
-    if phrase.split()[0] in prompt.split():
+    if re.search(rf"(?<!\w){re.escape(phrase.split()[0])}(?!\w)", prompt):  # the token, whatever follows it
         return prompt
     return f"{phrase}, {prompt}"
 

@@ -1,14 +1,16 @@
 """One sampler for tuning and generation: the backbone's own scheduler, classifier-free
 guidance, and a configurable tail of steps under gradient.
 
-With the usual DDIM settings of video backbones (linspace spacing, set_alpha_to_one=False) the
-last step returns its input unchanged, so no gradient would flow from the final latents:
-tuning supervises the last step's predicted clean sample (x0) instead. Schedulers name it
-`pred_original_sample` (DDIM, Euler) or `denoised` (LCM).
+Tuning supervises what generation decodes: the scheduler's final sample. With the usual DDIM
+settings of video backbones (linspace spacing, set_alpha_to_one=False) the last step (t=0)
+returns its input unchanged whatever the denoiser predicts: such a *dead* final step is not run
+(its output is its input) and the gradient tail counts only the steps that change the sample.
+Schedulers that add noise (LCM) draw it from the sampler's generator, as diffusers' pipelines do.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -22,8 +24,8 @@ from .adapter import adapter_disabled
 
 @dataclass
 class SampleResult:
-    latents: torch.Tensor  # the scheduler's final sample (what generation decodes)
-    x0: torch.Tensor  # the last step's predicted clean sample (what tuning decodes)
+    latents: torch.Tensor  # the scheduler's final sample (what generation, and so tuning, decodes)
+    x0: torch.Tensor  # the last run step's predicted clean sample
 
 
 def initial_latents(backbone: Backbone, frames: int, height: int, width: int, generator: torch.Generator,
@@ -31,6 +33,55 @@ def initial_latents(backbone: Backbone, frames: int, height: int, width: int, ge
     s = backbone.vae_scale_factor
     shape = (batch, backbone.latent_channels, frames, height // s, width // s)
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(backbone.device)
+
+
+def final_step_is_identity(scheduler, steps: int) -> bool:
+    """Whether the scheduler's last step of a `steps`-step schedule returns its input whatever the
+    denoiser predicts (DDIM with linspace spacing and set_alpha_to_one=False: t=0 maps onto itself).
+    Probed numerically on a fresh copy, so it holds for any diffusers-style scheduler."""
+    return _probe_dead_final(type(scheduler), repr(sorted(dict(scheduler.config).items())), steps, scheduler.config)
+
+
+_DEAD: dict = {}
+
+
+def _probe_dead_final(cls, key: str, steps: int, config) -> bool:
+    if (cls, key, steps) in _DEAD:
+        return _DEAD[(cls, key, steps)]
+    probe = cls.from_config(config)
+    probe.set_timesteps(steps, device="cpu")
+    if len(probe.timesteps) < 2:
+        return False
+    g = torch.Generator("cpu").manual_seed(0)
+    x = torch.randn(1, 4, 1, 4, 4, generator=g, dtype=torch.float64)
+    outs = []
+    for _ in range(2):
+        eps = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        if hasattr(probe, "set_begin_index"):
+            probe._step_index = None
+            probe.set_begin_index(len(probe.timesteps) - 1)
+        try:
+            t = probe.timesteps[-1]
+            outs.append(probe.step(eps, t, probe.scale_model_input(x, t)).prev_sample)
+        except Exception:  # a multistep scheduler that needs its history: not a dead step we know of
+            outs = []
+            break
+    _DEAD[(cls, key, steps)] = dead = bool(outs) and all(
+        torch.allclose(o.double(), x, rtol=0, atol=1e-6) for o in outs)
+    return dead
+
+
+def _step_kwargs(scheduler, generator: torch.Generator | None) -> dict:
+    """What diffusers' pipelines pass to `scheduler.step` besides the sample: the generator, for
+    schedulers that add noise (LCM), so tuning and generation draw the same noise."""
+    if generator is not None and "generator" in inspect.signature(scheduler.step).parameters:
+        return {"generator": generator}
+    return {}
+
+
+def grad_window(steps: int, grad_steps: int, dead_final: bool) -> int:
+    """Index of the first step under grad: the last `grad_steps` steps that change the sample."""
+    return max(0, steps - int(dead_final) - grad_steps)
 
 
 def sample(
@@ -45,11 +96,12 @@ def sample(
     adapter_steps: int | None = None,
     start: int = 0,
     stop: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> SampleResult:
-    """Denoise `latents` (pure noise) in `steps` steps. The last `grad_steps` run under grad;
-    the rest without. `uncond` is used when guidance_scale > 1. The identity adapter is active
-    only in the last `adapter_steps` steps (None: all): late-step gating, motion forms early and
-    appearance late.
+    """Denoise `latents` (pure noise) in `steps` steps. The last `grad_steps` steps that change
+    the sample run under grad; the rest without. `uncond` is used when guidance_scale > 1. The
+    identity adapter is active only in the last `adapter_steps` steps (None: all): late-step
+    gating, motion forms early and appearance late. `generator` feeds schedulers that add noise.
 
     `stop=k` returns after the first k steps; `start=k` continues from such latents (the state
     after k steps, not noise). The two halves give exactly the full trajectory."""
@@ -61,19 +113,27 @@ def sample(
         scheduler.set_begin_index(start)
     use_cfg = guidance_scale > 1.0 and uncond is not None
     embeds = backbone.cat_conditioning([uncond, cond]) if use_cfg else cond
+    extra = _step_kwargs(scheduler, generator)
     x0 = latents
     timesteps = scheduler.timesteps
-    first_adapted = 0 if adapter_steps is None else len(timesteps) - adapter_steps
+    n = len(timesteps)
+    dead = final_step_is_identity(scheduler, steps)
+    first_grad = grad_window(n, grad_steps, dead) if grad_steps else n
+    first_adapted = 0 if adapter_steps is None else n - adapter_steps
     for i, t in enumerate(timesteps[start:stop], start=start):
+        if dead and i == n - 1:  # returns its input: nothing to compute, nothing to learn
+            if on_step is not None:
+                on_step(i, latents)
+            continue
         gate = adapter_disabled(backbone.unet) if i < first_adapted else nullcontext()
-        with gate, torch.enable_grad() if i >= len(timesteps) - grad_steps else torch.no_grad():
+        with gate, torch.enable_grad() if i >= first_grad else torch.no_grad():
             model_in = torch.cat([latents] * 2) if use_cfg else latents
             model_in = scheduler.scale_model_input(model_in, t)
             noise = backbone.predict_noise(model_in, t, embeds)
             if use_cfg:
                 n_uncond, n_cond = noise.chunk(2)
                 noise = n_uncond + guidance_scale * (n_cond - n_uncond)
-            out = scheduler.step(noise, t, latents)
+            out = scheduler.step(noise, t, latents, **extra)
             latents = out.prev_sample
             x0 = predicted_clean(out, latents)
         if on_step is not None:
@@ -90,12 +150,15 @@ def predicted_clean(out, latents: torch.Tensor) -> torch.Tensor:
     return latents
 
 
-def adapter_free_prefix(steps: int, adapter_steps: int, grad_steps: int) -> int:
+def adapter_free_prefix(steps: int, adapter_steps: int, grad_steps: int, dead_final: bool = False) -> int:
     """How many first denoising steps run without the adapter and without grad: their result
     depends only on the prompt and the noise, never on the adapter's weights."""
-    return max(0, min(steps - adapter_steps, steps - grad_steps))
+    return max(0, min(steps - adapter_steps, grad_window(steps, grad_steps, dead_final)))
 
 
 def adapted_steps(steps: int, fraction: float) -> int:
-    """How many final denoising steps the adapter is active in (at least one)."""
+    """How many final denoising steps the adapter is active in: ceil(steps * fraction), at least
+    one. At 25 DDIM steps and the paper's last quarter that is 7 steps, the last of which (t=0)
+    returns its input under AnimateDiff's DDIM settings, so the adapter changes the sample in 6
+    of 25 steps (24%), the paper's quarter; the same count at tuning and at generation."""
     return max(1, min(steps, math.ceil(steps * fraction - 1e-9)))

@@ -21,10 +21,17 @@ import torch.nn.functional as F
 from ..contracts import Backbone, FrameScorer, IdentityEncoder
 from ..errors import PVError
 from ..settings import Settings
-from .adapter import adapter_disabled, adapter_state_dict, add_adapter, load_adapter_state_dict, trainable_parameters
+from .adapter import (
+    ADAPTER_NAME,
+    adapter_disabled,
+    adapter_state_dict,
+    add_adapter,
+    load_adapter_state_dict,
+    trainable_parameters,
+)
 from .identity import ReferenceFace, embed_crops, frame_faces, jittered_crops, mean_embedding
 from .prompts import PROMPTS, PromptSampler, identity_phrase
-from .sampling import adapted_steps, adapter_free_prefix, initial_latents, sample
+from .sampling import adapted_steps, adapter_free_prefix, final_step_is_identity, initial_latents, sample
 
 
 @dataclass
@@ -44,6 +51,11 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def _denoiser_dtype(backbone: Backbone) -> torch.dtype:
+    """The dtype the denoiser's frozen weights compute in (the adapter itself trains in fp32)."""
+    return next((p.dtype for n, p in backbone.unet.named_parameters() if ADAPTER_NAME not in n), torch.float32)
+
+
 class PromptEmbeddings:
     """Text embeddings are frozen: compute each prompt once."""
 
@@ -60,6 +72,9 @@ class PromptEmbeddings:
 def tuning_prompts(settings: Settings, extra: list[str] | None) -> list[str]:
     t = settings.tune
     if not t.augment:
+        if extra:
+            raise PVError("--no-augment tunes on one fixed prompt and would ignore the prompts file",
+                          "drop --no-augment to tune on the file's prompts (a file of one prompt is a fixed prompt)")
         return ["a photo of {id}"]
     if extra and t.prompts_mode == "replace":
         return extra
@@ -68,9 +83,9 @@ def tuning_prompts(settings: Settings, extra: list[str] | None) -> list[str]:
 
 def scr_loss(tuned_scores: torch.Tensor, frozen_scores: torch.Tensor) -> torch.Tensor:
     """KL(softmax(tuned) || softmax(frozen)) over the frames of one clip."""
-    log_p = F.log_softmax(tuned_scores, dim=0)
-    log_q = F.log_softmax(frozen_scores.detach(), dim=0)
-    return (log_p.exp() * (log_p - log_q)).sum()
+    log_p = F.log_softmax(tuned_scores.double(), dim=0)  # float64: a KL near 0 stays >= 0
+    log_q = F.log_softmax(frozen_scores.detach().double(), dim=0)
+    return (log_p.exp() * (log_p - log_q)).sum().float()
 
 
 def _optimizer(name: str, params, lr: float, weight_decay: float):
@@ -93,7 +108,8 @@ class TrajectoryPool:
     def __init__(self, tuner: Tuner, rank: int):
         t = tuner.s.tune
         self.tuner = tuner
-        self.start = adapter_free_prefix(t.num_inference_steps, tuner.adapter_steps, tuner.grad_steps)
+        self.start = adapter_free_prefix(t.num_inference_steps, tuner.adapter_steps, tuner.grad_steps,
+                                         tuner.dead_final)
         if not self.start:
             raise PVError("tune.trajectory_pool reuses the adapter-free early steps, and these settings have none",
                           "set adapter.active_fraction below 1, or tune.trajectory_pool=0")
@@ -108,10 +124,12 @@ class TrajectoryPool:
         prompt, seed = self.pairs[i]
         if i not in self.kept:
             tu, t = self.tuner, self.tuner.s.tune
-            noise = initial_latents(tu.bb, t.frames, t.height, t.width, torch.Generator("cpu").manual_seed(seed))
+            pair = torch.Generator("cpu").manual_seed(seed)  # the pair's noise, and any noise its steps add
+            noise = initial_latents(tu.bb, t.frames, t.height, t.width, pair)
             with torch.no_grad():
                 self.kept[i] = sample(tu.bb, tu.embeds(prompt), tu.uncond, noise, t.num_inference_steps,
-                                      t.guidance_scale, adapter_steps=tu.adapter_steps, stop=self.start).latents
+                                      t.guidance_scale, adapter_steps=tu.adapter_steps, stop=self.start,
+                                      generator=pair).latents
         return prompt, self.kept[i], self.start
 
 
@@ -126,6 +144,9 @@ class Tuner:
             raise PVError(f"tune.frames={t.frames} exceeds this backbone's limit of {backbone.max_frames} frames")
         if t.scr_weight > 0 and scorer is None:
             raise PVError("tune.scr_weight > 0 needs a scorer")
+        if t.scr_weight > 0 and t.scr_frames > t.frames:
+            raise PVError(f"tune.scr_frames={t.scr_frames} exceeds tune.frames={t.frames}",
+                          "the Semantic Consistency Reward compares a softmax over that many frames of each clip")
         self.refs = reference if isinstance(reference, list) else None
         fixed = mean_embedding(embed_crops(encoder, [r.crop for r in self.refs])) if self.refs else reference
         self.reference = F.normalize(fixed.float(), dim=0).to(backbone.device)
@@ -137,12 +158,26 @@ class Tuner:
         warm = max(1, t.warmup_steps)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: min(1.0, (i + 1) / warm))
         self.adapter_steps = adapted_steps(t.num_inference_steps, settings.adapter.active_fraction)
-        self.grad_steps = min(t.grad_steps, self.adapter_steps)  # un-adapted steps carry no adapter gradient
+        # a final step that returns its input (DDIM at t=0) is not run and carries no gradient
+        self.dead_final = final_step_is_identity(backbone.scheduler, t.num_inference_steps)
+        live = self.adapter_steps - int(self.dead_final)
+        if live < 1:
+            raise PVError(f"with {t.num_inference_steps} sampling steps and adapter.active_fraction="
+                          f"{settings.adapter.active_fraction:g} the adapter acts only in the sampler's last step, "
+                          "which returns its input unchanged: nothing can be learned",
+                          "raise adapter.active_fraction or tune.num_inference_steps")
+        self.grad_steps = min(t.grad_steps, live)  # un-adapted steps carry no adapter gradient
         self.phrase = identity_phrase(t.token, t.class_word)
         self.rank = rank
         self.prompts = PromptSampler(tuning_prompts(settings, prompts), self.phrase, t.seed)
         self.embeds = PromptEmbeddings(backbone)
-        self.uncond = self.embeds("") if t.guidance_scale > 1 else None
+        # the negative prompt generation guides with (generate.negative_prompt): the adapter learns
+        # on the trajectories it will be used on
+        self.uncond = self.embeds(settings.generate.negative_prompt) if t.guidance_scale > 1 else None
+        # fp16 denoiser: gradients below fp16's range vanish on their way to the fp32 adapter unless
+        # the loss is scaled (steps whose gradients overflow are skipped and the scale lowered)
+        self.scaler = torch.amp.GradScaler(backbone.device.type, init_scale=2.0**12,
+                                           enabled=_denoiser_dtype(backbone) == torch.float16)
         self.pool = TrajectoryPool(self, rank) if t.trajectory_pool else None
         self.scorer = scorer
         self.frame_rng = random.Random(t.seed + 1)
@@ -156,12 +191,15 @@ class Tuner:
         self.grad_sync: Callable | None = None
 
     # ------------------------------------------------------------------ sampling
-    def _x0(self, prompt: str, latents: torch.Tensor, grad: bool, adapter: bool = True, start: int = 0) -> torch.Tensor:
+    def _final(self, prompt: str, latents: torch.Tensor, grad: bool, adapter: bool = True, start: int = 0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """The clip's final latents, what generation decodes (from noise, or from `start`)."""
         t = self.s.tune
         ctx = nullcontext() if adapter else adapter_disabled(self.bb.unet)
         with ctx:
             return sample(self.bb, self.embeds(prompt), self.uncond, latents, t.num_inference_steps, t.guidance_scale,
-                          grad_steps=self.grad_steps if grad else 0, adapter_steps=self.adapter_steps, start=start).x0
+                          grad_steps=self.grad_steps if grad else 0, adapter_steps=self.adapter_steps, start=start,
+                          generator=generator).latents
 
     def _step_reference(self) -> torch.Tensor:
         if not (self.refs and self.s.tune.reference_augment):
@@ -171,7 +209,8 @@ class Tuner:
         return F.normalize(emb.mean(0), dim=0).to(self.bb.device)
 
     def _clip_loss(self, reference: torch.Tensor):
-        """Sample one clip from an augmented prompt and return (loss or None, id_sim, scr, faces, prompt)."""
+        """Sample one clip from an augmented prompt and return (loss or None, id_sim, scr, faces, prompt).
+        A non-finite loss is returned as is (the caller stops every process on it)."""
         t = self.s.tune
         if self.pool:
             prompt, latents, start = self.pool.draw(self.noise)
@@ -179,8 +218,13 @@ class Tuner:
             prompt, start = self.prompts(), 0
             latents = initial_latents(self.bb, t.frames, t.height, t.width, self.noise)
         idx = sorted(self.frame_rng.sample(range(t.frames), t.supervised_frames))
-        x0 = self._x0(prompt, latents, grad=True, start=start)
-        frames = self.bb.decode(x0[:, :, idx])[0]  # (K, 3, H, W)
+        scr_idx = sorted(self.frame_rng.sample(range(t.frames), t.scr_frames)) if t.scr_weight > 0 else []
+        decoded_idx = sorted(set(idx) | set(scr_idx))
+        noise_state = self.noise.get_state()  # the frozen clip draws the same step noise (LCM)
+        final = self._final(prompt, latents, grad=True, start=start, generator=self.noise)
+        decoded = self.bb.decode(final[:, :, decoded_idx])[0]  # (K, 3, H, W): only the frames a loss reads
+        at = {f: k for k, f in enumerate(decoded_idx)}
+        frames = decoded[[at[i] for i in idx]]
         faces = frame_faces(frames, self.enc, t.no_face)
         sim_val = scr_val = None
         losses = []
@@ -190,18 +234,29 @@ class Tuner:
             sim_val = float(cos.detach().mean())
         if t.scr_weight > 0:
             with torch.no_grad():
-                frozen = self.bb.decode(self._x0(prompt, latents, grad=False, adapter=False, start=start)[:, :, idx])[0]
-                frozen_scores = self.scorer.score(frozen, prompt)
-            scr = scr_loss(self.scorer.score(frames, prompt), frozen_scores)
+                same_noise = torch.Generator("cpu").set_state(noise_state)
+                frozen_final = self._final(prompt, latents, grad=False, adapter=False, start=start,
+                                           generator=same_noise)
+                frozen_scores = self.scorer.score(self.bb.decode(frozen_final[:, :, scr_idx])[0], prompt)
+            scr = scr_loss(self.scorer.score(decoded[[at[i] for i in scr_idx]], prompt), frozen_scores)
             losses.append(t.scr_weight * scr)
             scr_val = float(scr.detach())
         return (sum(losses) if losses else None), sim_val, scr_val, faces, prompt
+
+    def _keep_frozen(self) -> None:
+        """Everything but the adapter stays frozen, whatever ran in between (a long progress sample
+        rebuilds motion blocks with trainable weights, say)."""
+        adapter = {id(p) for p in self.params}
+        for p in self.bb.unet.parameters():
+            if p.requires_grad and id(p) not in adapter:
+                p.requires_grad_(False)
 
     def step(self) -> StepStats:
         """One optimizer step over tune.clips_per_step clips (gradients accumulated), averaged with
         the other processes' when data-parallel (`grad_sync`)."""
         t = self.s.tune
         start = time.perf_counter()
+        self._keep_frozen()
         reference = self._step_reference()
         self.bb.unet.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -216,26 +271,34 @@ class Tuner:
                 scrs.append(scr)
             if loss is None:
                 continue
-            if not torch.isfinite(loss):
-                raise PVError(f"the loss became {loss.item()} at step {self.step_index + 1}",
-                              "lower tune.lr or check the backbone's dtype; the last good checkpoint is kept")
-            (loss / t.clips_per_step).backward()  # one clip's graph at a time: memory of one clip
+            if not torch.isfinite(loss):  # no backward; reported to every process through the sync below
+                losses.append(float("nan"))
+                continue
+            self.scaler.scale(loss / t.clips_per_step).backward()  # one clip's graph at a time: memory of one clip
             losses.append(float(loss.detach()))
         contributed = len(losses)
         if self.grad_sync is not None:  # data-parallel: every process's gradients, averaged
             contributed, losses, sims = self.grad_sync(self.params, contributed, losses, sims)
+        if not all(math.isfinite(x) for x in losses):
+            raise PVError(f"the loss became nan or inf at step {self.step_index + 1}",
+                          "lower tune.lr or check the backbone's dtype; the last good checkpoint is kept")
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
         if contributed:
             for p in self.params:
                 if p.grad is not None:
                     p.grad.mul_(t.clips_per_step / contributed)  # the mean over clips that had a loss
+            self.scaler.unscale_(self.optimizer)
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
-            self.optimizer.step()
-        self.lr_schedule.step()
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)  # skipped if an fp16 gradient overflowed
+            self.scaler.update()
+            if not self.scaler.is_enabled() or self.scaler.get_scale() >= scale:
+                self.lr_schedule.step()  # the schedule counts optimizer steps taken
         self.bb.unet.eval()
         self.step_index += 1
         stats = StepStats(self.step_index, _mean(losses), _mean(sims), _mean(scrs), hits, total,
-                          self.optimizer.param_groups[0]["lr"], time.perf_counter() - start, " | ".join(prompts))
+                          lr, time.perf_counter() - start, " | ".join(prompts))
         if self.on_step:
             self.on_step(stats)
         return stats
@@ -250,6 +313,7 @@ class Tuner:
             "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
             "noise": self.noise.get_state(), "prompts": self.prompts.state(), "frames": self.frame_rng.getstate(),
             "augment": self.aug_rng.bit_generator.state, "torch": torch.get_rng_state(),
+            **({"grad_scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}),
         }
 
     def load_state_dict(self, state: dict, rng: bool = True) -> None:
@@ -259,6 +323,8 @@ class Tuner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.step_index = int(state["step"])
+        if self.scaler.is_enabled() and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         if not rng:
             self.reseed(self.step_index)
             return
@@ -284,9 +350,10 @@ class Tuner:
         t = self.s.tune
         sims = []
         for seed in seeds:
-            latents = initial_latents(self.bb, t.frames, t.height, t.width, torch.Generator("cpu").manual_seed(seed))
-            faces = frame_faces(self.bb.decode(self._x0(prompt, latents, grad=False, adapter=adapter))[0], self.enc,
-                                t.no_face)
+            g = torch.Generator("cpu").manual_seed(seed)  # the initial noise, then any noise the steps add
+            latents = initial_latents(self.bb, t.frames, t.height, t.width, g)
+            final = self._final(prompt, latents, grad=False, adapter=adapter, generator=g)
+            faces = frame_faces(self.bb.decode(final)[0], self.enc, t.no_face)
             if len(faces.crops):
                 sims.append(float((self.enc.embed(faces.crops).float() @ self.reference).mean()))
         return sum(sims) / len(sims) if sims else math.nan
