@@ -257,3 +257,38 @@ def test_the_identity_phrase_is_not_repeated_when_punctuation_follows_it():
 def test_no_augment_with_a_prompts_file_is_refused(encoder, reference, tiny):
     with pytest.raises(PVError, match="no-augment"):
         Tuner(tiny, encoder, _settings("tune.augment=false"), reference, prompts=["{id} juggling"])
+
+
+def test_a_nan_loss_reaches_the_gradient_sync_so_every_process_stops(encoder, reference):
+    """Data parallel: a process whose loss is NaN still joins the all-reduce (its peers would hang
+    otherwise), and every process, the finite ones too, stops with the same message."""
+    import math
+
+    from pv_animatediff.backbone import make_tiny
+
+    def run(local_nan: bool, peer_nan: bool):
+        torch.manual_seed(0)
+        tuner = Tuner(make_tiny(), encoder, _settings("tune.no_face=center"), reference)
+        synced = []
+
+        def fake_sync(params, contributed, losses, sims):  # this process + one peer, summed
+            synced.append(list(losses))
+            total = losses + [math.nan if peer_nan else 0.5]
+            return contributed + 1, [sum(total) / len(total)], sims
+
+        tuner.grad_sync = fake_sync
+        if local_nan:
+            embed = tuner.enc.embed
+            tuner.enc = type("NaNEncoder", (), {})()
+            tuner.enc.detect, tuner.enc.input_size = encoder.detect, encoder.input_size
+            tuner.enc.align_matrix = encoder.align_matrix
+            tuner.enc.embed = lambda x: embed(x) * math.nan
+        with pytest.raises(PVError, match="nan or inf at step 1") as err:
+            tuner.step()
+        return synced, str(err.value)
+
+    synced, message = run(local_nan=True, peer_nan=False)
+    assert len(synced) == 1 and math.isnan(synced[0][0])
+    synced_peer, message_peer = run(local_nan=False, peer_nan=True)
+    assert len(synced_peer) == 1 and math.isfinite(synced_peer[0][0])
+    assert message == message_peer
