@@ -159,6 +159,6 @@ def adapter_free_prefix(steps: int, adapter_steps: int, grad_steps: int, dead_fi
 def adapted_steps(steps: int, fraction: float) -> int:
     """How many final denoising steps the adapter is active in: ceil(steps * fraction), at least
     one. At 25 DDIM steps and the paper's last quarter that is 7 steps, the last of which (t=0)
-    returns its input under AnimateDiff's DDIM settings, so the adapter changes the sample in 6
+    returns its input under the usual video-model DDIM settings, so the adapter changes the sample in 6
     of 25 steps (24%), the paper's quarter; the same count at tuning and at generation."""
     return max(1, min(steps, math.ceil(steps * fraction - 1e-9)))
