@@ -214,6 +214,13 @@ class Conditioner(ABC):
 
     name: str
 
+    def check(self, target: dict[str, str]) -> None:
+        """Before any model loads: raise PVError for inputs that cannot work (a missing or
+        unreadable file, a file made for another model family), so a bad flag fails at once.
+        `target` is what is known of the backbone without loading it (what the identity recorded
+        of `Backbone.describe()`: backbone, base_model_version, ...). Default: nothing to check."""
+        return None
+
     @abstractmethod
     def apply(self, backbone: Backbone, plan: GenerationPlan) -> None:
         """Add this add-on to `plan`: load its models onto the backbone's device, prepare its inputs

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PVError
+from .paths import check_parent, write_error
 from .store import atomic_write_file, swap_into_place, sweep_stale, temp_prefix
 
 OUTPUT_SUFFIXES = (".mp4", ".gif", ".webp")
@@ -39,7 +40,7 @@ def check_video_path(path: Path) -> Path:
         raise PVError(f"output {path} is a folder, not a {suffix} file")
     if not suffix and path.exists() and not is_frames_folder(path):
         raise PVError(f"output {path} exists and is not a folder of pv frames", "choose another -o")
-    return path
+    return check_parent(path, "output")
 
 
 def is_frames_folder(path: Path) -> bool:
@@ -61,7 +62,7 @@ def write_video(frames: np.ndarray, path: Path, fps: int, metadata: dict | None 
                                      suffix=f".tmp{suffix}")
         return _write_frames(frames, path, metadata)
     except OSError as exc:
-        raise PVError(f"cannot write {path}: {exc}") from None
+        raise write_error(path, "output", exc) from None
 
 
 def _write_animation(frames: np.ndarray, tmp: Path, suffix: str, fps: int, metadata: dict | None) -> None:
@@ -124,38 +125,70 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int, metadata: dict | None = 
     try:
         return atomic_write_file(path, write, suffix=".tmp.mp4")  # moviepy picks the format by suffix
     except OSError as exc:
-        raise PVError(f"cannot write {path}: {exc}") from None
+        raise write_error(path, "output", exc) from None
 
 
-def read_frames(path: Path) -> np.ndarray:
-    """(F, H, W, 3) uint8 RGB of a video file, an animated GIF/WebP or a folder of frames."""
+VIDEO_HINT = "give a video (.mp4, .mov, .webm, .mkv, .avi, .gif, .webp), a folder of frames or an image"
+
+
+def _label(path, what: str) -> str:
+    """The input as the user gave it: "--video clip.mp4", "--control canny=clip.mp4"."""
+    return f"{what}{path}" if what.endswith("=") else f"{what} {path}" if what else str(path)
+
+
+def _ffmpeg_reason(exc: Exception) -> str:
+    """ffmpeg's own last line ("Invalid data found when processing input"), without the file name."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(exc).__name__
+    return last.rsplit(": ", 1)[-1] if ": " in last else last
+
+
+def _unreadable(path: Path, what: str) -> PVError | None:
+    """Why `path` cannot be a clip, when it is plain from the file itself (missing, empty, a
+    text or other non-media file), else None."""
+    if not path.exists():
+        return PVError(f"{_label(path, what)}: file not found", "check the path")
+    if path.is_file() and path.stat().st_size == 0:
+        return PVError(f"{_label(path, what)} is an empty file (0 bytes), not a video or an image", VIDEO_HINT)
+    return None
+
+
+def read_frames(path: Path, what: str = "") -> np.ndarray:
+    """(F, H, W, 3) uint8 RGB of a video file, an animated GIF/WebP or a folder of frames.
+    `what` names the input in errors (e.g. "--video")."""
     import imageio_ffmpeg
 
     path = Path(path)
     if path.is_dir():
-        return read_source(path)
+        return read_source(path, what)
     if not path.is_file():
-        raise PVError(f"video not found: {path}")
+        raise PVError(f"video not found: {path}" if not what else f"{_label(path, what)}: file not found", "check the path")
+    bad = _unreadable(path, what)
+    if bad:
+        raise bad
     if path.suffix.lower() in (".gif", ".webp"):
-        return _read_animation(path)
+        return _read_animation(path, what)
     reader = imageio_ffmpeg.read_frames(str(path))
     try:
         meta = next(reader)
         w, h = meta["size"]
         frames = [np.frombuffer(buf, np.uint8).reshape(h, w, 3) for buf in reader]
-    except (RuntimeError, StopIteration) as exc:
-        raise PVError(f"cannot read {path} as a video: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    except (OSError, RuntimeError, StopIteration, KeyError, ValueError) as exc:
+        kind = f" ({path.suffix} file)" if path.suffix and path.suffix.lower() not in VIDEO_SUFFIXES else ""
+        raise PVError(f"cannot read {_label(path, what)} as a video{kind}: {_ffmpeg_reason(exc)}", VIDEO_HINT) from None
+    finally:
+        reader.close()
     return np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)
 
 
-def _read_animation(path: Path) -> np.ndarray:
+def _read_animation(path: Path, what: str = "") -> np.ndarray:
     from PIL import Image, ImageSequence
 
     try:
         with Image.open(path) as img:
             return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(img)])
-    except OSError as exc:
-        raise PVError(f"cannot read {path} as an animation: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise PVError(f"cannot read {_label(path, what)} as an animation: {exc}", VIDEO_HINT) from None
 
 
 def read_metadata(path: Path) -> dict:
@@ -197,27 +230,82 @@ def _mp4_metadata(path: Path) -> dict:
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".gif", ".webp", ".avi")
 
 
-def read_source(source: str | Path) -> np.ndarray:
-    """Frames (N, H, W, 3) uint8 RGB from a video, a folder of images (sorted by name) or one image."""
-    from .engine.identity import IMAGE_SUFFIXES, load_image
+def _image(path: Path, what: str) -> np.ndarray:
+    from .engine.identity import load_image
+
+    bad = _unreadable(path, what)
+    if bad:
+        raise bad
+    try:
+        return load_image(path)
+    except PVError:
+        raise PVError(f"cannot read {_label(path, what)} as an image: not a valid {path.suffix or 'image'} file",
+                      VIDEO_HINT) from None
+
+
+def _folder_images(path: Path, what: str) -> list[Path]:
+    from .engine.identity import IMAGE_SUFFIXES
+
+    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise PVError(f"{_label(path, what)} is a folder with no images", VIDEO_HINT)
+    return images
+
+
+def read_source(source: str | Path, what: str = "") -> np.ndarray:
+    """Frames (N, H, W, 3) uint8 RGB from a video, a folder of images (sorted by name) or one image.
+    `what` names the input in errors (e.g. "--video", or "--control canny=" for "--control canny=clip.mp4")."""
+    from .engine.identity import IMAGE_SUFFIXES
 
     path = Path(source).expanduser()
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise PVError(f"no images in folder {source}")
-        frames = [load_image(p) for p in images]
+        frames = [_image(p, what) for p in _folder_images(path, what)]
         if len({f.shape for f in frames}) > 1:
-            raise PVError(f"the images in {source} differ in size")
+            raise PVError(f"the images in {_label(source, what)} differ in size")
         return np.stack(frames)
     if not path.is_file():
-        raise PVError(f"not found: {source}")
+        raise PVError(f"{_label(source, what)}: file not found" if what else f"not found: {source}", "check the path")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return load_image(path)[None]
-    frames = read_frames(path)
+        return _image(path, what)[None]
+    frames = read_frames(path, what)
     if not len(frames):
-        raise PVError(f"{source} has no frames")
+        raise PVError(f"{_label(source, what)} has no frames", VIDEO_HINT)
     return frames
+
+
+def probe_source(source: str | Path, what: str = "") -> None:
+    """What `read_source` would refuse, found cheaply before any model loads: a missing path, an
+    empty or non-media file, a folder without images, a video ffmpeg cannot open (only its first
+    frame is decoded)."""
+    import imageio_ffmpeg
+
+    from .engine.identity import IMAGE_SUFFIXES
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        _image(_folder_images(path, what)[0], what)
+        return
+    bad = _unreadable(path, what)
+    if bad:
+        raise bad
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        _image(path, what)
+        return
+    if path.suffix.lower() in (".gif", ".webp"):
+        _read_animation(path, what)
+        return
+    reader = imageio_ffmpeg.read_frames(str(path))
+    try:
+        next(reader)
+        next(reader)  # one frame decodes
+    except StopIteration:
+        raise PVError(f"{_label(source, what)} has no frames", VIDEO_HINT) from None
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        kind = f" ({path.suffix} file)" if path.suffix and path.suffix.lower() not in VIDEO_SUFFIXES else ""
+        raise PVError(f"cannot read {_label(source, what)} as a video{kind}: {_ffmpeg_reason(exc)}",
+                      VIDEO_HINT) from None
+    finally:
+        reader.close()
 
 
 def resample(frames: np.ndarray, count: int, height: int, width: int) -> np.ndarray:

@@ -175,7 +175,7 @@ def test_add_on_errors_are_one_line(home, monkeypatch, tmp_path, source, astrona
                                                         "--control-scale", "2"))
     err = _error(run("generate", "alice", "x", *out, "--control", f"depth={astronaut}"))
     assert "cannot load depth estimator" in err and "--control-raw depth=" in err
-    assert "cannot load" in _error(run("generate", "alice", "x", *out, "--lora", f"{tmp_path}/missing.safetensors"))
+    assert "file not found" in _error(run("generate", "alice", "x", *out, "--lora", f"{tmp_path}/missing.safetensors"))
     assert "unknown conditioner 'sparkles'" in _error(run("generate", "alice", "x", *out, "--addon", "sparkles:a=1"))
     assert not (tmp_path / "x.mp4").exists()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -49,13 +50,32 @@ class ControlNetConditioner(Conditioner):
     def __init__(self, opts: ControlNetOptions, device: str | None):
         self.opts, self.device = opts, device
 
+    @property
+    def flag(self) -> str:
+        """How the source was given, for errors: --control canny= / --control-raw canny=."""
+        return f"--control{'-raw' if self.opts.raw else ''} {self.opts.type}="
+
+    def check(self, target: dict | None = None) -> None:
+        """Before any model loads: the source is a readable video, folder of frames or image, and
+        a ControlNet given as a local path exists and is a model."""
+        from pvcli.video import probe_source
+
+        o = self.opts
+        if not o.source:
+            raise PVError("a ControlNet needs a source", "e.g. --control canny=clip.mp4")
+        probe_source(o.source, self.flag)
+        ref = o.model or o.models.get(o.type) or DEFAULT_MODELS.get((target or {}).get("base_model_version", ""),
+                                                                   {}).get(o.type)
+        if ref and ref != "tiny":
+            check_model_path(ref, o.type)
+
     def apply(self, backbone: Backbone, plan: GenerationPlan) -> None:
         from pvcli.video import read_source, resample
 
         o = self.opts
         if not o.source:
             raise PVError("a ControlNet needs a source", "e.g. --control canny=clip.mp4")
-        frames = resample(read_source(o.source), plan.frames, plan.height, plan.width)
+        frames = resample(read_source(o.source, self.flag), plan.frames, plan.height, plan.width)
         maps = frames if o.raw else self._preprocess(frames)
         tensor = torch.from_numpy(maps).permute(0, 3, 1, 2).float() / 255
         ref = self._model_ref(backbone)
@@ -96,6 +116,32 @@ def make_controlnet(options: dict | None = None, device: str | None = None) -> C
 
 def _valid_type(kind: str, raw: bool) -> bool:
     return raw or kind in PREPROCESSORS
+
+
+def check_model_path(ref: str, kind: str) -> None:
+    """A ControlNet given as a local path (never a hub id): a single .safetensors/.ckpt file or a
+    diffusers folder with its config.json."""
+    from .lora_file import PICKLE_SUFFIXES, is_local, read_header
+
+    if not is_local(ref):
+        return
+    path = Path(ref).expanduser()
+    what = f"--control-model {kind}={ref}"
+    if not path.exists():
+        raise PVError(f"{what}: not found", "check the path; a ControlNet on the Hugging Face hub is given as owner/name")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise PVError(f"{what} is a folder without config.json, not a diffusers ControlNet",
+                          "give a diffusers ControlNet folder or a single .safetensors file")
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        read_header(path, what, hint="give a diffusers ControlNet folder or a single .safetensors file")
+    elif suffix not in PICKLE_SUFFIXES:
+        raise PVError(f"{what} is not a ControlNet model file ({suffix or 'no suffix'})",
+                      "give a diffusers ControlNet folder or a single .safetensors file")
+    elif path.stat().st_size == 0:
+        raise PVError(f"{what} is an empty file (0 bytes)", "download it again")
 
 
 def load_controlnet(ref: str, backbone: Backbone, seed: int = 0, kind: str = "control"):

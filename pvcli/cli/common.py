@@ -33,8 +33,32 @@ class AppState:
         return self._registry
 
     def context(self, quiet: bool = False, device: str | None = None) -> Context:
-        return Context(store=Store(), reporter=RichReporter(quiet=quiet), device=device,
+        return Context(store=Store(), reporter=RichReporter(quiet=quiet), device=check_device(device),
                        registry_factory=self.registry)
+
+
+# torch's device types (torch.device refuses others); "auto" lets the backbone choose
+DEVICE_TYPES = ("auto", "cpu", "cuda", "mps", "xpu", "hpu", "npu", "mtia", "meta", "xla", "ipu", "hip", "ve", "maia",
+                "vulkan", "lazy", "privateuseone")
+
+
+def check_device(device: str | None) -> str | None:
+    """--device as torch will read it, refused here in one line rather than deep inside a model load."""
+    import re
+
+    if device is None:
+        return None
+    m = re.fullmatch(r"([a-z_]+)(?::(\d+))?", device.strip())
+    if not m or m.group(1) not in DEVICE_TYPES:
+        raise PVError(f"--device {device!r} is not a device", "use cpu, cuda, cuda:N or mps (or auto)")
+    if m.group(1) == "cuda" and m.group(2) is not None:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count and int(m.group(2)) >= count:
+            raise PVError(f"--device {device}: this machine has no GPU {m.group(2)} ({count} visible)",
+                          f"use cuda:0{f' ... cuda:{count - 1}' if count > 1 else ''}")
+    return device.strip()
 
 
 def fail(message: str, hint: str | None = None, code: int = 1):

@@ -37,8 +37,12 @@ def register(app: typer.Typer, state: AppState) -> None:
     ):
         """Measure identity (Face Sim), prompt following (CLIP-T), motion and temporal consistency."""
         from .. import api
+        from ..errors import PVError
         from ..settings import parse_set
 
+        for item in scorer_opts or []:
+            if "=" not in item or not item.partition("=")[0].strip():
+                raise PVError(f"--scorer-option expects key=value, got {item!r}", "e.g. --scorer-option model=PATH")
         result = api.evaluate(target, refs=refs, prompts=prompts, seeds=seeds, encoders=encoders, scorer=scorer,
                               scorer_options=parse_set(scorer_opts or []), flow=flow, no_face=no_face,
                               compare_base=compare_base, out_dir=out_dir, csv=csv_path, sheets=sheets,
@@ -60,7 +64,7 @@ def _table(result: dict) -> None:
         table.add_column(g, justify="right")
     metric_rows = [(f"face_sim ({n})", "face_sim", n) for n in encoders]
     metric_rows += [(f"face_detect_rate ({n})", "face_detect_rate", n) for n in encoders]
-    metric_rows += [(m, m, None) for m in ("clip_t", "dynamic_degree", "temporal_consistency")]
+    metric_rows += [(m, m, None) for m in ("clip_t", "dynamic_degree", "motion_magnitude", "temporal_consistency")]
     for label, key, sub in metric_rows:
         cells = []
         for g in groups:

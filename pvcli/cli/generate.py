@@ -66,6 +66,7 @@ def register(app: typer.Typer, state: AppState) -> None:
 
         from .. import api
         from ..jobs.generate import DEFAULT_OUTPUT, ClipRequest, parse_prompt_lines
+        from ..paths import read_text
 
         if prompt is not None and prompts_file is not None:
             raise PVError("give a prompt or --prompts FILE, not both")
@@ -79,10 +80,10 @@ def register(app: typer.Typer, state: AppState) -> None:
         if prompt == "-":
             requests = parse_prompt_lines(sys.stdin, "stdin")
         elif prompts_file is not None:
-            try:
-                requests = list(parse_prompt_lines(prompts_file.read_text().splitlines(), str(prompts_file)))
-            except OSError as exc:
-                raise PVError(f"cannot read {prompts_file}: {exc.strerror}") from None
+            requests = list(parse_prompt_lines(read_text(prompts_file, "--prompts").splitlines(), str(prompts_file)))
+            if not requests:
+                raise PVError(f"--prompts {prompts_file} holds no prompts",
+                              "one prompt per line, or JSON lines with a \"prompt\"; # starts a comment")
         else:
             requests = [ClipRequest(prompt)]
         several = prompt == "-" or prompts_file is not None or len(seed_list) > 1
@@ -94,9 +95,13 @@ def register(app: typer.Typer, state: AppState) -> None:
         clips = identity.generate_many(requests, output=output or DEFAULT_OUTPUT, seeds=seed_list,
                                        adapter=not no_adapter, controls=controls, loras=lora or [],
                                        addons=[addon_spec(a) for a in addon or []], video=video, **values)
+        count = 0
         for clip in clips:  # each result on stdout as soon as its file exists: `| xargs` streams
             record = {"path": str(clip.path), **clip.record}
             emit(record if as_json else record["path"], as_json)
+            count += 1
+        if not count:
+            raise PVError("no prompts on stdin", "one prompt per line, or JSON lines with a \"prompt\"")
 
 
 def _pair(item: str, flag: str) -> tuple[str, str]:

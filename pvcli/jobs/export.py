@@ -19,6 +19,7 @@ from .. import __version__
 from ..context import Context
 from ..errors import PVError
 from ..identity import read_adapter, tensor_hash
+from ..paths import check_output, write_error
 from ..store import atomic_write_file
 
 FORMATS = {"diffusers": "diffusers", "kohya": "kohya", "comfy": "kohya", "a1111": "kohya"}
@@ -106,15 +107,19 @@ def export_lora(ctx: Context, name: str, fmt: str, output: Path | None = None, f
 
     kind = check_format(fmt)
     ctx.store.load_info(name)  # the "no identity named ..." error
-    output = Path(output) if output is not None else default_output(name, fmt)
+    output = Path(output).expanduser() if output is not None else default_output(name, fmt)
+    _check_writable(output, force, default_output(name, fmt).name)
     if output.suffix.lower() != ".safetensors":
-        raise PVError(f"a LoRA export is a .safetensors file, got {output.name}")
-    _check_writable(output, force)
+        raise PVError(f"-o {output}: a LoRA export is a .safetensors file, not {output.suffix or 'a file without suffix'}",
+                      f"e.g. -o {output.with_suffix('.safetensors')}")
     state, meta = read_adapter(ctx.store.path(name))
     meta = {**meta, "identity": name}
     tensors, header = (diffusers_lora if kind == "diffusers" else kohya_lora)(state, meta)
     header.update(pv_metadata(name, meta, kind, tensors))
-    atomic_write_file(output, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    try:  # the temporary file beside `output` is removed whatever fails
+        atomic_write_file(output, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    except OSError as exc:
+        raise write_error(output, "-o", exc) from None
     note = gating_note(meta)
     if note:
         ctx.reporter.warn(f"{name}: {note}")
@@ -123,8 +128,10 @@ def export_lora(ctx: Context, name: str, fmt: str, output: Path | None = None, f
             "tensors_sha256": header["pv.tensors_sha256"], "gating": note or None}
 
 
-def _check_writable(output: Path, force: bool) -> None:
-    if output.is_dir():
-        raise PVError(f"{output} is a folder", "pass a file name with -o")
+def _check_writable(output: Path, force: bool, example: str = "") -> None:
+    """Before anything is read or written: a file pv can create (or replace, with --force): no
+    folder in its place, no parent path that is a file, no read-only folder."""
+    flag = "--bundle" if output.suffix.lower() == ".pvid" else "-o"
+    check_output(output, flag, example or f"NAME{output.suffix or '.safetensors'}")
     if output.exists() and not force:
         raise PVError(f"{output} already exists", "pass --force to replace it, or choose another -o")

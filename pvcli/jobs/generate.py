@@ -83,7 +83,7 @@ class IdentityRenderer:
         plan = GenerationPlan(g.frames, g.height, g.width, context_length=g.context_length,
                               context_stride=g.context_stride, strength=g.strength)
         if video is not None:
-            frames = resample(read_source(video), g.frames, g.height, g.width)
+            frames = resample(read_source(video, "--video"), g.frames, g.height, g.width)
             plan.video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
             plan.record["video"] = {"source": str(video), "strength": g.strength}
         for addon in addons:
@@ -115,7 +115,7 @@ class IdentityRenderer:
         full_prompt = with_identity(prompt, self.phrase)
         bar = nullcontext(advance) if advance else self.ctx.reporter.progress(f"generating {self.name}", steps)
         with bar as step:
-            frames = generate_frames(self.backbone, full_prompt, g, adapter_steps=adapted_steps(steps, self.fraction),
+            frames = generate_frames(self.backbone, full_prompt, g, adapter_steps=adapted_steps(g.steps, self.fraction),
                                      on_step=lambda i, _: step(), plan=plan, adapter_scale=scale)
         record = {
             "identity": self.name, "prompt": full_prompt, "negative_prompt": g.negative_prompt, "seed": g.seed,
@@ -186,6 +186,26 @@ def output_path(template: str | Path, name: str, prompt: str, seed: int, index: 
                       "use {name}, {slug}, {seed} and {index}, e.g. -o 'clips/{slug}_s{seed}.gif'") from None
 
 
+def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddOn], video=None) -> None:
+    """What can be known wrong before any model loads: the driving clip is readable, each add-on
+    is registered, takes its options, and finds its files usable for the identity's backbone
+    (`Conditioner.check`, given what the identity recorded of it)."""
+    from ..video import probe_source
+
+    if video is not None:
+        probe_source(video, "--video")
+    if not addons:
+        return
+    info = ctx.store.load_info(name)
+    target = {k: str(info[k]) for k in ("backbone", "base_model", "base_model_version", "architecture") if info.get(k)}
+    for addon in addons:
+        options = {**g.conditioners.get(addon.name, {}), **addon.options}
+        conditioner = ctx.registry.create("conditioners", addon.name, options=options, device=ctx.device)
+        check = getattr(conditioner, "check", None)
+        if check is not None:
+            check(target)
+
+
 def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, requests, *, output=None,
                  seeds: list[int] | None = None, adapter: bool = True, addons: list[AddOn] | None = None,
                  video=None, one_bar: bool = True):
@@ -201,6 +221,7 @@ def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, request
 
     if output is not None and one_bar:
         check_video_path(output_path(output, name, "prompt", 0, 0))  # before minutes of work
+    check_inputs(ctx, name, g, addons or [], video)  # a bad file or add-on fails before any model loads
     seed_list = seeds if seeds is not None else [g.seed]
     if not seed_list:
         raise PVError("no seeds to render")
