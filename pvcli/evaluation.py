@@ -18,7 +18,7 @@ from .store import Store
 
 EVAL_PROMPTS = ["{id} walking on a beach at sunset", "{id} playing the guitar on a stage",
                 "close-up portrait of {id} smiling"]
-METRICS = ("face_sim", "face_detect_rate", "clip_t", "dynamic_degree", "temporal_consistency")
+METRICS = ("face_sim", "face_detect_rate", "clip_t", "dynamic_degree", "motion_magnitude", "temporal_consistency")
 CELL = 128
 
 
@@ -27,6 +27,28 @@ class Clip:
     path: Path
     frames: np.ndarray
     prompt: str | None
+    identity: str | None = None  # the identity pv generated it with (its token is taken out for CLIP-T)
+    fps: float | None = None  # None: unknown (a folder of frames), counted as 8 fps as VBench does
+
+
+def _video_fps(path: Path, meta: dict) -> float | None:
+    if meta.get("fps"):
+        try:
+            return float(meta["fps"])
+        except (TypeError, ValueError):
+            pass
+    if path.is_dir() or path.suffix.lower() in (".gif", ".webp"):
+        return None
+    try:
+        import imageio_ffmpeg
+
+        reader = imageio_ffmpeg.read_frames(str(path))
+        try:
+            return float(next(reader).get("fps") or 0) or None
+        finally:
+            reader.close()
+    except Exception:
+        return None
 
 
 def load_clips(paths: list[Path], prompt: str | None) -> list[Clip]:
@@ -37,8 +59,28 @@ def load_clips(paths: list[Path], prompt: str | None) -> list[Clip]:
         frames = read_frames(p)
         if not len(frames):
             raise PVError(f"{p} has no frames")
-        clips.append(Clip(p, frames, prompt or read_metadata(p).get("prompt")))
+        meta = read_metadata(p)
+        clips.append(Clip(p, frames, prompt or meta.get("prompt"), meta.get("identity"), _video_fps(p, meta)))
     return clips
+
+
+def identity_words(store: Store | None, name: str | None) -> tuple[str, str]:
+    """(token, class word) the identity was tuned with; the defaults when it is not in the store."""
+    from .settings import TuneSettings
+
+    token, cls = TuneSettings.token, TuneSettings.class_word
+    if store is not None and name and store.exists(name):
+        from safetensors import safe_open
+
+        from .identity import ADAPTER_FILE
+
+        try:
+            with safe_open(str(store.path(name) / ADAPTER_FILE), "pt") as fh:
+                meta = fh.metadata() or {}
+            token, cls = meta.get("token", token), meta.get("class_word", cls)
+        except Exception:  # an unreadable adapter: keep the defaults
+            pass
+    return token, cls
 
 
 def video_paths(target: str) -> list[Path] | None:
@@ -79,7 +121,8 @@ def _mean(values):
 
 class Evaluator:
     def __init__(self, registry: Registry, ref_paths: list[Path], encoders: list[str], scorer: str,
-                 scorer_options: dict, flow: str, device: str, reporter: Reporter, no_face: str = "skip"):
+                 scorer_options: dict, flow: str, device: str, reporter: Reporter, no_face: str = "skip",
+                 store: Store | None = None):
         from .engine.identity import embed_crops, mean_embedding, reference_faces
 
         self.encoders, self.references, self.ref_crops = {}, {}, {}
@@ -96,6 +139,7 @@ class Evaluator:
             self.scorer_note = f"no CLIP model: {exc.message}"
         self.flow = flow
         self.no_face = no_face
+        self.store = store
 
     def clip(self, clip: Clip) -> dict:
         from .engine import evaluate as ev
@@ -105,33 +149,40 @@ class Evaluator:
         self._per_frame = {}
         for name, enc in self.encoders.items():
             fs = ev.face_similarity(clip.frames, enc, self.references[name], self.no_face)
-            row["face_sim"][name] = None if fs.value is None else round(fs.value, 4)
+            row["face_sim"][name] = round(fs.value, 4)
             row[f"face_sim_{name}"] = row["face_sim"][name]
             row["face_detect_rate"][name] = round(fs.detect_rate, 4)
             self._per_frame[name] = fs.per_frame
-            if fs.value is None:
-                row["notes"][f"face_sim_{name}"] = "no face detected in any sampled frame"
+            if not fs.scored:
+                row["notes"][f"face_sim_{name}"] = ("no face detected in any sampled frame: scored 0 "
+                                                    "(ConsisID's protocol; see face_detect_rate)")
             elif self.no_face == "center" and fs.detect_rate < 1:
                 row["notes"][f"face_sim_{name}"] = ("frames without a detected face scored on their centre crop "
                                                     "(--no-face center; not the papers' protocol)")
         row["models"]["face_sim"] = {n: e.describe().get("encoder_weights", n) for n, e in self.encoders.items()}
+        row["clip_t_caption"] = None
+        if clip.prompt:
+            row["clip_t_caption"] = ev.plain_caption(clip.prompt, *identity_words(self.store, clip.identity))
         if self.scorer is None:
             row["clip_t"] = row["temporal_consistency"] = None
             row["notes"]["clip_t"] = row["notes"]["temporal_consistency"] = self.scorer_note
         else:
             row["models"]["clip_t"] = row["models"]["temporal_consistency"] = self.scorer.describe()
             if clip.prompt:
-                row["clip_t"] = round(ev.clip_t(clip.frames, self.scorer, clip.prompt), 4)
+                row["clip_t"] = round(ev.clip_t(clip.frames, self.scorer, row["clip_t_caption"]), 4)
             else:
                 row["clip_t"] = None
                 row["notes"]["clip_t"] = "no prompt (pass --prompt; pv's own mp4s carry theirs)"
             tc = ev.temporal_consistency(clip.frames, self.scorer)
             row["temporal_consistency"] = None if tc is None else round(tc, 4)
-        dd, method, note = ev.dynamic_degree(clip.frames, self.flow)
-        row["dynamic_degree"] = None if dd is None else round(dd, 4)
-        row["models"]["dynamic_degree"] = method
-        if note:
-            row["notes"]["dynamic_degree"] = note
+        mo = ev.motion(clip.frames, self.flow, clip.fps)
+        row["dynamic_degree"] = mo.dynamic
+        row["motion_magnitude"] = None if mo.magnitude is None else round(mo.magnitude, 4)
+        row["dynamic_pairs"] = (f"{mo.pairs_above}/{mo.pairs_needed} pairs above {mo.threshold:.2f} px"
+                                if mo.dynamic is not None else None)
+        row["models"]["dynamic_degree"] = row["models"]["motion_magnitude"] = mo.method
+        if mo.note:
+            row["notes"]["dynamic_degree"] = mo.note
         return row
 
     def contact_sheet(self, clip: Clip, path: Path) -> Path:
@@ -172,15 +223,16 @@ def aggregate(rows: list[dict]) -> dict:
            "face_detect_rate": {n: _mean(r["face_detect_rate"].get(n) for r in rows) for n in encoders}}
     for n in encoders:
         out[f"face_sim_{n}"] = out["face_sim"][n]
-    for m in ("clip_t", "dynamic_degree", "temporal_consistency"):
-        out[m] = _mean(r[m] for r in rows)
+    for m in ("clip_t", "dynamic_degree", "motion_magnitude", "temporal_consistency"):
+        out[m] = _mean(r.get(m) for r in rows)  # dynamic_degree: the share of dynamic videos (VBench)
     return out
 
 
 def csv_text(rows: list[dict]) -> str:
     encoders = sorted({n for r in rows for n in r["face_sim"]})
     fields = ["video", "prompt", "frames", *[f"face_sim_{n}" for n in encoders],
-              *[f"face_detect_rate_{n}" for n in encoders], "clip_t", "dynamic_degree", "temporal_consistency"]
+              *[f"face_detect_rate_{n}" for n in encoders], "clip_t", "dynamic_degree", "motion_magnitude",
+              "temporal_consistency", "clip_t_caption"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()

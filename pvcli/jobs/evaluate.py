@@ -40,8 +40,14 @@ def evaluate(ctx: Context, req: EvalRequest) -> dict:
         raise PVError(f"--flow must be auto, raft or farneback, got {req.flow!r}")
     if req.no_face not in NO_FACE:
         raise PVError(f"--no-face must be skip or center, got {req.no_face!r}")
+    check_inputs(ctx, req)
     store = ctx.store
     paths = ev.video_paths(req.target)
+    if paths:
+        from ..video import probe_source
+
+        for path in paths:  # an unreadable clip fails before the encoders and scorer load
+            probe_source(path)
     identity = None
     if paths is None:
         if not store.exists(req.target):
@@ -61,7 +67,7 @@ def evaluate(ctx: Context, req: EvalRequest) -> dict:
     refs = refs or [identity]
     encoders = list(req.encoders) or [(store.load_info(identity).get("encoder") if identity else None) or "facenet"]
     evaluator = ev.Evaluator(ctx.registry, ev.reference_photos(store, refs), encoders, req.scorer,
-                             req.scorer_options, req.flow, ctx.device or "cpu", ctx.reporter, req.no_face)
+                             req.scorer_options, req.flow, ctx.device or "cpu", ctx.reporter, req.no_face, store)
     if identity:
         settings = identity_settings(ctx, identity)
         out = req.out_dir or ev.default_out_dir(identity)
@@ -86,6 +92,36 @@ def evaluate(ctx: Context, req: EvalRequest) -> dict:
     if req.csv:
         atomic_write_bytes(Path(req.csv), ev.csv_text(result["videos"]).encode())
     return result
+
+
+def check_inputs(ctx: Context, req: EvalRequest) -> None:
+    """Before any model loads or clip renders: paths that name nothing, an unknown scorer, and
+    outputs that cannot be written (a CSV where a folder is, a folder where a file is)."""
+    from ..paths import check_output, check_parent, check_photos
+    from ..store import NAME_RE
+
+    def missing(item: str) -> bool:  # a path that does not exist and cannot be an identity name
+        return not Path(item).expanduser().exists() and not NAME_RE.match(item) and not any(c in item for c in "*?[")
+
+    if missing(req.target):
+        raise PVError(f"{req.target}: no such video or folder (nor an identity name)",
+                      "give a video, a folder of videos, or an identity (see `pv list`)")
+    for ref in req.refs:
+        if missing(ref):
+            raise PVError(f"--ref {ref}: no such photo or folder (nor an identity name)",
+                          "give a photo, a folder of photos, a glob, or an identity (see `pv list`)")
+        if Path(ref).expanduser().exists():
+            check_photos([ref])  # an unreadable photo fails before the encoders load
+    ctx.registry.get("scorers", req.scorer)  # "unknown scorer ..." (a known one that cannot load is a note)
+    if req.csv:
+        check_output(req.csv, "--csv", "metrics.csv")
+    for flag, folder in (("--sheets", req.sheets), ("--out-dir", req.out_dir)):
+        if folder is None:
+            continue
+        folder = Path(folder).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise PVError(f"{flag} {folder} is a file, not a folder", f"give a folder for {flag}")
+        check_parent(folder / "x", flag)
 
 
 def _diff(a, b):
