@@ -15,7 +15,7 @@ e.g. {"tune.sample_every": 10}) -> keyword settings (the CLI's flags, e.g. steps
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +52,20 @@ def lora_spec(spec: str | tuple[str, float]) -> tuple[str, float]:
     if not isinstance(spec, str):
         source, weight = spec
         return str(source), float(weight)
+    import math
+
     source, sep, tail = spec.rpartition(":")
     if sep and source:
         try:
-            return source, float(tail)
+            weight = float(tail)
         except ValueError:
-            pass
+            weight = None
+        if weight is not None and math.isfinite(weight):
+            return source, weight
+        # "style.safetensors:abc" is a bad weight, not a file of that name (C:\x.safetensors is a path)
+        if weight is not None or (not Path(spec).expanduser().exists() and not any(c in tail for c in "/\\")):
+            raise PVError(f"--lora {source}: the weight {tail!r} after ':' is not a number",
+                          f"e.g. --lora {source}:0.8 (without ':WEIGHT' it is 1.0)")
     return spec, 1.0
 
 
@@ -102,19 +110,28 @@ def tune(photos: str | Path | Iterable[str | Path], name: str, *, profile: str |
     if not photo_list:
         raise PVError("tune needs reference photo(s)", "e.g. pv tune face.jpg --name alice")
     prof, resolved = resolve(profile, _overlays(TUNE_SETTINGS, settings, overrides))
+    from .paths import check_photos, read_text
+
+    check_photos(photo_list)  # an unreadable photo or prompts file fails before any model loads
+    if prompts_file:
+        read_text(prompts_file, "--prompts")
     ctx = _context(context, device, progress)
+    for kind, plugin in (("backbones", resolved.backbone.name), ("encoders", resolved.encoder.name)):
+        ctx.registry.get(kind, plugin)  # an unknown name fails before the other model loads
     info = tune_job(ctx, TuneRequest(name, photo_list, resolved, prof, force=force, face_index=face_index,
                                      prompts_file=str(prompts_file) if prompts_file else None))
     return Identity(name, info, ctx)
 
 
 def tune_manifest(manifest: str | Path, *, shard: str | None = None, profile: str | None = None,
-                  overrides: Overrides = None, device: str | None = None, progress: Progress = None,
-                  context: Context | None = None, **settings: Any):
+                  overrides: Overrides = None, face_index: int | None = None, prompts_file: str | Path | None = None,
+                  device: str | None = None, progress: Progress = None, context: Context | None = None,
+                  **settings: Any):
     """Tune every identity of a manifest (YAML: `identities:` entries with name and photos), this
     process's share of `shard` ("i/n"); yields one record per identity (name, status: tuned /
-    resumed / skipped / failed, error, path). `profile`, `overrides` and keyword settings apply
-    over each entry's own (command-line wins)."""
+    resumed / skipped / failed, error, path). `profile`, `overrides`, `face_index`, `prompts_file`
+    and keyword settings apply over each entry's own (command-line wins); an interrupted run that
+    is resumed keeps its own settings, and one that these would change fails with one line."""
     from .distributed import rank_and_world
     from .jobs.manifest import parse_shard, read_manifest, run_manifest, select
 
@@ -122,19 +139,26 @@ def tune_manifest(manifest: str | Path, *, shard: str | None = None, profile: st
     entries = read_manifest(manifest)
     ctx = _context(context, device, progress)
     extra = _overlays(TUNE_SETTINGS, settings, overrides)
-    if profile:
-        entries = [replace(e, profile=profile) for e in entries]
-    yield from run_manifest(ctx, select(entries, shard_spec, *rank_and_world()), extra)
+    yield from run_manifest(ctx, select(entries, shard_spec, *rank_and_world()), extra, profile=profile,
+                            face_index=face_index, prompts_file=str(prompts_file) if prompts_file else None)
 
 
 def resume(name: str, *, steps: int | None = None, device: str | None = None, progress: Progress = None,
-           context: Context | None = None, clips_per_step: int | None = None) -> Identity:
-    """Finish the interrupted tuning run of `name` (`steps` may extend it; `clips_per_step` may
-    change its batch, e.g. when it resumes on another number of processes)."""
+           context: Context | None = None, clips_per_step: int | None = None, force: bool = False,
+           overrides: Overrides = None, face_index: int | None = None, prompts_file: str | Path | None = None,
+           **settings: Any) -> Identity:
+    """Finish the interrupted tuning run of `name` with its own photos and settings (`steps` may
+    extend it; `clips_per_step` may change its batch, e.g. when it resumes on another number of
+    processes). Any other setting given (keyword, `overrides`, `face_index`, `prompts_file`) must
+    equal the run's: a change is refused with one line. An identity `name` created since the
+    interruption is replaced only with `force`."""
     from .jobs.tune import resume as resume_job
 
     ctx = _context(context, device, progress)
-    return Identity(name, resume_job(ctx, name, steps=steps, clips_per_step=clips_per_step), ctx)
+    info = resume_job(ctx, name, steps=steps, clips_per_step=clips_per_step, force=force,
+                      overlays=_overlays(TUNE_SETTINGS, settings, overrides), face_index=face_index,
+                      prompts_file=str(prompts_file) if prompts_file else None)
+    return Identity(name, info, ctx)
 
 
 @dataclass

@@ -35,7 +35,8 @@ def write_identity(folder: Path, *, adapter: dict, metadata: dict, reference, pe
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
     save_file(adapter, str(folder / ADAPTER_FILE), metadata=meta)
     save_file({"embedding": reference.contiguous(), "per_photo": per_photo.contiguous()}, str(folder / REFERENCE_FILE),
-              metadata={"photos": json.dumps(photos), "encoder": metadata.get("encoder", "")})
+              metadata={"photos": json.dumps([Path(p).name for p in photos]),  # names: no paths of this machine
+                        "encoder": metadata.get("encoder", "")})
     (folder / "refs").mkdir()
     for i, crop in enumerate(crops):
         cv2.imwrite(str(folder / "refs" / f"face_{i}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))

@@ -129,6 +129,20 @@ _RANGES = {
     "generate.adapter_scale": (0.0, None), "generate.context_length": (0, None), "generate.context_stride": (1, None),
     "generate.strength": (0.01, 1.0),
 }
+# the command-line flag that sets a setting, named in range errors beside the setting
+_FLAGS = {
+    "generate.steps": "--steps", "generate.frames": "--frames", "generate.fps": "--fps", "generate.height": "--height",
+    "generate.width": "--width", "generate.guidance_scale": "--guidance", "generate.adapter_scale": "--adapter-scale",
+    "generate.strength": "--strength", "tune.steps": "--steps", "tune.lr": "--lr", "adapter.rank": "--rank",
+    "adapter.active_fraction": "--active-fraction", "tune.scr_weight": "--scr-weight",
+    "tune.clips_per_step": "--clips-per-step",
+}
+
+
+def _flag_hint(path: str) -> str | None:
+    return f"set by {_FLAGS[path]} or --set {path}=VALUE" if path in _FLAGS else None
+
+
 _MULTIPLE_OF_8 = {"tune.height", "tune.width", "generate.height", "generate.width"}
 
 
@@ -153,9 +167,12 @@ def _coerce(path: str, tp: Any, value: Any) -> Any:
         if isinstance(value, bool):
             raise PVError(f"{path} must be a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise PVError(f"{path} must be a number, got {value!r}") from None
+        if number != number or number in (float("inf"), float("-inf")):  # nan passes every range check
+            raise PVError(f"{path} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise PVError(f"{path} must be text, got {value!r}")
@@ -197,11 +214,11 @@ def _validate(s: Settings) -> None:
         v = getattr(getattr(s, section), key)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
-            raise PVError(f"{path} must be {bound}, got {v}")
+            raise PVError(f"{path} must be {bound}, got {v}", _flag_hint(path))
     for path in _MULTIPLE_OF_8:
         section, key = path.split(".")
         if getattr(getattr(s, section), key) % 8:
-            raise PVError(f"{path} must be a multiple of 8, got {getattr(getattr(s, section), key)}")
+            raise PVError(f"{path} must be a multiple of 8, got {getattr(getattr(s, section), key)}", _flag_hint(path))
     if s.tune.grad_steps > s.tune.num_inference_steps:
         raise PVError(f"tune.grad_steps ({s.tune.grad_steps}) cannot exceed tune.num_inference_steps "
                       f"({s.tune.num_inference_steps})")

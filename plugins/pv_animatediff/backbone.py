@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -8,7 +10,7 @@ import torch
 
 from pvcli.contracts import Backbone
 from pvcli.errors import PVError
-from pvcli.hub import load_pretrained
+from pvcli.hub import explain, load_pretrained
 from pvcli.settings import validate_options
 
 from .schedulers import make_scheduler
@@ -144,21 +146,31 @@ class AnimateDiffBackbone(Backbone):
                        output_type="latent", callback_on_step_end=callback_on_step_end, **kwargs)
         finally:
             if long:
-                pipe.disable_free_noise()  # puts the motion modules' own blocks back
+                pipe.disable_free_noise()  # puts the motion modules' own blocks back, rebuilt trainable
                 object.__setattr__(pipe, "motion_adapter", None)
+                for name, module in self.unet.named_modules():
+                    if name.endswith("motion_modules"):
+                        module.requires_grad_(False)
         return out.frames  # latents (B, C, F, h, w): decoded by `decode`, in fp32
 
     def load_lora(self, source: str, name: str) -> None:
-        """diffusers' loader: diffusers/PEFT or kohya/A1111 keys, a file, folder or hub id."""
-        import warnings
-
+        """diffusers' loader: diffusers/PEFT or kohya/A1111 keys, a file, folder or hub id. A local
+        file is loaded from there only, and a failure names it and what does not fit this backbone
+        (its layers, their size); torch, peft and diffusers warnings stay off the terminal."""
         path = Path(source).expanduser()
-        kwargs = {"weight_name": path.name} if path.is_file() else {}
-        where = str(path.parent) if path.is_file() else source
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*peft_config.*")  # several adapters is the point
-            load_pretrained("--lora", where, lambda ref, local_files_only, **kw: self.pipeline().load_lora_weights(
-                ref, adapter_name=name, local_files_only=local_files_only, **kw), **kwargs)
+
+        def load(ref, local_files_only, **kw):
+            return self.pipeline().load_lora_weights(ref, adapter_name=name, local_files_only=local_files_only, **kw)
+
+        with _quiet_lora_loading():
+            if not path.is_file():
+                load_pretrained("generate.conditioners.lora.source", source, load, what="style LoRA",
+                                offline_hint="pass a local .safetensors file: --lora PATH")
+                return
+            try:
+                load(str(path.parent), True, weight_name=path.name)
+            except Exception as exc:
+                raise _lora_error(source, exc, self.describe()) from None
 
     def lora_modules(self) -> list[torch.nn.Module]:
         return [self.unet, self.text_encoder]
@@ -180,6 +192,53 @@ class AnimateDiffBackbone(Backbone):
         frames = torch.cat([self.vae.decode(chunk).sample for chunk in lat.split(DECODE_CHUNK)])
         frames = frames.reshape(b, f, *frames.shape[1:])
         return (frames / 2 + 0.5).clamp(0, 1)
+
+
+@contextmanager
+def _quiet_lora_loading():
+    """diffusers logs a failed LoRA load at error level and peft warns about adapters: the caller
+    reports the failure itself, in one line."""
+    import warnings
+
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity(dlog.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        dlog.set_verbosity(level)
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for ([\w.]+?)\.lora_[AB]\.[\w]+\.weight: copying a param with shape "
+                            r"torch\.Size\(\[([\d, ]*)\]\) from checkpoint, the shape in current model is "
+                            r"torch\.Size\(\[([\d, ]*)\]\)")
+_MISSING_TARGETS = re.compile(r"Target modules \{'?([^,'}]+)'?.*\} not found in the base model")
+
+
+def _lora_error(source: str, exc: Exception, info: dict) -> PVError:
+    """A failed LoRA load as one line: which layer does not fit, and what the LoRA must be made for."""
+    from pvcli.hub import short
+
+    text = str(exc)
+    model = info.get("base_model") or info.get("backbone", "this backbone")
+    family = info.get("architecture") or info.get("base_model_version") or ""
+    hint = f"use a LoRA made for this backbone's base model ({model}{', ' + family if family else ''})"
+    size = _SIZE_MISMATCH.search(text)
+    if size:
+        layer, theirs, ours = size.groups()
+        return PVError(f"--lora {source} was made for a model of another size: layer {layer} is [{theirs}] in the "
+                       f"file and [{ours}] in {info.get('backbone', 'this backbone')}", hint)
+    missing = _MISSING_TARGETS.search(text)
+    if missing:
+        return PVError(f"--lora {source} adapts layers {info.get('backbone', 'this backbone')} does not have "
+                       f"(e.g. {missing.group(1)}): it was made for another model", hint)
+    if "Invalid LoRA checkpoint" in text:
+        return PVError(f"--lora {source} holds no LoRA tensors diffusers can read",
+                       "a LoRA's tensors are named *lora_A*/*lora_B* (diffusers, PEFT) or *lora_down*/*lora_up* (kohya)")
+    return PVError(f"cannot load --lora {source}: {short(exc)}", hint)
 
 
 def _checkpoint_forward(module: torch.nn.Module) -> None:
@@ -417,6 +476,8 @@ def _motion_module_file(repo: str, weight_name: str, dtype):
     local = Path(repo).expanduser() / weight_name
     if local.is_file():
         path = str(local)
+    elif Path(repo).expanduser().is_dir():  # a local folder is never a hub id: no download after it
+        raise PVError(f"motion module file not found: {local}", "check backbone.options.motion_adapter_weight_name")
     else:
         from huggingface_hub import hf_hub_download
 
@@ -425,7 +486,12 @@ def _motion_module_file(repo: str, weight_name: str, dtype):
     config = Path(repo).expanduser() / "config.json"
     adapter = MotionAdapter.from_config(MotionAdapter.load_config(str(config))) if config.is_file() else MotionAdapter()
     try:
-        adapter.load_state_dict(load_file(path))
+        state = load_file(path)
+    except Exception as exc:
+        raise PVError(f"cannot load the motion module {path}: not a readable safetensors file ({explain(exc)})",
+                      "it is damaged or incomplete: download it again") from None
+    try:
+        adapter.load_state_dict(state)
     except RuntimeError as exc:
         raise PVError(f"{weight_name} is not a diffusers-format motion module: {str(exc).splitlines()[0]}",
                       "use the *_diffusers.safetensors file") from None

@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 
 from pvcli.errors import PVError
-from pvcli.hub import short
+from pvcli.hub import causes, explain, short
 
 CONFIGS = Path(__file__).parent / "single_file_configs"
 BPE = CONFIGS / "clip_bpe_simple_vocab_16e6.txt.gz"
@@ -66,10 +66,50 @@ def load_single_file(family, path: str, dtype, config: str = ""):
     kwargs = {name: clip_tokenizer(pad) for name, pad in family.tokenizers.items() if not (folder / name).is_dir()}
     if "safety_checker" in inspect.signature(cls.__init__).parameters:
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    source = Path(path).expanduser()
+    if source.suffix.lower() == ".safetensors":
+        _check_safetensors(source)
     try:
-        return cls.from_single_file(str(Path(path).expanduser()), config=str(folder), torch_dtype=dtype,
-                                    local_files_only=True, **kwargs)
+        return cls.from_single_file(str(source), config=str(folder), torch_dtype=dtype, local_files_only=True, **kwargs)
     except Exception as exc:
+        raise single_file_error(exc, path, bool(config)) from None
+
+
+def _check_safetensors(path: Path) -> None:
+    """A damaged or truncated .safetensors file fails here, named as such, before diffusers reads it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            keys = list(fh.keys())
+    except Exception as exc:
+        raise PVError(f"cannot load the single-file checkpoint {path}: not a readable safetensors file "
+                      f"({explain(exc)})", "it is damaged or incomplete: download it again") from None
+    if not keys:
+        raise PVError(f"cannot load the single-file checkpoint {path}: it holds no tensors",
+                      "download the model's full checkpoint again")
+
+
+def single_file_error(exc: BaseException, path: str, config: bool) -> PVError:
+    """What actually failed in diffusers' `from_single_file`, as one line with a hint that fits it:
+    an unreadable file, a file without a component's weights, or weights of another shape."""
+    chain = causes(exc)
+    names = {type(e).__name__ for e in chain}
+    text = " ".join(str(e) for e in chain)
+    where = f"cannot load the single-file checkpoint {path}"
+    if names & {"SafetensorError", "UnpicklingError", "EOFError", "UnicodeDecodeError"} or \
+            "Unable to load weights from checkpoint file" in text:
+        return PVError(f"{where}: not a readable checkpoint ({short(chain[-1])})",
+                       "it is damaged or incomplete, or not a model checkpoint (a .ckpt must hold plain tensors): "
+                       "download it again, or use its .safetensors version")
+    if "SingleFileComponentError" in names or "appear to be missing" in text:
+        component = next((short(e) for e in reversed(chain) if type(e).__name__ == "SingleFileComponentError"),
+                         short(exc))
+        return PVError(f"{where}: {component}",
+                       "it is not a full base-model checkpoint (a LoRA, a VAE or a UNet alone?): give the model's "
+                       "full checkpoint, or a folder in diffusers layout")
+    if "expected shape" in text or "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
         hint = ("its architecture differs from the configs pv ships: pass --set backbone.options.single_file_config="
                 "FOLDER (the base model's diffusers configs)") if not config else "check that FOLDER matches the checkpoint"
-        raise PVError(f"cannot load the single-file checkpoint {path}: {short(exc)}", hint) from None
+        return PVError(f"{where}: its weights do not fit the configs ({short(exc)})", hint)
+    return PVError(f"{where}: {explain(exc)}", "check the file (PV_DEBUG=1 shows the traceback)")

@@ -40,7 +40,8 @@ def register(app: typer.Typer, state: AppState) -> None:
         targets: str = typer.Option(None, "--targets", help="Adapter target set: attention or spatial."),
         class_word: str = typer.Option(None, "--class-word", help="Class word in prompts: person, man, woman..."),
         encoder: str = typer.Option(None, "--encoder", help="Identity encoder for the ID loss (see `pv plugins`)."),
-        face_index: int = typer.Option(0, "--face-index", min=0, help="Use the N-th largest face of each photo."),
+        face_index: int = typer.Option(None, "--face-index", min=0, help="Use the N-th largest face of each photo "
+                                       "(default 0: the largest)."),
         prompts: str = typer.Option(None, "--prompts", help="File of tuning prompts (one per line, {id} = identity)."),
         prompts_mode: str = typer.Option(None, "--prompts-mode", help="replace (default) or extend the built-in prompts."),
         augment: bool = typer.Option(None, "--augment/--no-augment", help="Simulated prompt augmentation (default on)."),
@@ -70,16 +71,21 @@ def register(app: typer.Typer, state: AppState) -> None:
         if processes and processes > 1:
             raise typer.Exit(launch(processes, drop_option(sys.argv[1:], "--processes")))
         ctx = state.context(quiet or as_json, device)
+        flags = dict(lr=lr, seed=seed, rank=rank, targets=targets, class_word=class_word, prompts_mode=prompts_mode,
+                     encoder=encoder, augment=augment, active_fraction=active_fraction, scr_weight=scr_weight)
         if manifest or shard:
             if photos or name or resume:
                 raise PVError("--manifest names the identities and photos itself",
                               "give only --manifest (with --shard, --profile, --set and tuning options)")
             if not manifest:
                 raise PVError("--shard needs --manifest")
+            if force:
+                raise PVError("--force does not apply to --manifest: finished identities are skipped, never replaced",
+                              "remove one with `pv rm NAME` to tune it again")
             failed = 0
             for record in api.tune_manifest(manifest, shard=shard, profile=profile, overrides=sets, context=ctx,
-                                            steps=steps, lr=lr, seed=seed, rank=rank, targets=targets,
-                                            class_word=class_word, encoder=encoder, clips_per_step=clips_per_step):
+                                            face_index=face_index, prompts_file=prompts, steps=steps,
+                                            clips_per_step=clips_per_step, **flags):
                 failed += record["status"] == "failed"
                 if record["status"] != "failed":
                     emit(record if as_json else record["name"], as_json)
@@ -89,18 +95,19 @@ def register(app: typer.Typer, state: AppState) -> None:
                 raise PVError(f"{failed} identit{'y' if failed == 1 else 'ies'} of the manifest failed (see above)")
             return
         if resume:
-            if photos or name or profile or sets:
-                raise PVError("--resume takes the photos, profile and settings of the interrupted run",
-                              "only --steps, --device and output options may be given with it")
-            identity = api.resume(resume, steps=steps, context=ctx, clips_per_step=clips_per_step)
+            if photos or name or profile:
+                raise PVError("--resume takes the photos and profile of the interrupted run",
+                              "give only --resume NAME; --steps and --clips-per-step may change, other settings "
+                              "must match the run's")
+            identity = api.resume(resume, steps=steps, context=ctx, clips_per_step=clips_per_step, force=force,
+                                  overrides=sets, face_index=face_index, prompts_file=prompts,
+                                  **{k: v for k, v in flags.items() if v is not None})
         else:
             if not photos or not name:
                 raise PVError("tune needs reference photo(s) and --name", "e.g. pv tune face.jpg --name alice")
-            identity = api.tune(photos, name, profile=profile, overrides=sets, force=force, face_index=face_index,
-                                prompts_file=prompts, context=ctx, steps=steps, lr=lr, seed=seed, rank=rank,
-                                targets=targets, class_word=class_word, prompts_mode=prompts_mode, encoder=encoder,
-                                augment=augment, active_fraction=active_fraction, scr_weight=scr_weight,
-                                clips_per_step=clips_per_step)
+            identity = api.tune(photos, name, profile=profile, overrides=sets, force=force,
+                                face_index=face_index or 0, prompts_file=prompts, context=ctx, steps=steps,
+                                clips_per_step=clips_per_step, **flags)
         if is_replica():  # data parallel: the main process reports, once
             return
         info = identity.info

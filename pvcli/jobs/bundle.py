@@ -1,13 +1,18 @@
 """`pv export NAME --bundle FILE.pvid` and `pv import FILE.pvid`: a whole identity as one archive
 that imports on another machine.
 
-A bundle is a gzipped tar of safetensors and text only: manifest.json (format, name, and the
-sha256 and size of every other member), adapter.safetensors, reference.safetensors,
-faces.safetensors (the aligned crops and the original photos as uint8 tensors), config.yaml,
-identity.json and, if the run kept one, log.jsonl. Import checks everything before it writes
-anything: regular files with known names only (no absolute paths, `..`, links or devices), a
-size limit, the manifest's hashes, the adapter's own tensor hash, the settings; then the identity
-is written through the store's atomic writer, so a bad archive leaves the store as it was."""
+A bundle is a gzipped tar of safetensors, text and images only: manifest.json (format, name, and
+the sha256 and size of every other member), adapter.safetensors, reference.safetensors,
+config.yaml, identity.json, refs/face_N.png (the aligned crops) and refs/photo_N.EXT (the
+original photos, their encoded bytes as the identity keeps them, not decoded pixels) and, if the
+run kept one, log.jsonl. No path of the exporting machine travels: photos are named by file name
+only. Export checks the size limits import enforces before it writes anything.
+
+Import checks everything before it writes anything: regular files with known names only (no
+absolute paths, `..`, links or devices), a size limit, the manifest's hashes, the adapter's own
+tensor hash, the settings, every image decodes; then the identity is written through the store's
+atomic writer, so a bad archive leaves the store as it was. Bundles of format 1 (photos as uint8
+tensors in faces.safetensors) still import."""
 
 from __future__ import annotations
 
@@ -27,12 +32,14 @@ from ..locks import IdentityLock
 from ..store import IDENTITY_FILE, atomic_write_file, validate_name
 from .export import _check_writable
 
-FORMAT = "pv-identity-bundle/1"
+FORMAT = "pv-identity-bundle/2"
+FORMAT_1 = "pv-identity-bundle/1"  # photos as decoded uint8 tensors in faces.safetensors: still imported
 MANIFEST = "manifest.json"
-FACES = "faces.safetensors"
-REQUIRED = (ADAPTER_FILE, REFERENCE_FILE, FACES, "config.yaml", IDENTITY_FILE)
+FACES = "faces.safetensors"  # format 1 only
+REQUIRED = (ADAPTER_FILE, REFERENCE_FILE, "config.yaml", IDENTITY_FILE)
 OPTIONAL = ("log.jsonl",)
-SAFETENSORS = {ADAPTER_FILE, REFERENCE_FILE, FACES}
+SAFETENSORS = {ADAPTER_FILE, REFERENCE_FILE}
+IMAGE = re.compile(r"refs/(face|photo)_(\d{1,4})\.(png|jpg|jpeg|webp|bmp|tif|tiff)")
 MAX_BUNDLE_BYTES = 2 * 2**30  # uncompressed; a real-size identity adapter is ~15 MB plus its photos
 MAX_MEMBER_BYTES = 2**30
 
@@ -41,22 +48,47 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _faces_tensors(folder: Path) -> dict:
-    """Aligned crops (face_i) and original photos (photo_i) as uint8 (H, W, 3) RGB tensors."""
-    import torch
+def _image_members(folder: Path) -> dict[str, bytes]:
+    """refs/face_N.png and refs/photo_N.EXT of the identity, as the files' own bytes."""
+    refs = folder / "refs"
+    found = {}
+    for p in refs.iterdir() if refs.is_dir() else []:
+        match = IMAGE.fullmatch(f"refs/{p.name.lower()}")
+        if match and p.is_file():
+            found[(match[1], int(match[2]))] = p
+    return {f"refs/{found[k].name.lower()}": found[k].read_bytes() for k in sorted(found)}
 
-    from ..engine.identity import load_image
 
-    out = {}
-    for prefix in ("face", "photo"):
-        for path in sorted((folder / "refs").glob(f"{prefix}_*")):
-            out[f"{prefix}_{path.stem.split('_')[1]}"] = torch.from_numpy(load_image(path)).contiguous()
-    return out
+def _names_only(items) -> list[str]:
+    return [PurePosixPath(str(p).replace("\\", "/")).name for p in items] if isinstance(items, list) else []
+
+
+def _portable_info(data: bytes) -> bytes:
+    """identity.json without paths of this machine: photos by file name, no `path`."""
+    info = json.loads(data)
+    info["photos"] = _names_only(info.get("photos"))
+    if info.get("imported_from"):
+        info["imported_from"] = PurePosixPath(str(info["imported_from"]).replace("\\", "/")).name
+    info.pop("path", None)
+    return (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _portable_reference(data: bytes) -> bytes:
+    """reference.safetensors with its photos' file names only (older identities kept their paths)."""
+    from safetensors.torch import load, save
+
+    meta = _header(data)
+    try:
+        photos = json.loads(meta.get("photos", "[]"))
+    except json.JSONDecodeError:
+        photos = []
+    names = _names_only(photos)
+    if names == photos:
+        return data
+    return save(load(data), metadata={**meta, "photos": json.dumps(names)})
 
 
 def export_bundle(ctx: Context, name: str, output: Path | None = None, force: bool = False) -> dict:
-    from safetensors.torch import save
-
     ctx.store.load_info(name)
     output = Path(output) if output is not None else Path(f"{name}.pvid")
     if output.suffix.lower() != ".pvid":
@@ -65,25 +97,45 @@ def export_bundle(ctx: Context, name: str, output: Path | None = None, force: bo
     folder = ctx.store.path(name)
     members: dict[str, bytes] = {}
     for item in (*REQUIRED, *OPTIONAL):
-        if item == FACES:
-            members[item] = save(_faces_tensors(folder))
-        elif (folder / item).is_file():
+        if (folder / item).is_file():
             members[item] = (folder / item).read_bytes()
         elif item in REQUIRED:
             raise PVError(f"identity {name!r} is damaged: {item} is missing", f"re-tune it, or `pv rm {name}`")
+    images = _image_members(folder)
+    if not any(k.startswith("refs/face_") for k in images):
+        raise PVError(f"identity {name!r} is damaged: refs/ holds no aligned face", f"re-tune it, or `pv rm {name}`")
+    members[IDENTITY_FILE] = _portable_info(members[IDENTITY_FILE])
+    members[REFERENCE_FILE] = _portable_reference(members[REFERENCE_FILE])
+    members.update(images)
     manifest = {"format": FORMAT, "name": name, "pv_version": __version__,
                 "files": {k: {"sha256": _sha256(v), "size": len(v)} for k, v in members.items()}}
+    members = {MANIFEST: json.dumps(manifest, indent=2).encode(), **members}
+    _check_limits(name, members)
 
     def write(tmp: Path) -> None:
         with tarfile.open(tmp, "w:gz") as tar:
-            for member, data in [(MANIFEST, json.dumps(manifest, indent=2).encode()), *members.items()]:
+            for member, data in members.items():
                 info = tarfile.TarInfo(member)
                 info.size, info.mode = len(data), 0o644
                 tar.addfile(info, io.BytesIO(data))
 
     atomic_write_file(output, write)
-    return {"identity": name, "path": str(output), "format": "bundle", "files": sorted([MANIFEST, *members]),
+    return {"identity": name, "path": str(output), "format": "bundle", "files": sorted(members),
             "bytes": output.stat().st_size}
+
+
+def _check_limits(name: str, members: dict[str, bytes]) -> None:
+    """The limits import enforces, checked before anything is written: a bundle pv writes imports."""
+    biggest = max(members, key=lambda k: len(members[k]))
+    total = sum(len(v) for v in members.values())
+    if len(members[biggest]) > MAX_MEMBER_BYTES:
+        raise PVError(f"cannot bundle {name!r}: {biggest} is {len(members[biggest]) / 2**20:.0f} MiB, over the "
+                      f"{MAX_MEMBER_BYTES / 2**20:.3g} MiB per file that `pv import` accepts", "nothing was written")
+    if total > MAX_BUNDLE_BYTES:
+        photos = sum(len(v) for k, v in members.items() if k.startswith("refs/photo_"))
+        raise PVError(f"cannot bundle {name!r}: its files take {total / 2**20:.1f} MiB (photos {photos / 2**20:.1f} MiB), "
+                      f"over the {MAX_BUNDLE_BYTES / 2**20:.3g} MiB that `pv import` accepts",
+                      "nothing was written; re-tune it from fewer or smaller photos to move it as a bundle")
 
 
 def _header(data: bytes) -> dict:
@@ -98,7 +150,7 @@ def _bad(path: Path, why: str) -> PVError:
 
 def _read_members(path: Path) -> dict[str, bytes]:
     """Every member, checked as it is read: regular files with known names, within the limits."""
-    allowed = {MANIFEST, *REQUIRED, *OPTIONAL}
+    allowed = {MANIFEST, *REQUIRED, *OPTIONAL, FACES}
     members: dict[str, bytes] = {}
     total = 0
     try:
@@ -112,8 +164,9 @@ def _read_members(path: Path) -> dict[str, bytes]:
                     raise _bad(path, f"{name!r} is a link")
                 if not info.isfile():
                     raise _bad(path, f"{name!r} is not a regular file")
-                if name not in allowed:
-                    raise _bad(path, f"unexpected member {name!r} (a bundle holds only {', '.join(sorted(allowed))})")
+                if name not in allowed and not IMAGE.fullmatch(name):
+                    raise _bad(path, f"unexpected member {name!r} (a bundle holds only {', '.join(sorted(allowed))} "
+                                     "and refs/face_N.png, refs/photo_N.EXT)")
                 if name in members:
                     raise _bad(path, f"{name!r} appears twice")
                 total += info.size
@@ -138,29 +191,49 @@ def _validate(path: Path, members: dict[str, bytes]) -> tuple[dict, dict]:
         manifest = json.loads(members[MANIFEST])
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise _bad(path, "manifest.json is not JSON") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise _bad(path, f"unknown format {manifest.get('format') if isinstance(manifest, dict) else None!r}")
+    version = manifest.get("format") if isinstance(manifest, dict) else None
+    if version not in (FORMAT, FORMAT_1):
+        raise _bad(path, f"unknown format {version!r}")
     files = manifest.get("files")
     if not isinstance(files, dict) or set(files) != set(members) - {MANIFEST}:
         raise _bad(path, "the manifest does not list exactly the archive's files")
-    missing = [m for m in REQUIRED if m not in members]
+    images = sorted(m for m in members if IMAGE.fullmatch(m))
+    if version == FORMAT_1 and images:
+        raise _bad(path, f"unexpected member {images[0]!r} in a format-1 bundle")
+    if version == FORMAT and FACES in members:
+        raise _bad(path, f"unexpected member {FACES!r}")
+    missing = [m for m in (*REQUIRED, *([FACES] if version == FORMAT_1 else [])) if m not in members]
     if missing:
         raise _bad(path, f"{missing[0]} is missing")
+    if version == FORMAT and not any(m.startswith("refs/face_") for m in images):
+        raise _bad(path, "it holds no aligned face (refs/face_N.png)")
     for name, entry in files.items():
         if not isinstance(entry, dict) or entry.get("sha256") != _sha256(members[name]):
             raise _bad(path, f"{name} does not match its hash in the manifest")
     tensors = {}
-    for name in SAFETENSORS:
+    for name in (*SAFETENSORS, *([FACES] if version == FORMAT_1 else [])):
         try:
             tensors[name] = load(members[name])
         except Exception as exc:
             raise _bad(path, f"{name} is not a readable safetensors file ({str(exc)[:80]})") from None
-    for name in set(members) - SAFETENSORS:
+    for name in images:
+        _check_image(path, name, members[name])
+    for name in set(members) - SAFETENSORS - {FACES} - set(images):
         try:
             members[name].decode("utf-8")
         except UnicodeDecodeError:
             raise _bad(path, f"{name} is not text") from None
     return manifest, tensors
+
+
+def _check_image(path: Path, name: str, data: bytes) -> None:
+    """An image member decodes to a colour image of sane size (cv2 parses; nothing else runs)."""
+    import cv2
+    import numpy as np
+
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if image is None or image.ndim != 3 or min(image.shape[:2]) < 1:
+        raise _bad(path, f"{name} is not a readable image")
 
 
 def import_bundle(ctx: Context, path: Path, name: str | None = None, force: bool = False) -> dict:
@@ -203,16 +276,17 @@ def _write_imported(ctx: Context, path: Path, name: str, force: bool, members: d
     if meta.get("tensors_sha256") and meta["tensors_sha256"] != tensor_hash(state):
         raise _bad(path, "the adapter's tensors do not match the hash in its metadata")
 
-    faces = _faces(path, tensors[FACES])
-    info.update({"name": name, "imported_from": str(path), "imported_name": manifest.get("name"),
-                 "photos": [f"refs/photo_{i}.png" for i in range(len(faces["photo"]))]})
+    faces = _faces(path, tensors[FACES]) if FACES in members else None  # a format-1 bundle
+    photos = (_names_only(info.get("photos")) if faces is None
+              else [f"photo_{i}.png" for i in range(len(faces["photo"]))])
+    info.update({"name": name, "imported_from": path.name, "imported_name": manifest.get("name"), "photos": photos})
     info.pop("path", None)
     with ctx.store.writer(name, force=force) as folder:
+        (folder / "refs").mkdir()
         for member, data in members.items():
             if member not in (MANIFEST, FACES, IDENTITY_FILE):
                 (folder / member).write_bytes(data)
-        (folder / "refs").mkdir()
-        for kind, images in faces.items():
+        for kind, images in (faces or {}).items():
             for i, image in enumerate(images):
                 _write_png(folder / "refs" / f"{kind}_{i}.png", image)
         (folder / IDENTITY_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -221,7 +295,7 @@ def _write_imported(ctx: Context, path: Path, name: str, force: bool, members: d
 
 
 def _faces(path: Path, tensors: dict) -> dict[str, list]:
-    """faces.safetensors -> {"face": [crops], "photo": [photos]} in index order, each checked."""
+    """A format-1 faces.safetensors -> {"face": [crops], "photo": [photos]} in index order, each checked."""
     import torch
 
     out: dict[str, list] = {"face": [], "photo": []}

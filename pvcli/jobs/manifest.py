@@ -20,6 +20,7 @@ stopping the others. `--shard i/n` takes every n-th entry from the i-th, so a pl
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,8 +110,13 @@ def select(entries: list[Entry], shard: tuple[int, int], rank: int = 0, world: i
     return mine[rank::world]
 
 
-def run_manifest(ctx: Context, entries: list[Entry], overrides: list[dict] | None = None) -> Iterator[dict]:
-    """Tune each entry (skip finished, resume interrupted); yield one record per identity."""
+def run_manifest(ctx: Context, entries: list[Entry], overrides: list[dict] | None = None, *,
+                 profile: str | None = None, face_index: int | None = None,
+                 prompts_file: str | None = None) -> Iterator[dict]:
+    """Tune each entry (skip finished, resume interrupted); yield one record per identity. The
+    command line's `profile`, `overrides`, `face_index` and `prompts_file` win over an entry's own;
+    a resumed run keeps its own, and fails (that entry only) if they would change it. Any error of
+    one entry is reported for it and the others go on; only Ctrl-C stops the manifest."""
     from ..runs import Run
     from .tune import TuneRequest, resume, tune
 
@@ -121,16 +127,25 @@ def run_manifest(ctx: Context, entries: list[Entry], overrides: list[dict] | Non
                 record["status"] = "skipped"  # finished earlier
             elif Run(ctx.store, e.name).exists():
                 ctx.reporter.status(f"{e.name}: resuming its interrupted run")
-                info = resume(ctx, e.name, data_parallel=False)
+                info = resume(ctx, e.name, data_parallel=False, overlays=overrides, face_index=face_index,
+                              prompts_file=prompts_file, profile=profile)
                 record.update(status="resumed", path=info["path"], held_out_id_sim_after=info["held_out_id_sim_after"])
             else:
-                profile, settings = resolve(e.profile, [e.settings, parse_set(e.sets), *(overrides or [])])
-                info = tune(ctx, TuneRequest(e.name, e.photos, settings, profile, face_index=e.face_index,
-                                             prompts_file=e.prompts), data_parallel=False)
+                prof, settings = resolve(profile or e.profile, [e.settings, parse_set(e.sets), *(overrides or [])])
+                info = tune(ctx, TuneRequest(e.name, e.photos, settings, prof,
+                                             face_index=e.face_index if face_index is None else face_index,
+                                             prompts_file=prompts_file or e.prompts), data_parallel=False)
                 record.update(status="tuned", path=info["path"], held_out_id_sim_after=info["held_out_id_sim_after"])
         except PVError as exc:
             if exc.exit_code == 130:  # Ctrl-C: the checkpoint is saved; the whole manifest stops
                 raise
             record.update(status="failed", error=exc.message)
             ctx.reporter.warn(f"{e.name}: {exc.message}")
+        except Exception as exc:  # a bug in pv or a plugin: this identity fails, the others still run
+            if os.environ.get("PV_DEBUG"):
+                raise
+            text = str(exc).strip()
+            message = f"unexpected {type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+            record.update(status="failed", error=message)
+            ctx.reporter.warn(f"{e.name}: {message} (a bug in pv or a plugin; PV_DEBUG=1 shows the traceback)")
         yield record
