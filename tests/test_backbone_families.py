@@ -125,7 +125,8 @@ def test_few_step_profile_tunes_and_generates_through_the_cli(astronaut, pv_home
     assert info["scheduler"] == "euler-trailing"
     out = tmp_path / "fast.gif"
     r = run("generate", "fast", "surfing", "-o", out)
-    assert r.exit_code == 0, r.stderr and out.is_file()
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip() == str(out) and out.is_file() and out.stat().st_size > 0
 
 
 def test_no_profile_means_the_default_profile_and_an_empty_backbone_is_an_error(tmp_path):

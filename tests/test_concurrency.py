@@ -26,6 +26,10 @@ def _hold(name):
 
 def test_a_second_writer_is_told_who_holds_the_name_and_a_killed_holder_frees_it(astronaut, pv_home, tmp_path):
     assert run("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "0", "-q").exit_code == 0
+    bundle = tmp_path / "alice.pvid"  # a good bundle: only the lock can stop its import
+    r = run("export", "alice", "--bundle", bundle)
+    assert r.exit_code == 0 and bundle.is_file(), r.stderr
+    record = (pv_home / "identities" / "alice" / "identity.json").read_bytes()
     holder = _hold("alice")
     try:
         r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "0", "--force")
@@ -33,8 +37,11 @@ def test_a_second_writer_is_told_who_holds_the_name_and_a_killed_holder_frees_it
         assert "interrupted" not in r.stderr
         r = run("rm", "alice", "--yes")
         assert r.exit_code == 1 and "is being tuned" in r.stderr
-        r = run("import", tmp_path / "x.pvid", "--name", "alice")  # (missing bundle: fails before the lock)
-        assert r.exit_code == 1
+        r = run("import", bundle, "--name", "alice", "--force")
+        assert r.exit_code == 1 and f"'alice' is being tuned by process {holder.pid}" in r.stderr, r.stderr
+        assert (pv_home / "identities" / "alice" / "identity.json").read_bytes() == record  # untouched
+        r = run("import", bundle, "--name", "carol")  # the same bundle under a free name imports
+        assert r.exit_code == 0, r.stderr
         # readers are not blocked: they read the last complete identity
         r = run("generate", "alice", "surfing", "--frames", "4", "-o", tmp_path / "a.mp4")
         assert r.exit_code == 0 and (tmp_path / "a.mp4").is_file()
@@ -43,5 +50,7 @@ def test_a_second_writer_is_told_who_holds_the_name_and_a_killed_holder_frees_it
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+    r = run("import", bundle, "--name", "alice", "--force")
+    assert r.exit_code == 0, r.stderr  # kill -9 left no stale lock: the refused import now goes through
     r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "0", "--force", "-q")
-    assert r.exit_code == 0, r.stderr  # kill -9 left no stale lock
+    assert r.exit_code == 0, r.stderr

@@ -1,6 +1,11 @@
 """kill -9 (no cleanup runs) at several points of tune, export and import: the store never shows
 a partial identity, an output path never holds a partial file, and the next run of the command
-finishes and sweeps what the killed one left."""
+finishes and sweeps what the killed one left.
+
+Every kill is checked to have happened mid-work: the kill point was reached (a checkpoint on disk,
+or the child stopped with its output written in full under its temporary name, not yet renamed
+into place), the process was still running then, and it died of the SIGKILL (returncode -9). A
+child that ends or never gets there fails the test instead of passing without a kill."""
 
 import json
 import os
@@ -14,79 +19,193 @@ import pytest
 from conftest import tuned_home
 from safetensors import safe_open
 
+# `pv` that stops at a kill point (PV_TEST_PAUSE) and sleeps there until it is killed; it writes
+# PV_TEST_MARKER when it gets there. "identity:NAME": the new identity folder is complete under its
+# temporary name and not yet renamed to identities/NAME. "file:PATH": the output's temporary file
+# is written in full and not yet renamed to PATH.
+PAUSING_PV = r"""
+import os, sys, time
+from pathlib import Path
 
-def spawn(home: Path, *args) -> subprocess.Popen:
-    env = {**os.environ, "PV_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pvcli", *map(str, args), "--quiet"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+kind, _, target = os.environ["PV_TEST_PAUSE"].partition(":")
+marker = Path(os.environ["PV_TEST_MARKER"])
 
 
-def kill_when(proc: subprocess.Popen, hit, timeout: float = 240) -> bool:
-    """SIGKILL `proc` as soon as hit() is true; False if it exited first."""
+def pause(tmp):
+    marker.write_text(str(tmp))
+    time.sleep(600)
+
+
+import pvcli.store as store
+
+if kind == "identity":
+    swap = store.swap_into_place
+
+    def swap_into_place(tmp, final, *args, **kwargs):
+        if Path(final).name == target:
+            pause(tmp)
+        return swap(tmp, final, *args, **kwargs)
+
+    store.swap_into_place = swap_into_place
+elif kind == "file":
+    import pvcli.jobs.bundle
+    import pvcli.jobs.export
+
+    write_file = store.atomic_write_file
+
+    def atomic_write_file(path, write, *args, **kwargs):
+        def write_then_pause(tmp):
+            write(tmp)
+            if str(path) == target:
+                pause(tmp)
+
+        return write_file(path, write_then_pause, *args, **kwargs)
+
+    for module in (store, pvcli.jobs.export, pvcli.jobs.bundle):
+        module.atomic_write_file = atomic_write_file
+else:
+    raise SystemExit(f"unknown kill point {kind!r}")
+
+from pvcli.cli import main
+
+sys.argv = ["pv", *sys.argv[1:]]
+main()
+"""
+
+
+def _env(home: Path) -> dict:
+    return {**os.environ, "PV_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+
+
+def spawn(home: Path, *args, pause: str | None = None, marker: Path | None = None) -> subprocess.Popen:
+    """`pv ARGS` in the background; with `pause`, stopped at that kill point (see PAUSING_PV)."""
+    env = _env(home)
+    if pause is None:
+        cmd = [sys.executable, "-m", "pvcli"]
+    else:
+        env.update(PV_TEST_PAUSE=pause, PV_TEST_MARKER=str(marker))
+        cmd = [sys.executable, "-c", PAUSING_PV]
+    log = open(home.parent / f"killed-{time.monotonic_ns()}.stderr", "w+")  # its stderr, shown if it fails
+    proc = subprocess.Popen([*cmd, *map(str, args)], env=env, stdout=subprocess.DEVNULL, stderr=log)
+    proc.log = log
+    return proc
+
+
+def kill_at(proc: subprocess.Popen, reached, timeout: float = 1800) -> None:
+    """SIGKILL `proc` as soon as reached() is true. Fails the test if it ends first, or never gets
+    there within `timeout`, or is not killed by the signal (it had already ended)."""
     end = time.monotonic() + timeout
-    while time.monotonic() < end and proc.poll() is None:
-        if hit():
-            proc.send_signal(signal.SIGKILL)
+    while not reached():
+        if proc.poll() is not None:
+            proc.log.seek(0)
+            pytest.fail(f"pv ended (exit {proc.returncode}) before the kill point:\n{proc.log.read()[-1500:]}")
+        if time.monotonic() > end:
+            proc.kill()
             proc.wait()
-            return True
+            pytest.fail(f"pv did not reach the kill point in {timeout:.0f} s")
         time.sleep(0.002)
-    proc.wait(timeout=60)
-    return False
+    assert proc.poll() is None, "pv had ended when the kill point was reached"
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL  # killed mid-work, not ended on its own
+    proc.log.close()
 
 
 def leftovers(folder: Path, name: str) -> list[str]:
     return [p.name for p in folder.glob(f".{name}.pv*")] if folder.is_dir() else []
 
 
-def assert_whole_or_absent(home: Path, name: str) -> None:
+def assert_whole(home: Path, name: str) -> dict:
+    """identities/NAME is complete: its record and adapter read back. Returns the record."""
     folder = home / "identities" / name
-    if folder.exists():  # complete: its record and adapter read back
-        json.loads((folder / "identity.json").read_text())
-        with safe_open(str(folder / "adapter.safetensors"), "pt") as fh:
-            assert list(fh.keys())
+    info = json.loads((folder / "identity.json").read_text())
+    with safe_open(str(folder / "adapter.safetensors"), "pt") as fh:
+        assert list(fh.keys())
+    return info
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (hidden ones included) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _run(home, *args):
-    env = {**os.environ, "PV_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "pvcli", *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "pvcli", *map(str, args)], env=_env(home), capture_output=True,
+                          text=True, timeout=1800)
+
+
+def listed(home: Path) -> list[str]:
+    """The names `pv list` prints."""
+    r = _run(home, "list")
+    assert r.returncode == 0, r.stderr[-1500:]
+    return r.stdout.split()
+
+
+def checkpoint_steps(home: Path, name: str) -> list[int]:
+    folder = home / "runs" / name / "checkpoints"
+    return sorted(int(p.stem.split("_")[1]) for p in folder.glob("step_*.safetensors"))
 
 
 @pytest.mark.parametrize("point", ["first checkpoint", "writing the identity"])
 def test_kill_during_tune_leaves_no_partial_identity_and_resume_finishes(astronaut, tmp_path, point):
     home = tmp_path / "home"
     ids = home / "identities"
-    hit = {"first checkpoint": lambda: any((home / "runs" / "alice" / "checkpoints").glob("step_*.safetensors")),
-           "writing the identity": lambda: bool(leftovers(ids, "alice"))}[point]
-    proc = spawn(home, "tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "3",
-                 "--set", "tune.checkpoint_every=1")
-    killed = kill_when(proc, hit)
-    assert_whole_or_absent(home, "alice")
-    if killed and not (ids / "alice").exists():
-        assert not _run(home, "list").stdout.strip()  # nothing half-made is listed
-        r = _run(home, "tune", "--resume", "alice", "--quiet")
-        assert r.returncode == 0, r.stderr[-1500:]
-    assert_whole_or_absent(home, "alice")
-    assert (ids / "alice" / "identity.json").is_file()
+    args = ("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "3", "--set", "tune.checkpoint_every=1",
+            "--quiet")
+    if point == "first checkpoint":  # killed while step 2 runs, with step 1's checkpoint on disk
+        proc = spawn(home, *args)
+        kill_at(proc, lambda: bool(checkpoint_steps(home, "alice")))
+    else:  # killed with the finished identity written under its temporary name, before the rename
+        marker = tmp_path / "paused"
+        proc = spawn(home, *args, pause="identity:alice", marker=marker)
+        kill_at(proc, marker.exists)
+        assert Path(marker.read_text()).is_dir() and leftovers(ids, "alice")  # the killed writer's folder
+    assert not (ids / "alice").exists()  # nothing half-made in the store
+    assert listed(home) == []  # nothing half-made is listed
+    steps = checkpoint_steps(home, "alice")
+    assert steps  # the run can be resumed
+    if point == "first checkpoint":
+        assert steps[-1] < 3  # killed before the last step
+
+    r = _run(home, "tune", "--resume", "alice", "--quiet")
+    assert r.returncode == 0, r.stderr[-1500:]
+    info = assert_whole(home, "alice")
+    assert info["steps"] == 3 and info["resumed_at"] == steps[-1]  # it went on from the last checkpoint
     assert not leftovers(ids, "alice")  # the killed writer's temp folder was swept
+    assert not (home / "runs" / "alice").exists()  # the finished run became the identity
+    assert listed(home) == ["alice"]
 
 
 def test_kill_during_export_and_import_leaves_no_partial_file_or_identity(astronaut, tmp_path_factory, tmp_path):
     with tuned_home(tmp_path_factory, astronaut, "kill-export") as home:
+        ids = home / "identities"
+        alice = snapshot(ids / "alice")
         out = tmp_path / "alice.safetensors"
         bundle = tmp_path / "alice.pvid"
+        marker = tmp_path / "paused"
         for target, args in ((out, ("export", "alice", "-o", out)), (bundle, ("export", "alice", "--bundle", bundle))):
-            proc = spawn(home, *args)
-            kill_when(proc, lambda t=target: bool(leftovers(t.parent, t.name)))
-            if target.exists():  # it finished before the kill: whole
-                assert target.stat().st_size > 0
-            r = _run(home, *args, "--force")
+            marker.unlink(missing_ok=True)
+            kill_at(spawn(home, *args, pause=f"file:{target}", marker=marker), marker.exists)
+            assert Path(marker.read_text()).is_file() and leftovers(target.parent, target.name)  # written, not renamed
+            assert not target.exists()  # no partial file at the output path
+            r = _run(home, *args)  # the clean run is not blocked by the killed one's leftovers
             assert r.returncode == 0, r.stderr[-1500:]
             assert target.is_file() and not leftovers(target.parent, target.name)
-        proc = spawn(home, "import", bundle, "--name", "bob")
-        kill_when(proc, lambda: bool(leftovers(home / "identities", "bob")))
-        assert_whole_or_absent(home, "bob")
-        r = _run(home, "import", bundle, "--name", "bob", "--force")
+        with safe_open(str(out), "pt") as fh:
+            assert list(fh.keys())
+        # replacing a file: a kill mid-write leaves the old file as it was
+        before = out.read_bytes()
+        marker.unlink()
+        kill_at(spawn(home, "export", "alice", "--format", "kohya", "-o", out, "--force", pause=f"file:{out}",
+                      marker=marker), marker.exists)
+        assert out.read_bytes() == before and leftovers(out.parent, out.name)
+
+        marker.unlink()
+        kill_at(spawn(home, "import", bundle, "--name", "bob", pause="identity:bob", marker=marker), marker.exists)
+        assert Path(marker.read_text()).is_dir() and leftovers(ids, "bob")  # bob written in full, not in place
+        assert not (ids / "bob").exists() and snapshot(ids / "alice") == alice  # the store is unchanged
+        assert listed(home) == ["alice"]
+        r = _run(home, "import", bundle, "--name", "bob")  # no --force needed: nothing of bob is in the store
         assert r.returncode == 0, r.stderr[-1500:]
-        assert_whole_or_absent(home, "bob")
-        assert (home / "identities" / "bob").is_dir() and not leftovers(home / "identities", "bob")
+        assert assert_whole(home, "bob")["name"] == "bob" and not leftovers(ids, "bob")
+        assert snapshot(ids / "alice") == alice
+        assert listed(home) == ["alice", "bob"]

@@ -47,14 +47,25 @@ def test_broken_plugin_warns_and_pv_still_works(monkeypatch, capsys):
     assert stderr.count("could not be loaded") == 1
 
 
-def test_pv_plugins_env_var_selects_plugins(monkeypatch):
+def test_pv_plugins_env_var_selects_plugins(monkeypatch, astronaut, pv_home):
     monkeypatch.setenv("PV_PLUGINS", "")
     assert build_plugin_manager().plugins == {}
     monkeypatch.setenv("PV_PLUGINS", "facenet")
     reg = build_plugin_manager()
     assert set(reg.plugins) == {"facenet"} and not reg.entries["backbones"]
-    r = CliRunner().invoke(create_app(), ["tune", "x.jpg", "--name", "a", "--profile", "tiny"])
-    assert r.exit_code == 1
+    assert astronaut.is_file()  # a real photo: only the plugin selection decides the outcome below
+    tune = ["tune", str(astronaut), "--name", "a", "--profile", "tiny", "--steps", "0", "-q"]
+    r = CliRunner().invoke(create_app(), tune)  # the encoder's plugin is on, the backbone's is not
+    assert r.exit_code == 1 and "unknown backbone 'animatediff-tiny' (known: none)" in r.stderr, r.stderr
+    assert "PV_PLUGINS" in r.stderr and "Traceback" not in r.stderr
+    monkeypatch.setenv("PV_PLUGINS", "animatediff")  # now the backbone's plugin is on and the encoder's is not
+    r = CliRunner().invoke(create_app(), tune)
+    assert r.exit_code == 1 and "unknown encoder 'facenet' (known: none)" in r.stderr, r.stderr
+    assert not (pv_home / "identities" / "a").exists()
+    monkeypatch.delenv("PV_PLUGINS")  # every installed plugin: the same command tunes
+    r = CliRunner().invoke(create_app(), tune)
+    assert r.exit_code == 0, r.stderr
+    assert (pv_home / "identities" / "a" / "identity.json").is_file()
 
 
 def test_unknown_backbone_error_lists_known():
