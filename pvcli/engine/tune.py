@@ -280,7 +280,8 @@ class Tuner:
         if self.grad_sync is not None:  # data-parallel: every process's gradients, averaged
             contributed, losses, sims = self.grad_sync(self.params, contributed, losses, sims)
         if not all(math.isfinite(x) for x in losses):
-            raise PVError(f"the loss became nan or inf at step {self.step_index + 1}",
+            bad = "nan" if any(math.isnan(x) for x in losses) else "inf"
+            raise PVError(f"the loss became {bad} at step {self.step_index + 1}",
                           "lower tune.lr or check the backbone's dtype; the last good checkpoint is kept")
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
         if contributed:
