@@ -18,7 +18,9 @@ from common import astronaut_photo
 
 VARIANTS = {
     "tiny profile (gating 1.0, aug on, SCR off)": [],
-    "gating 0.25 (last quarter of steps)": ["adapter.active_fraction=0.25"],
+    # 4 DDIM steps' last quarter is only t=0, which returns its input: pv refuses it, so 8 steps here
+    "gating 0.25 (last quarter of 8 steps)": ["adapter.active_fraction=0.25", "tune.num_inference_steps=8",
+                                              "generate.steps=8"],
     "augmentation off (one prompt)": ["tune.augment=false"],
     "SCR on (clip-tiny, weight 1)": ["tune.scr_weight=1.0", "tune.scorer=clip-tiny"],
 }
