@@ -66,8 +66,8 @@ def _is_pickle(head: bytes) -> bool:
 def _convert_hint(path: Path) -> str:
     target = path.with_suffix(".safetensors") if path.suffix.lower() != ".safetensors" else \
         path.with_name(path.stem + "_converted.safetensors")
-    return ("convert it once: python -c \"import torch; from safetensors.torch import save_file; "
-            f"save_file(torch.load('{path}', weights_only=True), '{target}')\" and pass {target.name}")
+    return (f"convert it to safetensors once (torch.load with weights_only=True, then "
+            f"safetensors.torch.save_file to {target}) and pass {target.name}")
 
 
 def read_header(path: Path, what: str, hint: str = FORMAT_HINT) -> tuple[dict[str, list[int]], dict[str, str]]:
