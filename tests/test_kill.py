@@ -185,8 +185,8 @@ def test_kill_during_export_and_import_leaves_no_partial_file_or_identity(astron
         for target, args in ((out, ("export", "alice", "-o", out)), (bundle, ("export", "alice", "--bundle", bundle))):
             marker.unlink(missing_ok=True)
             kill_at(spawn(home, *args, pause=f"file:{target}", marker=marker), marker.exists)
-            assert Path(marker.read_text()).is_file() and leftovers(target.parent, target.name)  # written, not renamed
-            assert not target.exists()  # no partial file at the output path
+            assert not target.exists()  # no partial file at the output path ...
+            assert Path(marker.read_text()).is_file() and leftovers(target.parent, target.name)  # only a temporary one
             r = _run(home, *args)  # the clean run is not blocked by the killed one's leftovers
             assert r.returncode == 0, r.stderr[-1500:]
             assert target.is_file() and not leftovers(target.parent, target.name)
