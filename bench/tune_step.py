@@ -24,7 +24,7 @@ def main() -> None:
 
     from pvcli.engine.identity import embed_crops, mean_embedding, reference_faces
     from pvcli.engine.tune import Tuner
-    from pvcli.jobs.tune import HELD_OUT_SEEDS
+    from pvcli.jobs.tune import held_out_seeds
     from pvcli.plugins import build_plugin_manager
     from pvcli.settings import parse_set, resolve
 
@@ -38,9 +38,9 @@ def main() -> None:
     photo = astronaut_photo()
     ref = mean_embedding(embed_crops(enc, [r.crop for r in reference_faces(enc, [photo])]))
     tuner = Tuner(bb, enc, s, ref)
-    before = tuner.held_out_similarity(HELD_OUT_SEEDS)
+    before = tuner.held_out_similarity(held_out_seeds(3))
     times = [tuner.step().seconds for _ in range(args.steps)]
-    after = tuner.held_out_similarity(HELD_OUT_SEEDS)
+    after = tuner.held_out_similarity(held_out_seeds(3))
     result = {
         "profile": args.profile, "targets": args.targets, "steps": args.steps, "torch_threads": torch.get_num_threads(),
         "build_s": round(build, 2), "first_step_s": round(times[0], 2),

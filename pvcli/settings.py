@@ -81,6 +81,8 @@ class TuneSettings:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     sample_every: int = 0
+    # clips from unseen seeds whose ID similarity is measured before and after tuning (0 = skip)
+    held_out: int = 3
 
 
 @dataclass
@@ -124,6 +126,7 @@ _RANGES = {
     "tune.warmup_steps": (0, None), "tune.weight_decay": (0.0, None), "adapter.active_fraction": (1e-6, 1.0),
     "tune.scr_weight": (0.0, None), "tune.scr_frames": (2, None), "tune.checkpoint_every": (0, None),
     "tune.keep_checkpoints": (1, None), "tune.sample_every": (0, None),
+    "tune.held_out": (0, None),
     "generate.frames": (1, None), "generate.fps": (1, 240), "generate.height": (8, None),
     "generate.width": (8, None), "generate.steps": (1, 1000), "generate.guidance_scale": (0.0, None),
     "generate.adapter_scale": (0.0, None), "generate.context_length": (0, None), "generate.context_stride": (1, None),

@@ -4,7 +4,6 @@ backbones built in-process, and a private PV_HOME per test."""
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -84,22 +83,63 @@ def reference(encoder, astronaut):
     return mean_embedding(embed_crops(encoder, [r.crop for r in refs]))
 
 
-@contextmanager
-def tuned_home(tmp_path_factory, photo, label: str, *tune_args: str):
-    """A PV_HOME (set for the block) holding `alice`, tuned through the CLI on the tiny profile hard
-    enough (lr 0.05, no warm-up) that the adapter visibly changes frames."""
+# Tests that do not look at the held-out measurement skip it (it costs 2 x 3 clips per tune).
+NO_HELD_OUT = ("--set", "tune.held_out=0")
+
+
+def run(*args, input=None, env=None):
+    """`pv ARGS` through the real CLI, in-process (stdout and stderr apart)."""
     from typer.testing import CliRunner
 
     from pvcli.cli import create_app
 
-    home = tmp_path_factory.mktemp(label)
+    return CliRunner().invoke(create_app(), [str(a) for a in args], input=input, env=env)
+
+
+def press_ctrl_c_at(monkeypatch, step_index: int):
+    """Make Tuner.step act like Ctrl-C (raise KeyboardInterrupt) when `step_index` steps are done;
+    the real step runs before that. Returns a function that puts the real step back."""
+    from pvcli.engine.tune import Tuner
+
+    real = Tuner.step
+
+    def step(self):
+        if self.step_index == step_index:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(Tuner, "step", step)
+    return lambda: monkeypatch.setattr(Tuner, "step", real)
+
+
+@pytest.fixture(scope="session")
+def tuned_alice(tmp_path_factory, astronaut) -> Path:
+    """A PV_HOME holding `alice`, tuned once per session through the CLI on the tiny profile hard
+    enough (lr 0.05, no warm-up) that the adapter visibly changes frames; rank 4 with alpha 8
+    (scale 2, so an export that loses alpha shows). Read it through `alice_home` (a copy per
+    module) or copy it; never write into it."""
+    home = tmp_path_factory.mktemp("alice-home")
     mp = pytest.MonkeyPatch()
     mp.setenv("PV_HOME", str(home))
-    args = ["tune", str(photo), "--name", "alice", "--profile", "tiny", "--steps", "2", "--lr", "0.05",
-            "--set", "tune.warmup_steps=0", "--quiet", *tune_args]
-    r = CliRunner().invoke(create_app(), args)
-    assert r.exit_code == 0, r.stderr
     try:
-        yield home
+        r = run("tune", astronaut, "--name", "alice", "--profile", "tiny",
+                "--steps", "2", "--lr", "0.05", "--rank", "4", "--set", "adapter.alpha=8",
+                "--set", "tune.warmup_steps=0", *NO_HELD_OUT, "--quiet")
+        assert r.exit_code == 0, r.stderr
     finally:
         mp.undo()
+    return home
+
+
+def copy_home(src: Path, dst: Path) -> Path:
+    """A private copy of a PV_HOME (identities and all), for a test that writes into it."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def alice_home(tuned_alice, tmp_path_factory) -> Path:
+    """This module's own copy of the session's tuned `alice` home (tests in a module may share it)."""
+    return copy_home(tuned_alice, tmp_path_factory.mktemp("alice") / "pvhome")

@@ -23,7 +23,7 @@ def alice(api_home, astronaut):
     mp = pytest.MonkeyPatch()
     mp.setenv("PV_HOME", str(api_home))
     events = []
-    identity = pv.tune(astronaut, "alice", profile="tiny", steps=2, overrides={"tune.sample_every": 0},
+    identity = pv.tune(astronaut, "alice", profile="tiny", steps=2, overrides={"tune.sample_every": 0, "tune.held_out": 1},
                        progress=events.append)
     yield identity, events
     mp.undo()

@@ -5,16 +5,11 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import NO_HELD_OUT, run
 
-from pvcli.cli import create_app
 from pvcli.contracts import GenerationPlan
 from pvcli.engine.adapter import add_adapter
 from pvcli.engine.sampling import initial_latents, sample
-
-
-def run(*args):
-    return CliRunner().invoke(create_app(), [str(a) for a in args])
 
 
 @pytest.fixture
@@ -62,7 +57,7 @@ def test_sdxl_adapter_lands_only_on_spatial_attention(tiny_sdxl):
 def test_sdxl_profile_tunes_and_generates_through_the_cli_and_keeps_frozen_parts(astronaut, pv_home, tmp_path):
     from pv_animatediff_sdxl.backbone import make_tiny_sdxl
 
-    r = run("tune", astronaut, "--name", "xl", "--profile", "tiny-sdxl", "--steps", "2", "--json", "--quiet")
+    r = run("tune", astronaut, "--name", "xl", "--profile", "tiny-sdxl", *NO_HELD_OUT, "--steps", "2", "--json", "--quiet")
     assert r.exit_code == 0, r.stderr
     record = json.loads(r.stdout)
     info = json.loads((pv_home / "identities" / "xl" / "identity.json").read_text())
@@ -89,7 +84,7 @@ def test_sdxl_profile_tunes_and_generates_through_the_cli_and_keeps_frozen_parts
 
 
 def test_sdxl_backbone_says_what_it_cannot_do(astronaut, tmp_path):
-    assert run("tune", astronaut, "--name", "xl", "--profile", "tiny-sdxl", "--steps", "1", "--quiet").exit_code == 0
+    assert run("tune", astronaut, "--name", "xl", "--profile", "tiny-sdxl", *NO_HELD_OUT, "--steps", "1", "--quiet").exit_code == 0
     r = run("generate", "xl", "surfing", "--control", "canny=" + str(astronaut), "-o", tmp_path / "a.mp4")
     assert r.exit_code == 1 and "ControlNet" in r.stderr and "Traceback" not in r.stderr
     r = run("generate", "xl", "surfing", "--control", "canny=" + str(astronaut), "--control-model", "canny=tiny",
@@ -119,7 +114,7 @@ def test_few_step_samplers_pass_gradient_to_the_adapter_and_match_their_pipeline
 
 
 def test_few_step_profile_tunes_and_generates_through_the_cli(astronaut, pv_home, tmp_path):
-    r = run("tune", astronaut, "--name", "fast", "--profile", "tiny-lightning", "--steps", "2", "--json", "--quiet")
+    r = run("tune", astronaut, "--name", "fast", "--profile", "tiny-lightning", *NO_HELD_OUT, "--steps", "2", "--json", "--quiet")
     assert r.exit_code == 0, r.stderr
     info = json.loads((pv_home / "identities" / "fast" / "identity.json").read_text())
     assert info["scheduler"] == "euler-trailing"

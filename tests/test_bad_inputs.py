@@ -11,19 +11,16 @@ import warnings
 
 import pytest
 import torch
-from conftest import tuned_home
-from typer.testing import CliRunner
+from conftest import run
 
-from pvcli.cli import create_app
 from pvcli.plugins import Registry
 
 MODELS = ("backbones", "encoders", "scorers")  # what a registry builds that costs seconds to minutes
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, astronaut):
-    with tuned_home(tmp_path_factory, astronaut, "badinputs", "--steps", "1") as home:
-        yield home
+def home(alice_home):
+    return alice_home
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +70,6 @@ def loads(monkeypatch):
 
     monkeypatch.setattr(Registry, "create", recording)
     return built
-
-
-def run(*args):
-    return CliRunner().invoke(create_app(), [str(a) for a in args])
 
 
 def one_error(r, *expected: str, local: bool = True) -> str:

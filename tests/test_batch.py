@@ -5,21 +5,14 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tuned_home
-from typer.testing import CliRunner
+from conftest import run
 
-from pvcli.cli import create_app
 from pvcli.video import read_frames, read_metadata, write_mp4
 
 
-def run(*args, input=None):
-    return CliRunner().invoke(create_app(), [str(a) for a in args], input=input)
-
-
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, astronaut):
-    with tuned_home(tmp_path_factory, astronaut, "batchhome") as home:
-        yield home
+def home(alice_home):
+    return alice_home
 
 
 @pytest.fixture(autouse=True)

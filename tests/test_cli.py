@@ -5,15 +5,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import NO_HELD_OUT, run
 from typer.testing import CliRunner
 
 from pvcli.cli import create_app
 from pvcli.video import read_frames, read_metadata
-
-
-def run(*args, env=None):
-    result = CliRunner().invoke(create_app(), [str(a) for a in args], env=env)
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -141,14 +137,14 @@ def test_out_of_memory_is_one_line_naming_what_lowers_memory(astronaut, monkeypa
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(Tuner, "step", oom)
-    r = CliRunner().invoke(create_app(), ["tune", str(astronaut), "--name", "alice", "--profile", "tiny", "--quiet"])
+    r = CliRunner().invoke(create_app(), ["tune", str(astronaut), "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--quiet"])
     assert r.exit_code == 1 and "Traceback" not in r.stderr
     assert "out of GPU memory while tuning" in r.stderr and "tune.gradient_checkpointing=true" in r.stderr
 
 
 def test_a_tune_that_fails_before_any_checkpoint_leaves_no_run_behind(astronaut):
     app = create_app()
-    bad = ["tune", str(astronaut), "--name", "alice", "--profile", "tiny", "--quiet", "--set", "tune.trajectory_pool=4"]
+    bad = ["tune", str(astronaut), "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--quiet", "--set", "tune.trajectory_pool=4"]
     r = CliRunner().invoke(app, bad)
     assert r.exit_code == 1 and "trajectory_pool" in r.stderr and "Traceback" not in r.stderr
     r = CliRunner().invoke(app, ["tune", "--resume", "alice", "--quiet"])  # nothing half-made to resume or to block

@@ -6,16 +6,10 @@ import signal
 import subprocess
 import sys
 
-from typer.testing import CliRunner
-
-from pvcli.cli import create_app
+from conftest import NO_HELD_OUT, run
 
 HOLD = ("import sys, time; from pvcli.locks import IdentityLock; from pvcli.store import Store; "
         "IdentityLock(Store(), sys.argv[1]).__enter__(); print('held', flush=True); time.sleep(120)")
-
-
-def run(*args):
-    return CliRunner().invoke(create_app(), [str(a) for a in args])
 
 
 def _hold(name):
@@ -25,14 +19,14 @@ def _hold(name):
 
 
 def test_a_second_writer_is_told_who_holds_the_name_and_a_killed_holder_frees_it(astronaut, pv_home, tmp_path):
-    assert run("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "0", "-q").exit_code == 0
+    assert run("tune", astronaut, "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--steps", "0", "-q").exit_code == 0
     bundle = tmp_path / "alice.pvid"  # a good bundle: only the lock can stop its import
     r = run("export", "alice", "--bundle", bundle)
     assert r.exit_code == 0 and bundle.is_file(), r.stderr
     record = (pv_home / "identities" / "alice" / "identity.json").read_bytes()
     holder = _hold("alice")
     try:
-        r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "0", "--force")
+        r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--steps", "0", "--force")
         assert r.exit_code == 1 and f"'alice' is being tuned by process {holder.pid}" in r.stderr
         assert "interrupted" not in r.stderr
         r = run("rm", "alice", "--yes")
@@ -45,12 +39,12 @@ def test_a_second_writer_is_told_who_holds_the_name_and_a_killed_holder_frees_it
         # readers are not blocked: they read the last complete identity
         r = run("generate", "alice", "surfing", "--frames", "4", "-o", tmp_path / "a.mp4")
         assert r.exit_code == 0 and (tmp_path / "a.mp4").is_file()
-        other = run("tune", astronaut, "--name", "bob", "--profile", "tiny", "--steps", "0", "-q")
+        other = run("tune", astronaut, "--name", "bob", "--profile", "tiny", *NO_HELD_OUT, "--steps", "0", "-q")
         assert other.exit_code == 0  # other names are free
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     r = run("import", bundle, "--name", "alice", "--force")
     assert r.exit_code == 0, r.stderr  # kill -9 left no stale lock: the refused import now goes through
-    r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "0", "--force", "-q")
+    r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--steps", "0", "--force", "-q")
     assert r.exit_code == 0, r.stderr

@@ -17,22 +17,17 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from conftest import run
 from safetensors import safe_open
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 import pvcli.jobs.tune as tune_job
 from pvcli.checkpoint import load_state
-from pvcli.cli import create_app
 from pvcli.engine.tune import Tuner
 from pvcli.errors import PVError
 from pvcli.runs import Run
 
 TINY = ("--profile", "tiny", "--quiet")
-
-
-def run(*args):
-    return CliRunner().invoke(create_app(), [str(a) for a in args])
 
 
 @pytest.fixture

@@ -130,11 +130,15 @@ def test_training_clip_similarity_rises_step_over_step(tiny, encoder, reference,
 
 def test_tuning_raises_held_out_similarity_and_off_is_exact(tiny, encoder, reference, tiny_settings):
     """Fresh noise each step (the broad target set): clips from unseen seeds move towards the
-    reference (measured ~+0.10 in 40 steps); adapter off reproduces the untuned number."""
+    reference (measured +0.08 in 6 steps at lr 2e-2 without warm-up; +0.10 in 40 steps at the
+    profile's 1e-3); adapter off reproduces the untuned number."""
+    from pvcli.settings import from_dict
+
     seeds = [101, 102, 103]
-    tuner = Tuner(tiny, encoder, tiny_settings, reference)
+    settings = from_dict(tiny_settings.to_dict(), [{"tune": {"lr": 2e-2, "warmup_steps": 0}}])
+    tuner = Tuner(tiny, encoder, settings, reference)
     before = tuner.held_out_similarity(seeds)
-    for _ in range(40):
+    for _ in range(6):
         tuner.step()
     after = tuner.held_out_similarity(seeds)
     assert after - before > 0.05, (before, after)

@@ -5,9 +5,8 @@ import json
 import cv2
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from conftest import NO_HELD_OUT, run
 
-from pvcli.cli import create_app
 from pvcli.engine.evaluate import farneback_scores, sample_indices
 from pvcli.engine.identity import load_image
 from pvcli.video import write_mp4
@@ -16,10 +15,6 @@ VIDEO_KEYS = {"group", "video", "prompt", "frames", "face_sim", "face_sim_facene
               "clip_t_caption", "dynamic_degree", "motion_magnitude", "temporal_consistency", "models", "notes"}
 AGG_KEYS = {"videos", "face_sim", "face_sim_facenet", "face_detect_rate", "clip_t", "dynamic_degree",
             "motion_magnitude", "temporal_consistency"}
-
-
-def run(*args):
-    return CliRunner().invoke(create_app(), [str(a) for a in args])
 
 
 def _pan(image: np.ndarray, n: int, step: int) -> np.ndarray:
@@ -85,7 +80,7 @@ def test_metrics_that_cannot_run_are_null_with_a_reason(clips, astronaut, monkey
 
 
 def test_compare_base_on_a_tiny_identity(astronaut, tmp_path):
-    assert run("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "3", "-q").exit_code == 0
+    assert run("tune", astronaut, "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--steps", "3", "-q").exit_code == 0
     r = run("eval", "alice", "--compare-base", "--prompt", "{id} surfing", "--seed", "1", "--seed", "2",
             "--no-face", "center", "--scorer", "clip-tiny", "--out-dir", tmp_path / "clips", "--json")
     assert r.exit_code == 0, r.stderr

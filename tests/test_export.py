@@ -9,25 +9,17 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from conftest import tuned_home
+from conftest import NO_HELD_OUT, run
 from safetensors import safe_open
 from safetensors.torch import load_file
-from typer.testing import CliRunner
-
-from pvcli.cli import create_app
 
 PROMPT = "sks person, surfing at sunset"
 
 
-def run(*args):
-    return CliRunner().invoke(create_app(), [str(a) for a in args])
-
-
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, astronaut):
+def home(alice_home):
     """alice: rank 4, alpha 8 (scale 2, so a lost alpha shows), trained hard enough to change frames."""
-    with tuned_home(tmp_path_factory, astronaut, "exporthome", "--rank", "4", "--set", "adapter.alpha=8") as home:
-        yield home
+    return alice_home
 
 
 @pytest.fixture
@@ -98,7 +90,9 @@ def test_diffusers_export_loads_with_load_lora_weights_and_renders_pv_frames(sto
     with safe_open(str(out), "pt") as fh:
         meta, keys = fh.metadata(), list(fh.keys())
     assert all(k.startswith("unet.") and ".lora_" in k for k in keys)
-    assert json.loads(meta["lora_adapter_metadata"])["unet.lora_alpha"] == 8.0
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+
+    assert json.loads(meta[LORA_ADAPTER_METADATA_KEY])["unet.lora_alpha"] == 8.0
     assert meta["pv.identity"] == "alice" and meta["pv.trigger_phrase"] == "sks person"
     assert meta["pv.rank"] == "4" and meta["pv.backbone"] == "animatediff-tiny" and meta["pv.encoder"] == "facenet"
     assert {"pv.base_model", "pv.motion_adapter", "pv.targets", "pv.active_fraction", "pv.steps", "pv.seed",
@@ -176,7 +170,7 @@ def test_export_refuses_bad_requests_and_keeps_existing_files(store, tmp_path):
 
 
 def test_export_of_a_gated_identity_says_gating_does_not_travel(store, astronaut, tmp_path):
-    r = run("tune", astronaut, "--name", "gated", "--profile", "tiny", "--steps", "0", "--active-fraction", "0.5",
+    r = run("tune", astronaut, "--name", "gated", "--profile", "tiny", *NO_HELD_OUT, "--steps", "0", "--active-fraction", "0.5",
             "--quiet")
     assert r.exit_code == 0, r.stderr
     out = tmp_path / "g.safetensors"

@@ -6,20 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tuned_home
-from typer.testing import CliRunner
+from conftest import run
 
-from pvcli.cli import create_app
 from pvcli.engine.adapter import adapter_disabled, add_adapter, set_adapter_scale
 from pvcli.engine.generate import render_latents
 from pvcli.engine.sampling import initial_latents, sample
 from pvcli.video import read_frames, read_metadata
 
 ATTENTION = r".*attentions\.\d+\.transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)"
-
-
-def run(*args):
-    return CliRunner().invoke(create_app(), [str(a) for a in args])
 
 
 @pytest.mark.parametrize("scale,adapter_steps", [(1.0, None), (0.0, None), (1.0, 2), (0.6, 3)])
@@ -50,10 +44,9 @@ def test_pipeline_path_gives_pv_sampler_frames(tiny, tiny_settings, scale, adapt
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, astronaut):
+def home(alice_home):
     """An identity tuned hard enough to show beside a style LoRA, and a style LoRA built here."""
-    with tuned_home(tmp_path_factory, astronaut, "genhome") as home:
-        yield home
+    return alice_home
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tuned_home
+from conftest import NO_HELD_OUT, copy_home
 from safetensors import safe_open
 
 # `pv` that stops at a kill point (PV_TEST_PAUSE) and sleeps there until it is killed; it writes
@@ -149,8 +149,8 @@ def checkpoint_steps(home: Path, name: str) -> list[int]:
 def test_kill_during_tune_leaves_no_partial_identity_and_resume_finishes(astronaut, tmp_path, point):
     home = tmp_path / "home"
     ids = home / "identities"
-    args = ("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "3", "--set", "tune.checkpoint_every=1",
-            "--quiet")
+    args = ("tune", astronaut, "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--steps", "3", "--set", "tune.checkpoint_every=1",
+            *NO_HELD_OUT, "--quiet")
     if point == "first checkpoint":  # killed while step 2 runs, with step 1's checkpoint on disk
         proc = spawn(home, *args)
         kill_at(proc, lambda: bool(checkpoint_steps(home, "alice")))
@@ -175,37 +175,37 @@ def test_kill_during_tune_leaves_no_partial_identity_and_resume_finishes(astrona
     assert listed(home) == ["alice"]
 
 
-def test_kill_during_export_and_import_leaves_no_partial_file_or_identity(astronaut, tmp_path_factory, tmp_path):
-    with tuned_home(tmp_path_factory, astronaut, "kill-export") as home:
-        ids = home / "identities"
-        alice = snapshot(ids / "alice")
-        out = tmp_path / "alice.safetensors"
-        bundle = tmp_path / "alice.pvid"
-        marker = tmp_path / "paused"
-        for target, args in ((out, ("export", "alice", "-o", out)), (bundle, ("export", "alice", "--bundle", bundle))):
-            marker.unlink(missing_ok=True)
-            kill_at(spawn(home, *args, pause=f"file:{target}", marker=marker), marker.exists)
-            assert not target.exists()  # no partial file at the output path ...
-            assert Path(marker.read_text()).is_file() and leftovers(target.parent, target.name)  # only a temporary one
-            r = _run(home, *args)  # the clean run is not blocked by the killed one's leftovers
-            assert r.returncode == 0, r.stderr[-1500:]
-            assert target.is_file() and not leftovers(target.parent, target.name)
-        with safe_open(str(out), "pt") as fh:
-            assert list(fh.keys())
-        # replacing a file: a kill mid-write leaves the old file as it was
-        before = out.read_bytes()
-        marker.unlink()
-        kill_at(spawn(home, "export", "alice", "--format", "kohya", "-o", out, "--force", pause=f"file:{out}",
-                      marker=marker), marker.exists)
-        assert out.read_bytes() == before and leftovers(out.parent, out.name)
-
-        marker.unlink()
-        kill_at(spawn(home, "import", bundle, "--name", "bob", pause="identity:bob", marker=marker), marker.exists)
-        assert Path(marker.read_text()).is_dir() and leftovers(ids, "bob")  # bob written in full, not in place
-        assert not (ids / "bob").exists() and snapshot(ids / "alice") == alice  # the store is unchanged
-        assert listed(home) == ["alice"]
-        r = _run(home, "import", bundle, "--name", "bob")  # no --force needed: nothing of bob is in the store
+def test_kill_during_export_and_import_leaves_no_partial_file_or_identity(tuned_alice, tmp_path):
+    home = copy_home(tuned_alice, tmp_path / "pvhome")
+    ids = home / "identities"
+    alice = snapshot(ids / "alice")
+    out = tmp_path / "alice.safetensors"
+    bundle = tmp_path / "alice.pvid"
+    marker = tmp_path / "paused"
+    for target, args in ((out, ("export", "alice", "-o", out)), (bundle, ("export", "alice", "--bundle", bundle))):
+        marker.unlink(missing_ok=True)
+        kill_at(spawn(home, *args, pause=f"file:{target}", marker=marker), marker.exists)
+        assert not target.exists()  # no partial file at the output path ...
+        assert Path(marker.read_text()).is_file() and leftovers(target.parent, target.name)  # only a temporary one
+        r = _run(home, *args)  # the clean run is not blocked by the killed one's leftovers
         assert r.returncode == 0, r.stderr[-1500:]
-        assert assert_whole(home, "bob")["name"] == "bob" and not leftovers(ids, "bob")
-        assert snapshot(ids / "alice") == alice
-        assert listed(home) == ["alice", "bob"]
+        assert target.is_file() and not leftovers(target.parent, target.name)
+    with safe_open(str(out), "pt") as fh:
+        assert list(fh.keys())
+    # replacing a file: a kill mid-write leaves the old file as it was
+    before = out.read_bytes()
+    marker.unlink()
+    kill_at(spawn(home, "export", "alice", "--format", "kohya", "-o", out, "--force", pause=f"file:{out}",
+                  marker=marker), marker.exists)
+    assert out.read_bytes() == before and leftovers(out.parent, out.name)
+
+    marker.unlink()
+    kill_at(spawn(home, "import", bundle, "--name", "bob", pause="identity:bob", marker=marker), marker.exists)
+    assert Path(marker.read_text()).is_dir() and leftovers(ids, "bob")  # bob written in full, not in place
+    assert not (ids / "bob").exists() and snapshot(ids / "alice") == alice  # the store is unchanged
+    assert listed(home) == ["alice"]
+    r = _run(home, "import", bundle, "--name", "bob")  # no --force needed: nothing of bob is in the store
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert assert_whole(home, "bob")["name"] == "bob" and not leftovers(ids, "bob")
+    assert snapshot(ids / "alice") == alice
+    assert listed(home) == ["alice", "bob"]

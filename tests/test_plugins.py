@@ -1,6 +1,7 @@
 import importlib.metadata as md
 import json
 
+from conftest import NO_HELD_OUT
 from typer.testing import CliRunner
 
 from pvcli import hookimpl
@@ -54,7 +55,7 @@ def test_pv_plugins_env_var_selects_plugins(monkeypatch, astronaut, pv_home):
     reg = build_plugin_manager()
     assert set(reg.plugins) == {"facenet"} and not reg.entries["backbones"]
     assert astronaut.is_file()  # a real photo: only the plugin selection decides the outcome below
-    tune = ["tune", str(astronaut), "--name", "a", "--profile", "tiny", "--steps", "0", "-q"]
+    tune = ["tune", str(astronaut), "--name", "a", "--profile", "tiny", *NO_HELD_OUT, "--steps", "0", "-q"]
     r = CliRunner().invoke(create_app(), tune)  # the encoder's plugin is on, the backbone's is not
     assert r.exit_code == 1 and "unknown backbone 'animatediff-tiny' (known: none)" in r.stderr, r.stderr
     assert "PV_PLUGINS" in r.stderr and "Traceback" not in r.stderr

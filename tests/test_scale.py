@@ -6,14 +6,9 @@ import os
 import subprocess
 import sys
 
-from typer.testing import CliRunner
+from conftest import NO_HELD_OUT, press_ctrl_c_at, run
 
-from pvcli.cli import create_app
 from pvcli.engine.tune import Tuner
-
-
-def run(*args):
-    return CliRunner().invoke(create_app(), [str(a) for a in args])
 
 
 def pv(*args, home, timeout=300):
@@ -23,7 +18,7 @@ def pv(*args, home, timeout=300):
 
 
 def test_two_processes_tune_one_identity_in_lockstep_and_it_generates(astronaut, pv_home, tmp_path):
-    r = pv("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "3", "--processes", "2", "--quiet",
+    r = pv("tune", astronaut, "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--steps", "3", "--processes", "2", "--quiet",
            "--set", "tune.checkpoint_every=1", home=pv_home)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.splitlines() == ["alice"]  # one result line, from the main process only
@@ -41,17 +36,10 @@ def test_two_processes_tune_one_identity_in_lockstep_and_it_generates(astronaut,
 
 
 def test_an_interrupted_run_resumes_on_two_processes(astronaut, pv_home, monkeypatch):
-    original = Tuner.step
-
-    def interrupted(self):
-        if self.step_index == 1:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Tuner, "step", interrupted)
-    r = run("tune", astronaut, "--name", "bob", "--profile", "tiny", "--steps", "3", "--quiet")
+    release = press_ctrl_c_at(monkeypatch, 1)
+    r = run("tune", astronaut, "--name", "bob", "--profile", "tiny", *NO_HELD_OUT, "--steps", "3", "--quiet")
     assert r.exit_code == 130
-    monkeypatch.setattr(Tuner, "step", original)
+    release()
     r = pv("tune", "--resume", "bob", "--processes", "2", "--quiet", home=pv_home)
     assert r.returncode == 0, r.stderr[-2000:]
     log = [json.loads(line) for line in (pv_home / "identities" / "bob" / "log.jsonl").read_text().splitlines()]
@@ -90,17 +78,10 @@ def _manifest(tmp_path, photo_dir, names=("alice", "bob", "carol")):
 def test_manifest_tunes_each_identity_reports_failures_and_skips_finished_ones(photo_dir, pv_home, tmp_path, monkeypatch):
     manifest = _manifest(tmp_path, photo_dir)
     # carol was interrupted earlier: the manifest resumes her run
-    original = Tuner.step
-
-    def interrupted(self):
-        if self.step_index == 1:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Tuner, "step", interrupted)
-    assert run("tune", photo_dir / "astronaut_small.jpg", "--name", "carol", "--profile", "tiny", "--steps", "2",
+    release = press_ctrl_c_at(monkeypatch, 1)
+    assert run("tune", photo_dir / "astronaut_small.jpg", "--name", "carol", "--profile", "tiny", *NO_HELD_OUT, "--steps", "2",
                "--quiet").exit_code == 130
-    monkeypatch.setattr(Tuner, "step", original)
+    release()
 
     r = run("tune", "--manifest", manifest, "--json")
     assert r.exit_code == 1 and "1 identity of the manifest failed" in r.stderr

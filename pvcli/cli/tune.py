@@ -113,8 +113,10 @@ def register(app: typer.Typer, state: AppState) -> None:
         info = identity.info
         if not (quiet or as_json):
             before, after = info["held_out_id_sim_before"], info["held_out_id_sim_after"]
+            held_out = (f"held-out ID similarity ({info['encoder']}) {before} -> {after}" if after is not None
+                        else "held-out ID similarity not measured (tune.held_out=0)")
             err.print(f"[green]Tuned[/green] {identity.name}: {info['steps']} steps, {info['seconds_per_step']} s/step; "
-                      f"held-out ID similarity ({info['encoder']}) {before} -> {after}", soft_wrap=True)
+                      f"{held_out}", soft_wrap=True)
             if info["note"]:
                 err.print(f"[dim]Note: {info['note']}[/dim]", soft_wrap=True)
         emit(info if as_json else identity.name, as_json)

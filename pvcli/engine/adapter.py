@@ -81,7 +81,7 @@ def adapter_disabled(model: torch.nn.Module):
     try:
         yield
     finally:
-        for m, disabled in zip(layers, was_disabled):
+        for m, disabled in zip(layers, was_disabled, strict=True):
             if not disabled:
                 m.enable_adapters(True)
         for p in model.parameters():

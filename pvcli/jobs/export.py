@@ -24,6 +24,9 @@ from ..store import atomic_write_file
 
 FORMATS = {"diffusers": "diffusers", "kohya": "kohya", "comfy": "kohya", "a1111": "kohya"}
 COMPONENT = "unet"  # the diffusers pipeline component the adapter lives on (Backbone.unet)
+# diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY, written out: importing it loads most of
+# diffusers (3.4 s), which `pv export` needs for no other format (test_export checks they agree).
+LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 GATING_NOTE = ("tuned with the adapter active only in the last {pct}% of denoising steps (late-step gating); "
                "other tools apply a LoRA at every step, so the identity acts earlier and motion may change. "
                "Tune with --active-fraction 1 for identities you mainly export.")
@@ -46,8 +49,6 @@ def gating_note(meta: dict) -> str:
 
 def diffusers_lora(state: dict, meta: dict) -> tuple[dict, dict]:
     """(tensors, diffusers header) in the layout `save_lora_weights` writes."""
-    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
-
     tensors = {f"{COMPONENT}.{k}": v.contiguous() for k, v in state.items()}
     config = {"r": int(meta["rank"]), "lora_alpha": float(meta["alpha"]),
               "target_modules": sorted({k.split(".lora_")[0] for k in state})}

@@ -29,7 +29,12 @@ from .common import build_backbone, build_encoder, out_of_memory_hint, peak_memo
 TINY_NOTE = ("tiny backbone: random weights that never draw a face. This run proves the mechanics "
              "(gradients reach only the adapter, the loss falls, held-out similarity on the tuning "
              "encoder rises), not identity fidelity: use a profile with real weights for that.")
-HELD_OUT_SEEDS = [1001, 1002, 1003]
+HELD_OUT_FIRST_SEED = 1001
+
+
+def held_out_seeds(count: int) -> list[int]:
+    """The unseen seeds of the held-out measure (`tune.held_out` of them; the same in every run)."""
+    return [HELD_OUT_FIRST_SEED + i for i in range(count)]
 
 
 @dataclass
@@ -271,13 +276,13 @@ def _setup(ctx: Context, run, r: _RunInputs, dp, resume_from: dict | None, progr
         dp.broadcast(tuner.params)
         reporter.status(f"data parallel: {dp.world} processes, {dp.world * t.clips_per_step} clips per step")
     before = None
-    if r.eval_held_out:
+    if r.eval_held_out and t.held_out:
         measured = run.measures()
         if BEFORE in measured:
             before = measured[BEFORE]
         else:
             progress.phase = "measuring the held-out similarity before tuning"
-            before = _round(tuner.held_out_similarity(HELD_OUT_SEEDS, adapter=False))
+            before = _round(tuner.held_out_similarity(held_out_seeds(t.held_out), adapter=False))
             run.save_measures(**{BEFORE: before})
     return _Session(ctx, run, r, dp, backbone, encoder, refs, per_photo, reference, tuner, before, tuner.step_index)
 
@@ -323,7 +328,7 @@ def _finish(s: _Session, progress: _Progress) -> dict:
     settings, name = r.settings, r.name
     t = settings.tune
     progress.phase = "measuring the held-out similarity after tuning"
-    after = tuner.held_out_similarity(HELD_OUT_SEEDS) if r.eval_held_out else None
+    after = tuner.held_out_similarity(held_out_seeds(t.held_out)) if r.eval_held_out and t.held_out else None
     progress.phase = "writing the identity"
     log = run.records()
     sims = [rec["id_sim"] for rec in log if rec["id_sim"] is not None]
