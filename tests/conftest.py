@@ -11,6 +11,12 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker (and per process it starts): with a worker per core, torch's and
+    # OpenCV's own thread pools would fight over the same cores (measured: 2 workers x 2 threads
+    # on 2 cores ran slower than one worker).
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    cv2.setNumThreads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -143,3 +149,14 @@ def copy_home(src: Path, dst: Path) -> Path:
 def alice_home(tuned_alice, tmp_path_factory) -> Path:
     """This module's own copy of the session's tuned `alice` home (tests in a module may share it)."""
     return copy_home(tuned_alice, tmp_path_factory.mktemp("alice") / "pvhome")
+
+
+def write_manifest(folder: Path, photos: dict[str, Path]) -> Path:
+    """A `pv tune --manifest` file: one identity per name with its photo, on the tiny profile,
+    1 step, no held-out measurement."""
+    lines = ["defaults:", "  profile: tiny", "  settings: {tune: {steps: 1, held_out: 0}}", "identities:"]
+    for name, photo in photos.items():
+        lines += [f"  - name: {name}", f"    photos: [{photo}]"]
+    path = folder / "people.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path

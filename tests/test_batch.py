@@ -93,10 +93,9 @@ def test_output_formats_by_suffix_carry_frames_and_metadata(tmp_path, name, astr
 
 
 def test_long_clip_past_the_motion_window_and_the_model_is_unchanged_after(tmp_path):
-    before = run("generate", "alice", "surfing", "-o", tmp_path / "a.mp4", "--frames", "8")
     long = run("generate", "alice", "surfing", "-o", tmp_path / "long.mp4", "--frames", "40",
                "--set", "generate.context_length=16", "--set", "generate.context_stride=8")
-    assert before.exit_code == 0 and long.exit_code == 0, long.stderr
+    assert long.exit_code == 0, long.stderr
     assert read_frames(tmp_path / "long.mp4").shape == (40, 64, 64, 3)
 
     import pvcli as pv

@@ -17,7 +17,7 @@ def tuned(tmp_path_factory, astronaut):
     """One identity tuned through the CLI, shared by the module (PV_HOME set per test)."""
     home = tmp_path_factory.mktemp("home")
     r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", "--steps", "2", "--json",
-            env={"PV_HOME": str(home)})
+            "--set", "tune.held_out=1", env={"PV_HOME": str(home)})
     assert r.exit_code == 0, r.stderr
     return home, json.loads(r.stdout)
 
@@ -35,7 +35,8 @@ def test_tune_writes_a_complete_identity(tuned):
     assert meta["backbone"] == "animatediff-tiny" and meta["encoder"] == "facenet"
     assert meta["rank"] == "16" and meta["targets"] == "spatial" and meta["steps"] == "2"
     assert json.loads(meta["lora_adapter_metadata"])["r"] == 16
-    assert info["adapter_layers"] == 96 and info["held_out_id_sim_before"] is not None
+    assert info["adapter_layers"] == 96
+    assert info["held_out_id_sim_before"] is not None and info["held_out_id_sim_after"] is not None
     assert not [p for p in (home / "identities").iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
@@ -149,3 +150,17 @@ def test_a_tune_that_fails_before_any_checkpoint_leaves_no_run_behind(astronaut)
     assert r.exit_code == 1 and "trajectory_pool" in r.stderr and "Traceback" not in r.stderr
     r = CliRunner().invoke(app, ["tune", "--resume", "alice", "--quiet"])  # nothing half-made to resume or to block
     assert r.exit_code == 1 and "no interrupted run named 'alice'" in r.stderr
+
+
+def test_held_out_zero_skips_the_held_out_clips_and_says_so(astronaut, pv_home, monkeypatch):
+    from pvcli.engine.tune import Tuner
+
+    measured = []
+    monkeypatch.setattr(Tuner, "held_out_similarity", lambda self, *a, **k: measured.append(a) or 0.0)
+    r = run("tune", astronaut, "--name", "quick", "--profile", "tiny", "--steps", "0", *NO_HELD_OUT)
+    assert r.exit_code == 0, r.stderr
+    assert "held-out ID similarity not measured (tune.held_out=0)" in r.stderr and not measured
+    info = json.loads((pv_home / "identities" / "quick" / "identity.json").read_text())
+    assert info["held_out_id_sim_before"] is None and info["held_out_id_sim_after"] is None
+    r = run("tune", astronaut, "--name", "two", "--profile", "tiny", "--steps", "0", "--set", "tune.held_out=2", "-q")
+    assert r.exit_code == 0 and measured == [([1001, 1002],), ([1001, 1002],)]  # before and after, 2 seeds each

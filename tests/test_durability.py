@@ -17,7 +17,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from conftest import run
+from conftest import run, write_manifest
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -281,12 +281,7 @@ def test_resume_refuses_fewer_steps_than_done(astronaut, pv_home, fake_steps, mo
 
 
 def _manifest(tmp_path, photo_dir, names=("alice", "bob")):
-    lines = ["defaults:", "  profile: tiny", "  settings: {tune: {steps: 1}}", "identities:"]
-    for n in names:
-        lines += [f"  - name: {n}", f"    photos: [{photo_dir / 'astronaut.png'}]"]
-    path = tmp_path / "people.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_manifest(tmp_path, {n: photo_dir / "astronaut.png" for n in names})
 
 
 def test_manifest_forwards_every_tuning_flag(photo_dir, tmp_path, pv_home, monkeypatch):

@@ -5,7 +5,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from conftest import NO_HELD_OUT, run
+from conftest import run
 
 from pvcli.engine.evaluate import farneback_scores, sample_indices
 from pvcli.engine.identity import load_image
@@ -79,8 +79,8 @@ def test_metrics_that_cannot_run_are_null_with_a_reason(clips, astronaut, monkey
     assert "CLIP" in row["notes"]["clip_t"] and "not in the local cache" in row["notes"]["clip_t"]
 
 
-def test_compare_base_on_a_tiny_identity(astronaut, tmp_path):
-    assert run("tune", astronaut, "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--steps", "3", "-q").exit_code == 0
+def test_compare_base_on_a_tiny_identity(alice_home, monkeypatch, tmp_path):
+    monkeypatch.setenv("PV_HOME", str(alice_home))
     r = run("eval", "alice", "--compare-base", "--prompt", "{id} surfing", "--seed", "1", "--seed", "2",
             "--no-face", "center", "--scorer", "clip-tiny", "--out-dir", tmp_path / "clips", "--json")
     assert r.exit_code == 0, r.stderr

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NO_HELD_OUT, copy_home
+from conftest import NO_HELD_OUT, copy_home, run
 from safetensors import safe_open
 
 # `pv` that stops at a kill point (PV_TEST_PAUSE) and sleeps there until it is killed; it writes
@@ -129,14 +129,15 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def _run(home, *args):
-    return subprocess.run([sys.executable, "-m", "pvcli", *map(str, args)], env=_env(home), capture_output=True,
-                          text=True, timeout=1800)
+    """The next run of a command after a kill, in this process (what it finds on disk is what
+    matters; only the killed runs need to be processes of their own)."""
+    return run(*args, env={"PV_HOME": str(home)})
 
 
 def listed(home: Path) -> list[str]:
     """The names `pv list` prints."""
     r = _run(home, "list")
-    assert r.returncode == 0, r.stderr[-1500:]
+    assert r.exit_code == 0, r.stderr[-1500:]
     return r.stdout.split()
 
 
@@ -167,7 +168,7 @@ def test_kill_during_tune_leaves_no_partial_identity_and_resume_finishes(astrona
         assert steps[-1] < 3  # killed before the last step
 
     r = _run(home, "tune", "--resume", "alice", "--quiet")
-    assert r.returncode == 0, r.stderr[-1500:]
+    assert r.exit_code == 0, r.stderr[-1500:]
     info = assert_whole(home, "alice")
     assert info["steps"] == 3 and info["resumed_at"] == steps[-1]  # it went on from the last checkpoint
     assert not leftovers(ids, "alice")  # the killed writer's temp folder was swept
@@ -188,7 +189,7 @@ def test_kill_during_export_and_import_leaves_no_partial_file_or_identity(tuned_
         assert not target.exists()  # no partial file at the output path ...
         assert Path(marker.read_text()).is_file() and leftovers(target.parent, target.name)  # only a temporary one
         r = _run(home, *args)  # the clean run is not blocked by the killed one's leftovers
-        assert r.returncode == 0, r.stderr[-1500:]
+        assert r.exit_code == 0, r.stderr[-1500:]
         assert target.is_file() and not leftovers(target.parent, target.name)
     with safe_open(str(out), "pt") as fh:
         assert list(fh.keys())
@@ -205,7 +206,7 @@ def test_kill_during_export_and_import_leaves_no_partial_file_or_identity(tuned_
     assert not (ids / "bob").exists() and snapshot(ids / "alice") == alice  # the store is unchanged
     assert listed(home) == ["alice"]
     r = _run(home, "import", bundle, "--name", "bob")  # no --force needed: nothing of bob is in the store
-    assert r.returncode == 0, r.stderr[-1500:]
+    assert r.exit_code == 0, r.stderr[-1500:]
     assert assert_whole(home, "bob")["name"] == "bob" and not leftovers(ids, "bob")
     assert snapshot(ids / "alice") == alice
     assert listed(home) == ["alice", "bob"]

@@ -91,7 +91,7 @@ def test_semantic_reward_changes_the_gradient_and_stays_finite(tiny, encoder, re
 
 
 def _assert_resume_equals_full_run(encoder, refs, settings, path):
-    """4 steps in one go == 2 steps, a checkpoint, and a new Tuner (a new process) doing the rest."""
+    """3 steps in one go == 1 step, a checkpoint, and a new Tuner (a new process) doing the other 2."""
     from pv_animatediff.backbone import make_tiny
 
     torch.manual_seed(0)
@@ -99,20 +99,20 @@ def _assert_resume_equals_full_run(encoder, refs, settings, path):
     full.run()
     torch.manual_seed(0)
     first = Tuner(make_tiny(), encoder, settings, refs)
-    first.step(), first.step()
+    first.step()
     save_state(first.state_dict(), path)  # safetensors + JSON, no pickle
     torch.manual_seed(123)  # a different process would start from other RNG states
     second = Tuner(make_tiny(), encoder, settings, refs)
     second.load_state_dict(load_state(path))
     second.run()
     a, b = adapter_state_dict(full.bb.unet), adapter_state_dict(second.bb.unet)
-    assert second.step_index == 4
+    assert second.step_index == 3
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(encoder, astronaut, tmp_path):
     refs = reference_faces(encoder, [astronaut])
-    _assert_resume_equals_full_run(encoder, refs, _settings("tune.steps=4", "tune.scr_weight=0"),
+    _assert_resume_equals_full_run(encoder, refs, _settings("tune.steps=3", "tune.scr_weight=0"),
                                    tmp_path / "ckpt.safetensors")
 
 
@@ -197,7 +197,7 @@ def test_trajectory_pool_resumes_exactly_and_needs_gating(encoder, astronaut, tm
     from pvcli.errors import PVError
 
     refs = reference_faces(encoder, [astronaut])  # the new Tuner recomputes the pool's latents
-    _assert_resume_equals_full_run(encoder, refs, _settings(*POOLED, "tune.trajectory_pool=2", "tune.steps=4"),
+    _assert_resume_equals_full_run(encoder, refs, _settings(*POOLED, "tune.trajectory_pool=2", "tune.steps=3"),
                                    tmp_path / "ckpt.safetensors")
     with pytest.raises(PVError, match="trajectory_pool"):
         Tuner(make_tiny(), encoder, _settings("adapter.active_fraction=1", "tune.trajectory_pool=2"), refs)

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import NO_HELD_OUT, press_ctrl_c_at, run
+from conftest import NO_HELD_OUT, press_ctrl_c_at, run, write_manifest
 
 from pvcli.engine.tune import Tuner
 
@@ -18,16 +18,16 @@ def pv(*args, home, timeout=300):
 
 
 def test_two_processes_tune_one_identity_in_lockstep_and_it_generates(astronaut, pv_home, tmp_path):
-    r = pv("tune", astronaut, "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--steps", "3", "--processes", "2", "--quiet",
+    r = pv("tune", astronaut, "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--steps", "2", "--processes", "2", "--quiet",
            "--set", "tune.checkpoint_every=1", home=pv_home)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.splitlines() == ["alice"]  # one result line, from the main process only
     log = [json.loads(line) for line in (pv_home / "identities" / "alice" / "log.jsonl").read_text().splitlines()]
-    assert [rec["step"] for rec in log] == [1, 2, 3]  # the loss curve is logged once
+    assert [rec["step"] for rec in log] == [1, 2]  # the loss curve is logged once
     assert all(rec["processes"] == 2 and rec["replica_drift"] == 0.0 for rec in log)  # identical adapters every step
     assert all(rec["loss"] is not None for rec in log)
     info = json.loads((pv_home / "identities" / "alice" / "identity.json").read_text())
-    assert info["steps"] == 3
+    assert info["steps"] == 2
     assert not (pv_home / "runs" / "alice").exists()
     out = tmp_path / "a.gif"
     g = run("generate", "alice", "surfing", "-o", out)
@@ -37,13 +37,13 @@ def test_two_processes_tune_one_identity_in_lockstep_and_it_generates(astronaut,
 
 def test_an_interrupted_run_resumes_on_two_processes(astronaut, pv_home, monkeypatch):
     release = press_ctrl_c_at(monkeypatch, 1)
-    r = run("tune", astronaut, "--name", "bob", "--profile", "tiny", *NO_HELD_OUT, "--steps", "3", "--quiet")
+    r = run("tune", astronaut, "--name", "bob", "--profile", "tiny", *NO_HELD_OUT, "--steps", "2", "--quiet")
     assert r.exit_code == 130
     release()
     r = pv("tune", "--resume", "bob", "--processes", "2", "--quiet", home=pv_home)
     assert r.returncode == 0, r.stderr[-2000:]
     log = [json.loads(line) for line in (pv_home / "identities" / "bob" / "log.jsonl").read_text().splitlines()]
-    assert [rec["step"] for rec in log] == [1, 2, 3] and [rec.get("processes") for rec in log] == [None, 2, 2]
+    assert [rec["step"] for rec in log] == [1, 2] and [rec.get("processes") for rec in log] == [None, 2]
 
 
 def test_clips_per_step_accumulates_several_clips_into_one_update(encoder, reference, tiny_settings):
@@ -67,12 +67,7 @@ def test_clips_per_step_accumulates_several_clips_into_one_update(encoder, refer
 
 def _manifest(tmp_path, photo_dir, names=("alice", "bob", "carol")):
     photos = {"alice": "astronaut.png", "bob": "blank.png", "carol": "astronaut_small.jpg"}
-    lines = ["defaults:", "  profile: tiny", "  settings: {tune: {steps: 1}}", "identities:"]
-    for n in names:
-        lines += [f"  - name: {n}", f"    photos: [{photo_dir / photos[n]}]"]
-    path = tmp_path / "people.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_manifest(tmp_path, {n: photo_dir / photos[n] for n in names})
 
 
 def test_manifest_tunes_each_identity_reports_failures_and_skips_finished_ones(photo_dir, pv_home, tmp_path, monkeypatch):

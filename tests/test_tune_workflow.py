@@ -7,7 +7,7 @@ import torch
 from conftest import NO_HELD_OUT, press_ctrl_c_at, run
 from safetensors.torch import load_file
 
-TUNE = ("--profile", "tiny", "--steps", "3", "--set", "tune.checkpoint_every=1")
+TUNE = ("--profile", "tiny", *NO_HELD_OUT, "--steps", "3", "--set", "tune.checkpoint_every=1")
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(astronaut, pv_home, monkeypatch):
