@@ -42,8 +42,8 @@ def flow_magnitude(frames) -> float:
 def run(name: str, sets: list[str], steps: int, photo: Path, reg, profile: str = "tiny") -> dict:
     import torch
 
+    from pvcli.engine.face_crops import reference_faces
     from pvcli.engine.generate import generate_frames
-    from pvcli.engine.identity import reference_faces
     from pvcli.engine.sampling import adapted_steps
     from pvcli.engine.tune import Tuner
     from pvcli.settings import parse_set, resolve

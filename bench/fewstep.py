@@ -46,7 +46,7 @@ def step_cost(photo, reg, counts=(2, 4, 8, 16), repeats: int = 4) -> dict[int, f
     """Median seconds per tuning step against the number of sampling steps (euler-trailing)."""
     import torch
 
-    from pvcli.engine.identity import reference_faces
+    from pvcli.engine.face_crops import reference_faces
     from pvcli.engine.tune import Tuner
     from pvcli.settings import parse_set, resolve
 

@@ -62,7 +62,7 @@ class Phases:
 def build(config: str, sets: list[str] = ()):
     import torch
 
-    from pvcli.engine.identity import reference_faces
+    from pvcli.engine.face_crops import reference_faces
     from pvcli.plugins import build_plugin_manager
     from pvcli.settings import parse_set, resolve
 
@@ -129,14 +129,14 @@ def activation_memory(config: str, variants: dict[str, list[str]]) -> list[dict]
 
 
 def eval_fps(frames: int = 16) -> dict:
-    """pv eval's face scoring (engine.evaluate.face_similarity) vs the face models called directly
+    """pv eval's face scoring (engine.metrics.face_similarity) vs the face models called directly
     (detect, cv2 align, one batched embed) on the same 16 frames (pv eval samples up to 16 per clip)."""
     import cv2
     import numpy as np
     import skimage.data
     import torch
 
-    from pvcli.engine import evaluate as ev
+    from pvcli.engine import metrics as ev
     from pvcli.plugins import build_plugin_manager
 
     enc = build_plugin_manager().create("encoders", "facenet", device="cpu")
@@ -198,7 +198,7 @@ def real_size() -> dict:
     import torch
     from pv_animatediff.reference_size import build_sd15_random
 
-    from pvcli.engine.identity import reference_faces
+    from pvcli.engine.face_crops import reference_faces
     from pvcli.engine.memory import saved_activations
     from pvcli.engine.tune import Tuner
     from pvcli.plugins import build_plugin_manager

@@ -22,7 +22,7 @@ def main() -> None:
 
     import torch
 
-    from pvcli.engine.identity import embed_crops, mean_embedding, reference_faces
+    from pvcli.engine.face_crops import embed_crops, mean_embedding, reference_faces
     from pvcli.engine.tune import Tuner
     from pvcli.jobs.tune import held_out_seeds
     from pvcli.plugins import build_plugin_manager

@@ -9,7 +9,10 @@ The Python API (see `pvcli.api`) loads on first use:
 
 import pluggy
 
-__version__ = "0.1.0"
+from . import moved
+
+__version__ = "0.2.0"
+moved.install()  # old module names of pv 0.1 still import, with a DeprecationWarning
 
 hookimpl = pluggy.HookimplMarker("pv")
 """Decorator for plugin hook implementations: `from pvcli import hookimpl`."""

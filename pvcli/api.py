@@ -21,13 +21,19 @@ from typing import Any
 
 from .context import Context
 from .errors import PVError
-from .jobs.generate import AddOn, ClipRequest, Video
+from .jobs.generate import DEFAULT_OUTPUT, AddOn, ClipRequest, Video
+from .jobs.manage import LIST_FIELDS
 from .reporting import ProgressEvent, Reporter, reporter_for
 from .settings import overlay
 from .store import Store
 
 __all__ = ["AddOn", "ClipRequest", "Context", "Identity", "PVError", "ProgressEvent", "Video", "evaluate", "export", "import_identity",
-           "list_identities", "resume", "tune"]
+           "list_identities", "resume", "tune",
+           # The CLI's door (pvcli.cli imports only this module, settings and console): the API above,
+           # plus what a front end needs to build a context, launch processes and list things.
+           "LIST_FIELDS", "DEFAULT_OUTPUT", "make_context", "plugin_registry", "is_replica", "launch_processes",
+           "generate_clips", "show_identity", "removable", "remove_identity", "plugin_rows", "profile_rows",
+           "environment"]
 
 TUNE_SETTINGS = {
     "steps": "tune.steps", "lr": "tune.lr", "seed": "tune.seed", "rank": "adapter.rank",
@@ -67,6 +73,32 @@ def lora_spec(spec: str | tuple[str, float]) -> tuple[str, float]:
             raise PVError(f"--lora {source}: the weight {tail!r} after ':' is not a number",
                           f"e.g. --lora {source}:0.8 (without ':WEIGHT' it is 1.0)")
     return spec, 1.0
+
+
+def make_context(reporter: Reporter | None = None, device: str | None = None, registry_factory=None) -> Context:
+    """A context over the store at PV_HOME; `registry_factory` shares one plugin registry between calls."""
+    return Context(store=Store(), reporter=reporter or Reporter(), device=device, registry_factory=registry_factory)
+
+
+def plugin_registry(warn=None):
+    """Every installed pv plugin, registered (a broken plugin is reported through `warn`)."""
+    from .plugins import build_plugin_manager
+
+    return build_plugin_manager(warn=warn) if warn is not None else build_plugin_manager()
+
+
+def is_replica() -> bool:
+    """True in a data-parallel process other than the main one (which alone reports)."""
+    from .distributed import is_replica as replica
+
+    return replica()
+
+
+def launch_processes(count: int, argv: list[str]) -> int:
+    """Run `pv ARGV` on `count` local processes (data parallel); returns the exit code."""
+    from .distributed import launch
+
+    return launch(count, argv)
 
 
 def _context(context: Context | None, device: str | None, progress: Progress) -> Context:
@@ -246,6 +278,52 @@ class Identity:
         return remove_job(self.context, self.name)
 
 
+def generate_clips(name: str, prompt: str | None = None, *, prompts_file: str | Path | None = None, stdin=None,
+                   output: str | None = None, seeds: Iterable[int] | None = None, num: int | None = None,
+                   adapter: bool = True, controls: Iterable[dict] = (), loras: Iterable[str] = (),
+                   addons: Iterable[AddOn] = (), video: str | Path | None = None, profile: str | None = None,
+                   overrides: Overrides = None, device: str | None = None, progress: Progress = None,
+                   context: Context | None = None, **settings: Any) -> Iterator[Video]:
+    """`pv generate` in full: one `prompt`, or many ("-" reads `stdin`; `prompts_file`), each once per
+    seed (`num` seeds counting up from each of `seeds`; default generate.seed), one model load.
+    Several clips need an output template ({name} {slug} {seed} {index}). Yields each clip once its
+    file is written."""
+    from .jobs.generate import parse_prompt_lines
+    from .paths import read_text
+
+    if prompt is not None and prompts_file is not None:
+        raise PVError("give a prompt or --prompts FILE, not both")
+    if prompt is None and prompts_file is None:
+        raise PVError("generate needs a prompt", f'e.g. pv generate {name} "surfing at sunset", or - for stdin')
+    identity = Identity.load(name, profile=profile, overrides=overrides, device=device, progress=progress,
+                             context=context)
+    base = list(seeds or []) or [identity.settings(**settings).generate.seed]
+    seed_list = [s + i for s in base for i in range(num or 1)]
+    if prompt == "-":
+        import sys
+
+        requests: Iterable[ClipRequest] = parse_prompt_lines(stdin if stdin is not None else sys.stdin, "stdin")
+    elif prompts_file is not None:
+        requests = list(parse_prompt_lines(read_text(Path(prompts_file), "--prompts").splitlines(), str(prompts_file)))
+        if not requests:
+            raise PVError(f"--prompts {prompts_file} holds no prompts",
+                          "one prompt per line, or JSON lines with a \"prompt\"; # starts a comment")
+    else:
+        requests = [ClipRequest(prompt)]
+    several = prompt == "-" or prompts_file is not None or len(seed_list) > 1
+    if output is not None and several and "{" not in output:
+        raise PVError("-o names one file, and this renders several clips",
+                      "use a template, e.g. -o 'clips/{slug}_s{seed}.mp4' ({name} {slug} {seed} {index})")
+    count = 0
+    for clip in identity.generate_many(requests, output=output or DEFAULT_OUTPUT, seeds=seed_list, adapter=adapter,
+                                       controls=list(controls), loras=list(loras), addons=list(addons), video=video,
+                                       **settings):
+        count += 1
+        yield clip
+    if not count:
+        raise PVError("no prompts on stdin", "one prompt per line, or JSON lines with a \"prompt\"")
+
+
 def evaluate(target: str | Path, *, refs: Iterable[str] | None = None, prompts: Iterable[str] | None = None,
              seeds: Iterable[int] | None = None, encoders: Iterable[str] | None = None, scorer: str = "clip",
              scorer_options: dict | None = None, flow: str = "auto", no_face: str = "skip",
@@ -269,6 +347,48 @@ def list_identities(context: Context | None = None) -> list[dict]:
     from .jobs.manage import list_identities as list_job
 
     return list_job(_context(context, None, None))
+
+
+def show_identity(name: str, context: Context | None = None) -> dict:
+    """What `pv show NAME` prints: the identity's record."""
+    from .jobs.manage import show
+
+    return show(_context(context, None, None), name)
+
+
+def removable(name: str, context: Context | None = None) -> str:
+    """What `remove_identity(name)` would delete ("identity", "interrupted run", ...); raises if nothing."""
+    from .jobs.manage import removable as what
+
+    return what(_context(context, None, None), name)
+
+
+def remove_identity(name: str, context: Context | None = None) -> list[Path]:
+    """Delete identity `name` and any interrupted run of that name; returns the removed paths."""
+    from .jobs.manage import remove
+
+    return remove(_context(context, None, None), name)
+
+
+def plugin_rows(context: Context | None = None) -> list[dict]:
+    """Installed plugins, their versions and what each registered (`pv plugins --json`)."""
+    from .jobs.info import plugins
+
+    return plugins(_context(context, None, None))
+
+
+def profile_rows() -> list[dict]:
+    """The shipped profiles: name, description, whether default (`pv profiles --json`)."""
+    from .jobs.info import profiles
+
+    return profiles()
+
+
+def environment(context: Context | None = None) -> dict:
+    """Versions, devices and providers, for bug reports (`pv env --json`)."""
+    from .jobs.info import environment as env
+
+    return env(_context(context, None, None))
 
 
 def export(name: str, fmt: str = "diffusers", output: str | Path | None = None, *, bundle: str | Path | None = None,

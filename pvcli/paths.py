@@ -87,7 +87,7 @@ def check_photos(items: list[str]) -> None:
     import cv2
     import numpy as np
 
-    from .engine.identity import expand_photos
+    from .images import expand_photos
 
     for path in expand_photos(items):
         try:

@@ -231,7 +231,7 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".gif", ".webp", ".avi")
 
 
 def _image(path: Path, what: str) -> np.ndarray:
-    from .engine.identity import load_image
+    from .images import load_image
 
     bad = _unreadable(path, what)
     if bad:
@@ -244,7 +244,7 @@ def _image(path: Path, what: str) -> np.ndarray:
 
 
 def _folder_images(path: Path, what: str) -> list[Path]:
-    from .engine.identity import IMAGE_SUFFIXES
+    from .images import IMAGE_SUFFIXES
 
     images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
@@ -255,7 +255,7 @@ def _folder_images(path: Path, what: str) -> list[Path]:
 def read_source(source: str | Path, what: str = "") -> np.ndarray:
     """Frames (N, H, W, 3) uint8 RGB from a video, a folder of images (sorted by name) or one image.
     `what` names the input in errors (e.g. "--video", or "--control canny=" for "--control canny=clip.mp4")."""
-    from .engine.identity import IMAGE_SUFFIXES
+    from .images import IMAGE_SUFFIXES
 
     path = Path(source).expanduser()
     if path.is_dir():
@@ -279,7 +279,7 @@ def probe_source(source: str | Path, what: str = "") -> None:
     frame is decoded)."""
     import imageio_ffmpeg
 
-    from .engine.identity import IMAGE_SUFFIXES
+    from .images import IMAGE_SUFFIXES
 
     path = Path(source).expanduser()
     if path.is_dir():

@@ -83,7 +83,7 @@ def tiny_settings():
 
 @pytest.fixture(scope="session")
 def reference(encoder, astronaut):
-    from pvcli.engine.identity import embed_crops, mean_embedding, reference_faces
+    from pvcli.engine.face_crops import embed_crops, mean_embedding, reference_faces
 
     refs = reference_faces(encoder, [astronaut])
     return mean_embedding(embed_crops(encoder, [r.crop for r in refs]))

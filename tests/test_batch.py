@@ -109,7 +109,7 @@ def test_long_clip_past_the_motion_window_and_the_model_is_unchanged_after(tmp_p
 def test_video_to_video_restyles_a_clip_with_the_identity(tmp_path, astronaut):
     import cv2
 
-    from pvcli.engine.identity import load_image
+    from pvcli.images import load_image
 
     img = cv2.resize(load_image(astronaut), (96, 96))
     drive = tmp_path / "drive.mp4"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import run
 
-from pvcli.engine.evaluate import farneback_scores, sample_indices
-from pvcli.engine.identity import load_image
+from pvcli.engine.metrics import farneback_scores, sample_indices
+from pvcli.images import load_image
 from pvcli.video import write_mp4
 
 VIDEO_KEYS = {"group", "video", "prompt", "frames", "face_sim", "face_sim_facenet", "face_detect_rate", "clip_t",

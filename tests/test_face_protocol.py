@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pvcli.engine.identity import embed_crops, jittered_crops, reference_faces
+from pvcli.engine.face_crops import embed_crops, jittered_crops, reference_faces
 from pvcli.faces import Face
 
 FACES = Path(__file__).parent / "data" / "faces"  # face_recognition 1.3.0's test photos (MIT), see README there

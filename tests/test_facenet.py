@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from pvcli.engine.identity import embed_crops, load_image, reference_faces, warp_faces
+from pvcli.engine.face_crops import embed_crops, reference_faces, warp_faces
 from pvcli.errors import PVError
 from pvcli.faces import similarity_transform
+from pvcli.images import load_image
 
 
 def _standardise(rgb):

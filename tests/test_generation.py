@@ -92,7 +92,7 @@ def source(tmp_path_factory, astronaut):
     """A short panning clip of a real photo, as a video and as a folder of frames."""
     import cv2
 
-    from pvcli.engine.identity import load_image
+    from pvcli.images import load_image
     from pvcli.video import write_mp4
 
     d = tmp_path_factory.mktemp("src")

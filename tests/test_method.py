@@ -6,7 +6,7 @@ import torch
 
 from pvcli.checkpoint import load_state, save_state
 from pvcli.engine.adapter import adapter_state_dict, add_adapter
-from pvcli.engine.identity import embed_crops, mean_embedding, reference_faces
+from pvcli.engine.face_crops import embed_crops, mean_embedding, reference_faces
 from pvcli.engine.prompts import PROMPTS
 from pvcli.engine.sampling import adapted_steps, initial_latents, sample
 from pvcli.engine.tune import Tuner, scr_loss

@@ -11,9 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from pvcli.cli import create_app
-from pvcli.engine import evaluate as ev
-from pvcli.engine.identity import load_image
+from pvcli.engine import metrics as ev
 from pvcli.faces import Face
+from pvcli.images import load_image
 from pvcli.video import read_frames, write_mp4
 
 

@@ -14,7 +14,7 @@ def test_real_size_adapter_lands_on_128_spatial_attention_layers_and_a_step_trai
     from pv_animatediff.reference_size import build_sd15_random
 
     from pvcli.engine.adapter import adapter_state_dict
-    from pvcli.engine.identity import reference_faces
+    from pvcli.engine.face_crops import reference_faces
     from pvcli.engine.memory import saved_activations
     from pvcli.engine.tune import Tuner
     from pvcli.settings import parse_set, resolve

@@ -29,7 +29,7 @@ TARGETS = {"attention": _ATTENTION, "spatial": _SPATIAL}
 DECODE_CHUNK = 8
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Library progress bars and warnings would pollute stderr; call before importing pipelines."""
     import warnings
 
@@ -264,7 +264,12 @@ def controls_model(controlnets: list):
     return controlnets[0] if len(controlnets) == 1 else MultiControlNetModel(controlnets)
 
 
-def _resolve_device(device: str | None) -> str:
+# --------------------------------------------------------------------------- shared with other families
+# Public: other backbone plugins (pv_animatediff_sdxl) build on these rather than on private names.
+
+
+def resolve_device(device: str | None) -> str:
+    """--device as asked ("auto" or none: cuda when available, else cpu); cuda without CUDA is one line."""
     if device and device != "auto":
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise PVError(f"device {device!r} was asked for but CUDA is not available", "use --device cpu")
@@ -275,7 +280,8 @@ def _resolve_device(device: str | None) -> str:
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """backbone.options.dtype: "auto" is fp16 on CUDA and fp32 elsewhere."""
     if dtype == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32  # fp16/bf16 are ~6x slower on CPU
     if dtype not in _DTYPES:
@@ -312,11 +318,10 @@ class TinyOptions(SpeedOptions):
 def build_tiny_components(seed: int = 0, scheduler: str = "ddim", width: int = 32) -> dict:
     """Every AnimateDiff component, tiny, from configs, deterministic for a seed. UNet 1.8M
     params; a 3-level VAE (64 px frames -> 16x16 latents); pv's offline character tokenizer."""
-    _quiet_libraries()
+    quiet_libraries()
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from pv_tiny import BOS_ID, CHAR_VOCAB_SIZE, EOS_ID, char_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from pvcli.tiny import BOS_ID, CHAR_VOCAB_SIZE, EOS_ID, char_tokenizer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -357,7 +362,7 @@ def save_tiny(folder: Path, seed: int = 0) -> tuple[Path, Path]:
 
 def make_tiny(options: dict | None = None, device: str | None = "cpu") -> AnimateDiffBackbone:
     opts = validate_options(TinyOptions, options or {}, "backbone.options")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     from diffusers import UNetMotionModel
 
     c = build_tiny_components(opts.seed, opts.scheduler, opts.width)
@@ -366,7 +371,7 @@ def make_tiny(options: dict | None = None, device: str | None = "cpu") -> Animat
     info = {"base_model": f"tiny(seed={opts.seed}{size})", "motion_adapter": "tiny", "scheduler": opts.scheduler}
     return apply_speed_options(AnimateDiffBackbone(
         "animatediff-tiny", unet, c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"], info, dev,
-        _resolve_dtype(opts.dtype, dev), random_weights=True), opts)
+        resolve_dtype(opts.dtype, dev), random_weights=True), opts)
 
 
 # --------------------------------------------------------------------------- real weights
@@ -424,7 +429,7 @@ def load_family(family: Family, opts, dtype) -> tuple[dict, dict]:
     for what, ref in (("base_model", opts.base_model), ("motion_adapter", opts.motion_adapter)):
         if _is_single_file(ref) and not Path(ref).expanduser().is_file():
             raise PVError(f"{what} file not found: {ref}")
-    _quiet_libraries()
+    quiet_libraries()
     import diffusers
 
     pipeline_cls = getattr(diffusers, family.pipeline)
@@ -460,8 +465,8 @@ def load_family(family: Family, opts, dtype) -> tuple[dict, dict]:
 
 def make_animatediff(options: dict | None = None, device: str | None = None) -> AnimateDiffBackbone:
     opts = validate_options(AnimateDiffOptions, options or {}, "backbone.options")
-    dev = _resolve_device(device)
-    dtype = _resolve_dtype(opts.dtype, dev)
+    dev = resolve_device(device)
+    dtype = resolve_dtype(opts.dtype, dev)
     m, info = load_family(SD15, opts, dtype)
     return apply_speed_options(AnimateDiffBackbone(
         "animatediff", m["unet"], m["vae"], m["text_encoder"], m["tokenizer"], m["scheduler"], info, dev, dtype), opts)

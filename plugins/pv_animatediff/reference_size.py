@@ -8,13 +8,13 @@ import json
 
 import torch
 
-from .backbone import AnimateDiffBackbone, _quiet_libraries
+from .backbone import AnimateDiffBackbone, quiet_libraries
 from .schedulers import make_scheduler
 from .single_file import CONFIGS, clip_tokenizer
 
 
 def build_sd15_random(device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> AnimateDiffBackbone:
-    _quiet_libraries()
+    quiet_libraries()
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 

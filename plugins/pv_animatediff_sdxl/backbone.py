@@ -8,11 +8,11 @@ from pv_animatediff.backbone import (
     AnimateDiffOptions,
     Family,
     SpeedOptions,
-    _quiet_libraries,
-    _resolve_device,
-    _resolve_dtype,
     apply_speed_options,
     load_family,
+    quiet_libraries,
+    resolve_device,
+    resolve_dtype,
 )
 from pv_animatediff.schedulers import make_scheduler
 
@@ -116,11 +116,10 @@ def build_tiny_sdxl_components(seed: int = 0, scheduler: str = "ddim") -> dict:
     """SDXL's architecture in miniature: no attention in the first level and more transformer
     layers deeper, linear projections, text_time additional embeddings (time ids + the second
     encoder's pooled projection), two text encoders whose hidden states are concatenated."""
-    _quiet_libraries()
+    quiet_libraries()
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from pv_tiny import BOS_ID, CHAR_VOCAB_SIZE, EOS_ID, char_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from pvcli.tiny import BOS_ID, CHAR_VOCAB_SIZE, EOS_ID, char_tokenizer
 
     text = dict(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID, hidden_size=32, intermediate_size=37,
                 layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5, vocab_size=CHAR_VOCAB_SIZE,
@@ -150,7 +149,7 @@ def build_tiny_sdxl_components(seed: int = 0, scheduler: str = "ddim") -> dict:
 
 def make_tiny_sdxl(options: dict | None = None, device: str | None = "cpu") -> AnimateDiffSDXLBackbone:
     opts = validate_options(TinyOptions, options or {}, "backbone.options")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     from diffusers import UNetMotionModel
 
     c = build_tiny_sdxl_components(opts.seed, opts.scheduler)
@@ -158,7 +157,7 @@ def make_tiny_sdxl(options: dict | None = None, device: str | None = "cpu") -> A
     info = {"base_model": f"tiny-sdxl(seed={opts.seed})", "motion_adapter": "tiny-sdxl", "scheduler": opts.scheduler}
     return apply_speed_options(AnimateDiffSDXLBackbone(
         "animatediff-sdxl-tiny", unet, c["vae"], c["text_encoder"], c["text_encoder_2"], c["tokenizer"], c["tokenizer_2"],
-        c["scheduler"], info, dev, _resolve_dtype(opts.dtype, dev), random_weights=True), opts)
+        c["scheduler"], info, dev, resolve_dtype(opts.dtype, dev), random_weights=True), opts)
 
 
 # --------------------------------------------------------------------------- real weights
@@ -172,8 +171,8 @@ class SDXLOptions(AnimateDiffOptions):
 
 def make_animatediff_sdxl(options: dict | None = None, device: str | None = None) -> AnimateDiffSDXLBackbone:
     opts = validate_options(SDXLOptions, options or {}, "backbone.options")
-    dev = _resolve_device(device)
-    dtype = _resolve_dtype(opts.dtype, dev)
+    dev = resolve_device(device)
+    dtype = resolve_dtype(opts.dtype, dev)
     m, info = load_family(SDXL, opts, dtype)
     return apply_speed_options(AnimateDiffSDXLBackbone(
         "animatediff-sdxl", m["unet"], m["vae"], m["text_encoder"], m["text_encoder_2"], m["tokenizer"], m["tokenizer_2"],

@@ -88,9 +88,8 @@ class TinyClipOptions:
 
 
 def build_tiny_clip(seed: int = 0):
+    from pv_tiny import BOS_ID, CHAR_VOCAB_SIZE, EOS_ID
     from transformers import CLIPConfig, CLIPModel
-
-    from pvcli.tiny import BOS_ID, CHAR_VOCAB_SIZE, EOS_ID
 
     config = CLIPConfig(
         text_config=dict(vocab_size=CHAR_VOCAB_SIZE, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
@@ -106,7 +105,7 @@ def build_tiny_clip(seed: int = 0):
 
 
 def make_clip_tiny(options: dict | None = None, device: str = "cpu") -> ClipScorer:
-    from pvcli.tiny import char_tokenizer
+    from pv_tiny import char_tokenizer
 
     opts = validate_options(TinyClipOptions, options or {}, "tune.scorer_options")
     return ClipScorer("clip-tiny", build_tiny_clip(opts.seed), char_tokenizer(), device, source=f"seed={opts.seed}")

@@ -8,10 +8,9 @@ import os
 
 import typer
 
+from .. import api
+from ..api import PVError
 from ..console import RichReporter, err
-from ..context import Context
-from ..errors import PVError
-from ..store import Store
 
 JSON_OPT = typer.Option(False, "--json", help="Print the result as one line of JSON on stdout; no progress bars.")
 SET_OPT = typer.Option(None, "--set", help="Override a setting: --set tune.lr=5e-4 (repeatable).")
@@ -27,14 +26,11 @@ class AppState:
 
     def registry(self):
         if self._registry is None:
-            from ..plugins import build_plugin_manager
-
-            self._registry = build_plugin_manager(warn=RichReporter().warn)
+            self._registry = api.plugin_registry(warn=RichReporter().warn)
         return self._registry
 
-    def context(self, quiet: bool = False, device: str | None = None) -> Context:
-        return Context(store=Store(), reporter=RichReporter(quiet=quiet), device=check_device(device),
-                       registry_factory=self.registry)
+    def context(self, quiet: bool = False, device: str | None = None) -> api.Context:
+        return api.make_context(RichReporter(quiet=quiet), check_device(device), registry_factory=self.registry)
 
 
 # torch's device types (torch.device refuses others); "auto" lets the backbone choose

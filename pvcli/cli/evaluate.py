@@ -37,7 +37,7 @@ def register(app: typer.Typer, state: AppState) -> None:
     ):
         """Measure identity (Face Sim), prompt following (CLIP-T), motion and temporal consistency."""
         from .. import api
-        from ..errors import PVError
+        from ..api import PVError
         from ..settings import parse_set
 
         for item in scorer_opts or []:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
+from ..api import PVError
 from ..console import emit
-from ..errors import PVError
 from .common import DEVICE_OPT, JSON_OPT, PROFILE_OPT, QUIET_OPT, SET_OPT, AppState, handle_errors
 
 
@@ -62,46 +62,19 @@ def register(app: typer.Typer, state: AppState) -> None:
         quiet: bool = QUIET_OPT,
     ):
         """Generate clips of an identity; prints each output path (or JSON record) as it is written."""
-        import sys
-
         from .. import api
-        from ..jobs.generate import DEFAULT_OUTPUT, ClipRequest, parse_prompt_lines
-        from ..paths import read_text
 
-        if prompt is not None and prompts_file is not None:
-            raise PVError("give a prompt or --prompts FILE, not both")
-        if prompt is None and prompts_file is None:
-            raise PVError("generate needs a prompt", f'e.g. pv generate {name} "surfing at sunset", or - for stdin')
-        identity = api.Identity.load(name, profile=profile, overrides=sets, context=state.context(quiet or as_json, device))
-        values = dict(steps=steps, frames=frames, fps=fps, height=height, width=width, guidance=guidance,
-                      negative=negative, adapter_scale=adapter_scale, strength=strength)
-        base = list(seeds or []) or [identity.settings(**values).generate.seed]
-        seed_list = [s + i for s in base for i in range(num or 1)]
-        if prompt == "-":
-            requests = parse_prompt_lines(sys.stdin, "stdin")
-        elif prompts_file is not None:
-            requests = list(parse_prompt_lines(read_text(prompts_file, "--prompts").splitlines(), str(prompts_file)))
-            if not requests:
-                raise PVError(f"--prompts {prompts_file} holds no prompts",
-                              "one prompt per line, or JSON lines with a \"prompt\"; # starts a comment")
-        else:
-            requests = [ClipRequest(prompt)]
-        several = prompt == "-" or prompts_file is not None or len(seed_list) > 1
-        if output is not None and several and "{" not in output:
-            raise PVError("-o names one file, and this renders several clips",
-                          "use a template, e.g. -o 'clips/{slug}_s{seed}.mp4' ({name} {slug} {seed} {index})")
         controls = control_specs(control or [], control_raw or [], control_scale or [], control_start or [],
                                  control_end or [], control_model or [])
-        clips = identity.generate_many(requests, output=output or DEFAULT_OUTPUT, seeds=seed_list,
-                                       adapter=not no_adapter, controls=controls, loras=lora or [],
-                                       addons=[addon_spec(a) for a in addon or []], video=video, **values)
-        count = 0
+        clips = api.generate_clips(
+            name, prompt, prompts_file=prompts_file, output=output, seeds=seeds, num=num, adapter=not no_adapter,
+            controls=controls, loras=lora or [], addons=[addon_spec(a) for a in addon or []], video=video,
+            profile=profile, overrides=sets, context=state.context(quiet or as_json, device), steps=steps,
+            frames=frames, fps=fps, height=height, width=width, guidance=guidance, negative=negative,
+            adapter_scale=adapter_scale, strength=strength)
         for clip in clips:  # each result on stdout as soon as its file exists: `| xargs` streams
             record = {"path": str(clip.path), **clip.record}
             emit(record if as_json else record["path"], as_json)
-            count += 1
-        if not count:
-            raise PVError("no prompts on stdin", "one prompt per line, or JSON lines with a \"prompt\"")
 
 
 def _pair(item: str, flag: str) -> tuple[str, str]:
@@ -142,7 +115,7 @@ def control_specs(control: list[str], raw: list[str], scales: list[float], start
 
 def addon_spec(item: str):
     """NAME:key=value,key=value -> AddOn (values parsed as YAML scalars, as --set does)."""
-    from ..jobs.generate import AddOn
+    from ..api import AddOn
     from ..settings import parse_set
 
     name, _, rest = item.partition(":")

@@ -9,13 +9,13 @@ from .common import JSON_OPT, AppState, handle_errors
 
 
 def register(app: typer.Typer, state: AppState) -> None:
-    from ..jobs import info
+    from .. import api
 
     @app.command()
     @handle_errors
     def plugins(as_json: bool = JSON_OPT):
         """List plugins, their versions and what each registered."""
-        rows = info.plugins(state.context())
+        rows = api.plugin_rows(state.context())
         if as_json:
             emit(rows, True)
             return
@@ -39,7 +39,7 @@ def register(app: typer.Typer, state: AppState) -> None:
             settings = resolve(show)[1].to_dict()
             emit(settings if as_json else yaml.safe_dump(settings, sort_keys=False).rstrip(), as_json)
             return
-        rows = info.profiles()
+        rows = api.profile_rows()
         if as_json:
             emit(rows, True)
         else:
@@ -50,7 +50,7 @@ def register(app: typer.Typer, state: AppState) -> None:
     @handle_errors
     def env(as_json: bool = JSON_OPT):
         """Versions, devices and providers, for bug reports."""
-        data = info.environment(state.context())
+        data = api.environment(state.context())
         if as_json:
             emit(data, True)
         else:

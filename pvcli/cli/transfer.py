@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
+from ..api import PVError
 from ..console import emit
-from ..errors import PVError
 from .common import FORCE_OPT, JSON_OPT, AppState, handle_errors
 
 

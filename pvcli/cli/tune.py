@@ -6,8 +6,8 @@ import sys
 
 import typer
 
+from ..api import PVError
 from ..console import emit, err
-from ..errors import PVError
 from .common import DEVICE_OPT, FORCE_OPT, JSON_OPT, PROFILE_OPT, QUIET_OPT, SET_OPT, AppState, handle_errors
 
 
@@ -66,33 +66,17 @@ def register(app: typer.Typer, state: AppState) -> None:
     ):
         """Tune an identity adapter from reference photo(s); `--resume NAME` finishes an interrupted run."""
         from .. import api
-        from ..distributed import is_replica, launch
 
         if processes and processes > 1:
-            raise typer.Exit(launch(processes, drop_option(sys.argv[1:], "--processes")))
+            raise typer.Exit(api.launch_processes(processes, drop_option(sys.argv[1:], "--processes")))
         ctx = state.context(quiet or as_json, device)
         flags = dict(lr=lr, seed=seed, rank=rank, targets=targets, class_word=class_word, prompts_mode=prompts_mode,
                      encoder=encoder, augment=augment, active_fraction=active_fraction, scr_weight=scr_weight)
         if manifest or shard:
-            if photos or name or resume:
-                raise PVError("--manifest names the identities and photos itself",
-                              "give only --manifest (with --shard, --profile, --set and tuning options)")
-            if not manifest:
-                raise PVError("--shard needs --manifest")
-            if force:
-                raise PVError("--force does not apply to --manifest: finished identities are skipped, never replaced",
-                              "remove one with `pv rm NAME` to tune it again")
-            failed = 0
-            for record in api.tune_manifest(manifest, shard=shard, profile=profile, overrides=sets, context=ctx,
-                                            face_index=face_index, prompts_file=prompts, steps=steps,
-                                            clips_per_step=clips_per_step, **flags):
-                failed += record["status"] == "failed"
-                if record["status"] != "failed":
-                    emit(record if as_json else record["name"], as_json)
-                elif as_json:
-                    emit(record, True)
-            if failed:
-                raise PVError(f"{failed} identit{'y' if failed == 1 else 'ies'} of the manifest failed (see above)")
+            _check_manifest_flags(manifest, bool(photos or name or resume), force)
+            _print_manifest(api.tune_manifest(manifest, shard=shard, profile=profile, overrides=sets, context=ctx,
+                                              face_index=face_index, prompts_file=prompts, steps=steps,
+                                              clips_per_step=clips_per_step, **flags), as_json)
             return
         if resume:
             if photos or name or profile:
@@ -108,15 +92,40 @@ def register(app: typer.Typer, state: AppState) -> None:
             identity = api.tune(photos, name, profile=profile, overrides=sets, force=force,
                                 face_index=face_index or 0, prompts_file=prompts, context=ctx, steps=steps,
                                 clips_per_step=clips_per_step, **flags)
-        if is_replica():  # data parallel: the main process reports, once
+        if api.is_replica():  # data parallel: the main process reports, once
             return
         info = identity.info
         if not (quiet or as_json):
-            before, after = info["held_out_id_sim_before"], info["held_out_id_sim_after"]
-            held_out = (f"held-out ID similarity ({info['encoder']}) {before} -> {after}" if after is not None
-                        else "held-out ID similarity not measured (tune.held_out=0)")
-            err.print(f"[green]Tuned[/green] {identity.name}: {info['steps']} steps, {info['seconds_per_step']} s/step; "
-                      f"{held_out}", soft_wrap=True)
+            err.print(_summary(info), soft_wrap=True)
             if info["note"]:
                 err.print(f"[dim]Note: {info['note']}[/dim]", soft_wrap=True)
         emit(info if as_json else identity.name, as_json)
+
+
+def _check_manifest_flags(manifest: str | None, names_identities: bool, force: bool) -> None:
+    if names_identities:
+        raise PVError("--manifest names the identities and photos itself",
+                      "give only --manifest (with --shard, --profile, --set and tuning options)")
+    if not manifest:
+        raise PVError("--shard needs --manifest")
+    if force:
+        raise PVError("--force does not apply to --manifest: finished identities are skipped, never replaced",
+                      "remove one with `pv rm NAME` to tune it again")
+
+
+def _print_manifest(records, as_json: bool) -> None:
+    """One line (or JSON record) per identity as it finishes; failures only as JSON, then counted."""
+    failed = 0
+    for record in records:
+        failed += record["status"] == "failed"
+        if record["status"] != "failed" or as_json:
+            emit(record if as_json else record["name"], as_json)
+    if failed:
+        raise PVError(f"{failed} identit{'y' if failed == 1 else 'ies'} of the manifest failed (see above)")
+
+
+def _summary(info: dict) -> str:
+    before, after = info["held_out_id_sim_before"], info["held_out_id_sim_after"]
+    held_out = (f"held-out ID similarity ({info['encoder']}) {before} -> {after}" if after is not None
+                else "held-out ID similarity not measured (tune.held_out=0)")
+    return f"[green]Tuned[/green] {info['name']}: {info['steps']} steps, {info['seconds_per_step']} s/step; {held_out}"

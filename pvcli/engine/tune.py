@@ -29,7 +29,7 @@ from .adapter import (
     load_adapter_state_dict,
     trainable_parameters,
 )
-from .identity import ReferenceFace, embed_crops, frame_faces, jittered_crops, mean_embedding
+from .face_crops import ReferenceFace, embed_crops, frame_faces, jittered_crops, mean_embedding
 from .prompts import PROMPTS, PromptSampler, identity_phrase
 from .sampling import adapted_steps, adapter_free_prefix, final_step_is_identity, initial_latents, sample
 

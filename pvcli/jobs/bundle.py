@@ -26,8 +26,8 @@ from pathlib import Path, PurePosixPath
 from .. import __version__
 from ..context import Context
 from ..errors import PVError
-from ..identity import ADAPTER_FILE, REFERENCE_FILE, tensor_hash
-from ..identity import FORMAT as ADAPTER_FORMAT
+from ..identity_files import ADAPTER_FILE, REFERENCE_FILE, tensor_hash
+from ..identity_files import FORMAT as ADAPTER_FORMAT
 from ..locks import IdentityLock
 from ..store import IDENTITY_FILE, atomic_write_file, validate_name
 from .export import _check_writable

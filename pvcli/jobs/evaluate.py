@@ -32,8 +32,8 @@ class EvalRequest:
 
 
 def evaluate(ctx: Context, req: EvalRequest) -> dict:
-    from .. import evaluation as ev
     from ..store import atomic_write_bytes
+    from . import scoring as ev
     from .generate import identity_settings
 
     if req.flow not in FLOWS:

@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import __version__
 from ..context import Context
 from ..errors import PVError
-from ..identity import read_adapter, tensor_hash
+from ..identity_files import read_adapter, tensor_hash
 from ..paths import check_output, write_error
 from ..store import atomic_write_file
 

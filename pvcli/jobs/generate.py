@@ -12,9 +12,9 @@ import numpy as np
 from .. import __version__
 from ..context import Context
 from ..errors import PVError
-from ..identity import read_adapter, read_settings
+from ..identity_files import read_adapter, read_settings
 from ..settings import GenerateSettings, Settings, from_dict
-from .common import build_backbone, out_of_memory_hint
+from .resources import build_backbone, out_of_memory_hint
 
 
 @dataclass

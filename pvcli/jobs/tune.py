@@ -20,11 +20,11 @@ from pathlib import Path
 from .. import __version__
 from ..context import Context
 from ..errors import PVError
-from ..identity import write_identity
+from ..identity_files import write_identity
 from ..locks import IdentityLock
 from ..settings import Settings, from_dict, overlay
 from ..store import validate_name
-from .common import build_backbone, build_encoder, out_of_memory_hint, peak_memory_mb
+from .resources import build_backbone, build_encoder, out_of_memory_hint, peak_memory_mb
 
 TINY_NOTE = ("tiny backbone: random weights that never draw a face. This run proves the mechanics "
              "(gradients reach only the adapter, the loss falls, held-out similarity on the tuning "
@@ -108,8 +108,8 @@ def tune(ctx: Context, request: TuneRequest, data_parallel: bool = True) -> dict
     identity is written only when tuning ends. Under a distributed launcher every process tunes
     the same identity (data parallel); the main one writes."""
     from ..distributed import process_group
-    from ..engine.identity import expand_photos
     from ..engine.prompts import load_prompt_file
+    from ..images import expand_photos
 
     name = validate_name(request.name)
     dp = process_group() if data_parallel else None
@@ -122,8 +122,8 @@ def tune(ctx: Context, request: TuneRequest, data_parallel: bool = True) -> dict
 
 
 def _start(ctx: Context, request: TuneRequest, name: str, dp=None) -> dict:
-    from ..engine.identity import expand_photos
     from ..engine.prompts import load_prompt_file
+    from ..images import expand_photos
     from ..runs import Run
 
     run = Run(ctx.store, name)
@@ -246,7 +246,7 @@ def _setup(ctx: Context, run, r: _RunInputs, dp, resume_from: dict | None, progr
     similarity before tuning (measured once per run: a resume reads it back)."""
     import torch
 
-    from ..engine.identity import embed_crops, mean_embedding, reference_faces
+    from ..engine.face_crops import embed_crops, mean_embedding, reference_faces
     from ..engine.tune import Tuner
 
     settings, reporter, name = r.settings, ctx.reporter, r.name

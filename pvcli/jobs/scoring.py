@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PVError
-from .plugins import Registry
-from .reporting import Reporter
-from .store import Store
+from ..errors import PVError
+from ..plugins import Registry
+from ..reporting import Reporter
+from ..store import Store
 
 EVAL_PROMPTS = ["{id} walking on a beach at sunset", "{id} playing the guitar on a stage",
                 "close-up portrait of {id} smiling"]
@@ -52,7 +52,7 @@ def _video_fps(path: Path, meta: dict) -> float | None:
 
 
 def load_clips(paths: list[Path], prompt: str | None) -> list[Clip]:
-    from .video import read_frames, read_metadata
+    from ..video import read_frames, read_metadata
 
     clips = []
     for p in paths:
@@ -66,13 +66,13 @@ def load_clips(paths: list[Path], prompt: str | None) -> list[Clip]:
 
 def identity_words(store: Store | None, name: str | None) -> tuple[str, str]:
     """(token, class word) the identity was tuned with; the defaults when it is not in the store."""
-    from .settings import TuneSettings
+    from ..settings import TuneSettings
 
     token, cls = TuneSettings.token, TuneSettings.class_word
     if store is not None and name and store.exists(name):
         from safetensors import safe_open
 
-        from .identity import ADAPTER_FILE
+        from ..identity_files import ADAPTER_FILE
 
         try:
             with safe_open(str(store.path(name) / ADAPTER_FILE), "pt") as fh:
@@ -88,7 +88,7 @@ def video_paths(target: str) -> list[Path] | None:
     if p.is_file():
         return [p]
     if p.is_dir():
-        from .video import VIDEO_SUFFIXES, is_frames_folder
+        from ..video import VIDEO_SUFFIXES, is_frames_folder
 
         if is_frames_folder(p) and any(p.iterdir()):
             return [p]  # one clip written as PNG frames
@@ -101,7 +101,7 @@ def video_paths(target: str) -> list[Path] | None:
 
 def reference_photos(store: Store, refs: list[str]) -> list[Path]:
     """--ref items: identity names (their reference photos) or photo files/folders/globs."""
-    from .engine.identity import expand_photos
+    from ..images import expand_photos
 
     paths: list[Path] = []
     for item in refs:
@@ -123,7 +123,7 @@ class Evaluator:
     def __init__(self, registry: Registry, ref_paths: list[Path], encoders: list[str], scorer: str,
                  scorer_options: dict, flow: str, device: str, reporter: Reporter, no_face: str = "skip",
                  store: Store | None = None):
-        from .engine.identity import embed_crops, mean_embedding, reference_faces
+        from ..engine.face_crops import embed_crops, mean_embedding, reference_faces
 
         self.encoders, self.references, self.ref_crops = {}, {}, {}
         for name in encoders:
@@ -142,7 +142,7 @@ class Evaluator:
         self.store = store
 
     def clip(self, clip: Clip) -> dict:
-        from .engine import evaluate as ev
+        from ..engine import metrics as ev
 
         row: dict = {"video": str(clip.path), "prompt": clip.prompt, "frames": int(len(clip.frames)),
                      "face_sim": {}, "face_detect_rate": {}, "models": {}, "notes": {}}
@@ -210,7 +210,7 @@ class Evaluator:
             sheet[r * CELL:(r + 1) * CELL, (c + 1) * CELL:(c + 2) * CELL] = cell
         path.parent.mkdir(parents=True, exist_ok=True)
         ok, buf = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-        from .store import atomic_write_bytes
+        from ..store import atomic_write_bytes
 
         atomic_write_bytes(path, buf.tobytes())
         return path
@@ -247,7 +247,7 @@ def generate_clips(ctx, name: str, prompts: list[str], seeds: list[int], setting
     compare_base, off ("base") from the same noise."""
     import dataclasses
 
-    from .jobs.generate import IdentityRenderer, default_output
+    from .generate import IdentityRenderer, default_output
 
     renderer = IdentityRenderer(ctx, name, settings)
     groups: dict[str, list[Clip]] = {"tuned": []}

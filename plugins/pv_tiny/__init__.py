@@ -1,4 +1,6 @@
-"""Helpers for plugins' tiny, in-process models (offline defaults and tests)."""
+"""What plugins' tiny, in-process models share (the offline `tiny*` profiles and the tests): an
+offline character-level CLIP tokenizer. Not a plugin (no entry point) and not part of the core:
+only code that builds tiny models imports it."""
 
 from __future__ import annotations
 

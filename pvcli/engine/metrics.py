@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..contracts import FrameScorer, IdentityEncoder
 from ..faces import Face, box_transform
-from .identity import face_matrix, warp_faces
+from .face_crops import face_matrix, warp_faces
 
 SAMPLED_FRAMES = 16
 PAD_RETRY = 0.25  # grey border per side, as a fraction of the frame (ConsisID: pad scale 1.25)
