@@ -23,17 +23,23 @@ Conditioning = Any  # a tensor, or a mapping of name -> batch-first tensor (see 
 
 
 class Backbone(ABC):
-    """A latent text-to-video diffusion model whose spatial layers take the identity adapter.
+    """A latent text-to-video diffusion model whose frame-wise layers take the identity adapter.
 
     Attributes the engine reads:
-      name: registered name; unet: the denoiser (an nn.Module the adapter is injected into);
-      scheduler: a diffusers-style scheduler (set_timesteps / timesteps / step / init_noise_sigma
-      / scale_model_input); device; latent_channels; vae_scale_factor; max_frames (the motion
-      window); long_videos (whether generation can go past it).
+      name: registered name; denoiser: the network the adapter is injected into (a UNet, a
+      diffusion transformer; `unet` is its pv 0.1 name); scheduler: a diffusers-style scheduler
+      (set_timesteps / timesteps / step, and init_noise_sigma / scale_model_input where it has
+      them: epsilon, v-prediction and flow-matching schedulers all fit); device; latent_channels;
+      vae_scale_factor (spatial); max_frames (the motion window, in pixel frames); long_videos
+      (whether generation can go past it).
     """
 
     name: str
-    unet: torch.nn.Module
+    denoiser: torch.nn.Module
+    component: str = "unet"  # the denoiser's name as a diffusers pipeline component (LoRA key prefix)
+    # the add-on kinds pipeline_call takes: ControlNet maps (GenerationPlan.controls), a source
+    # clip (GenerationPlan.video), LoRA files (load_lora); conditioners refuse the others in one line
+    accepts: frozenset = frozenset({"controlnet", "video", "lora"})
     scheduler: object
     device: torch.device
     latent_channels: int
@@ -41,6 +47,15 @@ class Backbone(ABC):
     max_frames: int  # the motion module's window
     long_videos: bool = False  # whether pipeline_call renders plan.frames > max_frames (sliding windows)
     random_weights: bool = False  # built in-process for offline runs and tests: it never draws a face
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        """pv 0.1's name for `denoiser`, kept for backbones and code written against it."""
+        return self.denoiser
+
+    @unet.setter
+    def unet(self, module: torch.nn.Module) -> None:
+        self.denoiser = module
 
     @abstractmethod
     def describe(self) -> dict[str, str]:
@@ -71,8 +86,9 @@ class Backbone(ABC):
 
     @abstractmethod
     def predict_noise(self, latents: torch.Tensor, t, embeds: Conditioning) -> torch.Tensor:
-        """The denoiser's output for latents (B, C, F, h, w) at timestep t, under the
-        conditioning `encode_prompt` made (batched to B)."""
+        """The denoiser's output for latents (B, C, F', h, w) at timestep t, under the
+        conditioning `encode_prompt` made (batched to B), in the parametrization its scheduler
+        steps with (noise for epsilon models, velocity for v-prediction and flow matching)."""
 
     def cat_conditioning(self, items: list[Conditioning]) -> Conditioning:
         """Several conditionings batched into one, in order (classifier-free guidance puts the
@@ -85,7 +101,23 @@ class Backbone(ABC):
 
     @abstractmethod
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Differentiably decode latents (B, C, F, h, w) into frames (B, F, 3, H, W) in [0, 1]."""
+        """Differentiably decode latents (B, C, F', h, w) into frames (B, F, 3, H, W) in [0, 1]."""
+
+    def decode_frames(self, latents: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        """Differentiably decode only pixel frames `indices` (B, K, 3, H, W): what a loss reads.
+        Default: each latent frame decodes to one pixel frame, alone. A VAE that compresses time
+        decodes what those frames need and picks them."""
+        return self.decode(latents[:, :, list(indices)])
+
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames F' of a clip of `frames` pixel frames (1:1 unless the VAE compresses time)."""
+        return frames
+
+    def check_frames(self, frames: int, flag: str = "--frames") -> None:
+        """Refuse, in one line naming `flag`, a frame count the family cannot render (beyond the
+        engine's max_frames check: a VAE that folds 4 frames into one latent frame renders 4k+1,
+        say). Default: every count fits."""
+        return None
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in backward instead of keeping them (`tune.gradient_checkpointing`):

@@ -94,8 +94,8 @@ def build_plugin_manager(extra: tuple = (), warn: Callable[[str], None] | None =
     pm = pluggy.PluginManager("pv")
     pm.add_hookspecs(hookspecs)
     plugins: dict[str, PluginInfo] = {}
-    wanted = os.environ.get("PV_PLUGINS")
-    allow = None if wanted is None else {n.strip() for n in wanted.split(",") if n.strip()}
+    selected = os.environ.get("PV_PLUGINS")
+    allow = None if selected is None else {n.strip() for n in selected.split(",") if n.strip()}
     for ep in md.entry_points(group="pv"):
         if allow is not None and ep.name not in allow:
             continue

@@ -70,6 +70,9 @@ class ControlNetConditioner(Conditioner):
             check_model_path(ref, o.type)
 
     def apply(self, backbone: Backbone, plan: GenerationPlan) -> None:
+        if "controlnet" not in backbone.accepts:
+            raise PVError(f"--control is not available on the {backbone.name} backbone (it takes no ControlNet)",
+                          "generate without --control, or with a profile of a family that has ControlNets")
         from pvcli.video import read_source, resample
 
         o = self.opts

@@ -20,21 +20,21 @@ def lora_layers(model: torch.nn.Module):
 
 
 def add_adapter(backbone: Backbone, targets: str, rank: int, alpha: float) -> list[str]:
-    """Inject the adapter into backbone.unet, freeze everything else, return adapted layer names."""
+    """Inject the adapter into backbone.denoiser, freeze everything else, return adapted layer names."""
     from peft import LoraConfig, inject_adapter_in_model
 
     pattern = backbone.adapter_targets(targets)
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=pattern)
     try:
-        inject_adapter_in_model(config, backbone.unet, adapter_name=ADAPTER_NAME)
+        inject_adapter_in_model(config, backbone.denoiser, adapter_name=ADAPTER_NAME)
     except ValueError as exc:
         raise PVError(f"cannot add the identity adapter ({targets}): {exc}") from None
-    names = [n for n, _ in lora_layers(backbone.unet)]
+    names = [n for n, _ in lora_layers(backbone.denoiser)]
     protected = re.compile(backbone.protected_pattern())
     leaked = [n for n in names if protected.search(n)]
     if leaked:  # a plugin's target regex must never reach the motion modules
         raise PVError(f"adapter target set {targets!r} would touch protected modules: {leaked[:3]}")
-    for name, param in backbone.unet.named_parameters():
+    for name, param in backbone.denoiser.named_parameters():
         is_lora = f".{ADAPTER_NAME}." in name or name.endswith(f".{ADAPTER_NAME}")
         param.requires_grad_(is_lora)
         if is_lora:

@@ -22,7 +22,7 @@ def gate_callback(backbone: Backbone, steps: int, adapter_steps: int | None, sca
 
     def callback(pipe, i, t, kwargs):
         if i == switch:
-            set_adapter_scale(backbone.unet, scale)
+            set_adapter_scale(backbone.denoiser, scale)
         if on_step is not None:
             on_step(i, kwargs.get("latents"))
         return kwargs
@@ -33,6 +33,7 @@ def gate_callback(backbone: Backbone, steps: int, adapter_steps: int | None, sca
 def check_frames(backbone: Backbone, frames: int) -> None:
     if frames > backbone.max_frames and not getattr(backbone, "long_videos", False):
         raise PVError(f"--frames {frames} exceeds this backbone's limit of {backbone.max_frames} frames")
+    backbone.check_frames(frames)
 
 
 def denoising_steps(steps: int, strength: float | None = None) -> int:
@@ -69,7 +70,7 @@ def render_latents(backbone: Backbone, prompt: str, g: GenerateSettings, adapter
                                       generator=torch.Generator("cpu").manual_seed(g.seed),
                                       callback_on_step_end=callback)
     finally:
-        set_adapter_scale(backbone.unet, adapter_scale)
+        set_adapter_scale(backbone.denoiser, adapter_scale)
 
 
 def generate_frames(backbone: Backbone, prompt: str, g: GenerateSettings, adapter_steps: int | None = None,

@@ -31,7 +31,7 @@ class SampleResult:
 def initial_latents(backbone: Backbone, frames: int, height: int, width: int, generator: torch.Generator,
                     batch: int = 1) -> torch.Tensor:
     s = backbone.vae_scale_factor
-    shape = (batch, backbone.latent_channels, frames, height // s, width // s)
+    shape = (batch, backbone.latent_channels, backbone.latent_frames(frames), height // s, width // s)
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(backbone.device)
 
 
@@ -62,13 +62,20 @@ def _probe_dead_final(cls, key: str, steps: int, config) -> bool:
             probe.set_begin_index(len(probe.timesteps) - 1)
         try:
             t = probe.timesteps[-1]
-            outs.append(probe.step(eps, t, probe.scale_model_input(x, t)).prev_sample)
+            outs.append(probe.step(eps, t, scale_model_input(probe, x, t)).prev_sample)
         except Exception:  # a multistep scheduler that needs its history: not a dead step we know of
             outs = []
             break
     _DEAD[(cls, key, steps)] = dead = bool(outs) and all(
         torch.allclose(o.double(), x, rtol=0, atol=1e-6) for o in outs)
     return dead
+
+
+def scale_model_input(scheduler, sample: torch.Tensor, t) -> torch.Tensor:
+    """The scheduler's input scaling where it has one (Euler's sigma scaling); flow-matching
+    schedulers feed the sample as is."""
+    scale = getattr(scheduler, "scale_model_input", None)
+    return scale(sample, t) if scale is not None else sample
 
 
 def _step_kwargs(scheduler, generator: torch.Generator | None) -> dict:
@@ -108,7 +115,7 @@ def sample(
     scheduler = backbone.new_scheduler()
     scheduler.set_timesteps(steps, device=backbone.device)
     if start == 0:
-        latents = latents * scheduler.init_noise_sigma
+        latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching starts at noise
     elif hasattr(scheduler, "set_begin_index"):  # Euler/LCM keep a step index
         scheduler.set_begin_index(start)
     use_cfg = guidance_scale > 1.0 and uncond is not None
@@ -125,10 +132,10 @@ def sample(
             if on_step is not None:
                 on_step(i, latents)
             continue
-        gate = adapter_disabled(backbone.unet) if i < first_adapted else nullcontext()
+        gate = adapter_disabled(backbone.denoiser) if i < first_adapted else nullcontext()
         with gate, torch.enable_grad() if i >= first_grad else torch.no_grad():
             model_in = torch.cat([latents] * 2) if use_cfg else latents
-            model_in = scheduler.scale_model_input(model_in, t)
+            model_in = scale_model_input(scheduler, model_in, t)
             noise = backbone.predict_noise(model_in, t, embeds)
             if use_cfg:
                 n_uncond, n_cond = noise.chunk(2)

@@ -53,7 +53,7 @@ def _mean(xs: list[float]) -> float | None:
 
 def _denoiser_dtype(backbone: Backbone) -> torch.dtype:
     """The dtype the denoiser's frozen weights compute in (the adapter itself trains in fp32)."""
-    return next((p.dtype for n, p in backbone.unet.named_parameters() if ADAPTER_NAME not in n), torch.float32)
+    return next((p.dtype for n, p in backbone.denoiser.named_parameters() if ADAPTER_NAME not in n), torch.float32)
 
 
 class PromptEmbeddings:
@@ -142,6 +142,7 @@ class Tuner:
         t = settings.tune
         if t.frames > backbone.max_frames:
             raise PVError(f"tune.frames={t.frames} exceeds this backbone's limit of {backbone.max_frames} frames")
+        backbone.check_frames(t.frames, "tune.frames")
         if t.scr_weight > 0 and scorer is None:
             raise PVError("tune.scr_weight > 0 needs a scorer")
         if t.scr_weight > 0 and t.scr_frames > t.frames:
@@ -153,7 +154,7 @@ class Tuner:
         self.layers = add_adapter(backbone, settings.adapter.targets, settings.adapter.rank, settings.adapter.alpha)
         if t.gradient_checkpointing:
             backbone.enable_gradient_checkpointing()
-        self.params = trainable_parameters(backbone.unet)
+        self.params = trainable_parameters(backbone.denoiser)
         self.optimizer = _optimizer(t.optimizer, self.params, t.lr, t.weight_decay)
         warm = max(1, t.warmup_steps)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: min(1.0, (i + 1) / warm))
@@ -195,7 +196,7 @@ class Tuner:
                generator: torch.Generator | None = None) -> torch.Tensor:
         """The clip's final latents, what generation decodes (from noise, or from `start`)."""
         t = self.s.tune
-        ctx = nullcontext() if adapter else adapter_disabled(self.bb.unet)
+        ctx = nullcontext() if adapter else adapter_disabled(self.bb.denoiser)
         with ctx:
             return sample(self.bb, self.embeds(prompt), self.uncond, latents, t.num_inference_steps, t.guidance_scale,
                           grad_steps=self.grad_steps if grad else 0, adapter_steps=self.adapter_steps, start=start,
@@ -222,7 +223,7 @@ class Tuner:
         decoded_idx = sorted(set(idx) | set(scr_idx))
         noise_state = self.noise.get_state()  # the frozen clip draws the same step noise (LCM)
         final = self._final(prompt, latents, grad=True, start=start, generator=self.noise)
-        decoded = self.bb.decode(final[:, :, decoded_idx])[0]  # (K, 3, H, W): only the frames a loss reads
+        decoded = self.bb.decode_frames(final, decoded_idx)[0]  # (K, 3, H, W): only the frames a loss reads
         at = {f: k for k, f in enumerate(decoded_idx)}
         frames = decoded[[at[i] for i in idx]]
         faces = frame_faces(frames, self.enc, t.no_face)
@@ -237,7 +238,7 @@ class Tuner:
                 same_noise = torch.Generator("cpu").set_state(noise_state)
                 frozen_final = self._final(prompt, latents, grad=False, adapter=False, start=start,
                                            generator=same_noise)
-                frozen_scores = self.scorer.score(self.bb.decode(frozen_final[:, :, scr_idx])[0], prompt)
+                frozen_scores = self.scorer.score(self.bb.decode_frames(frozen_final, scr_idx)[0], prompt)
             scr = scr_loss(self.scorer.score(decoded[[at[i] for i in scr_idx]], prompt), frozen_scores)
             losses.append(t.scr_weight * scr)
             scr_val = float(scr.detach())
@@ -247,7 +248,7 @@ class Tuner:
         """Everything but the adapter stays frozen, whatever ran in between (a long progress sample
         rebuilds motion blocks with trainable weights, say)."""
         adapter = {id(p) for p in self.params}
-        for p in self.bb.unet.parameters():
+        for p in self.bb.denoiser.parameters():
             if p.requires_grad and id(p) not in adapter:
                 p.requires_grad_(False)
 
@@ -258,7 +259,7 @@ class Tuner:
         start = time.perf_counter()
         self._keep_frozen()
         reference = self._step_reference()
-        self.bb.unet.train()
+        self.bb.denoiser.train()
         self.optimizer.zero_grad(set_to_none=True)
         losses, sims, scrs, prompts, hits, total = [], [], [], [], 0, 0
         for _ in range(t.clips_per_step):
@@ -296,7 +297,7 @@ class Tuner:
             self.scaler.update()
             if not self.scaler.is_enabled() or self.scaler.get_scale() >= scale:
                 self.lr_schedule.step()  # the schedule counts optimizer steps taken
-        self.bb.unet.eval()
+        self.bb.denoiser.eval()
         self.step_index += 1
         stats = StepStats(self.step_index, _mean(losses), _mean(sims), _mean(scrs), hits, total,
                           lr, time.perf_counter() - start, " | ".join(prompts))
@@ -310,7 +311,7 @@ class Tuner:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         return {
-            "step": self.step_index, "adapter": adapter_state_dict(self.bb.unet),
+            "step": self.step_index, "adapter": adapter_state_dict(self.bb.denoiser),
             "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
             "noise": self.noise.get_state(), "prompts": self.prompts.state(), "frames": self.frame_rng.getstate(),
             "augment": self.aug_rng.bit_generator.state, "torch": torch.get_rng_state(),
@@ -320,7 +321,7 @@ class Tuner:
     def load_state_dict(self, state: dict, rng: bool = True) -> None:
         """Restore a checkpoint; `rng=False` (a data-parallel replica) re-derives its own random
         streams for the checkpoint's step instead of taking the main process's."""
-        load_adapter_state_dict(self.bb.unet, state["adapter"])
+        load_adapter_state_dict(self.bb.denoiser, state["adapter"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.step_index = int(state["step"])

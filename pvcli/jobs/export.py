@@ -23,7 +23,12 @@ from ..paths import check_output, write_error
 from ..store import atomic_write_file
 
 FORMATS = {"diffusers": "diffusers", "kohya": "kohya", "comfy": "kohya", "a1111": "kohya"}
-COMPONENT = "unet"  # the diffusers pipeline component the adapter lives on (Backbone.unet)
+COMPONENT = "unet"  # the pipeline component an identity's adapter lives on when it does not say (pv 0.1)
+
+
+def component(meta: dict) -> str:
+    """The diffusers pipeline component the adapter lives on (Backbone.component: unet, transformer)."""
+    return meta.get("component") or COMPONENT
 # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY, written out: importing it loads most of
 # diffusers (3.4 s), which `pv export` needs for no other format (test_export checks they agree).
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
@@ -49,11 +54,12 @@ def gating_note(meta: dict) -> str:
 
 def diffusers_lora(state: dict, meta: dict) -> tuple[dict, dict]:
     """(tensors, diffusers header) in the layout `save_lora_weights` writes."""
-    tensors = {f"{COMPONENT}.{k}": v.contiguous() for k, v in state.items()}
+    prefix = component(meta)
+    tensors = {f"{prefix}.{k}": v.contiguous() for k, v in state.items()}
     config = {"r": int(meta["rank"]), "lora_alpha": float(meta["alpha"]),
               "target_modules": sorted({k.split(".lora_")[0] for k in state})}
     header = {"format": "pt",
-              LORA_ADAPTER_METADATA_KEY: json.dumps({f"{COMPONENT}.{k}": v for k, v in config.items()}, indent=2, sort_keys=True)}
+              LORA_ADAPTER_METADATA_KEY: json.dumps({f"{prefix}.{k}": v for k, v in config.items()}, indent=2, sort_keys=True)}
     return tensors, header
 
 
@@ -63,6 +69,10 @@ def kohya_lora(state: dict, meta: dict) -> tuple[dict, dict]:
     import torch
     from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
 
+    if component(meta) != COMPONENT:
+        raise PVError(f"--format kohya/comfy/a1111 writes UNet LoRA keys; this identity's adapter is on the "
+                      f"{component(meta)} of a {meta.get('backbone', 'non-UNet')} backbone",
+                      "export it with --format diffusers (what diffusers' load_lora_weights reads)")
     tensors = convert_state_dict_to_kohya({f"{COMPONENT}.{k}": v for k, v in state.items()})
     alpha = torch.tensor(float(meta["alpha"]))
     tensors = {k: (alpha.clone() if k.endswith(".alpha") else v.contiguous()) for k, v in tensors.items()}

@@ -68,7 +68,7 @@ class IdentityRenderer:
             if key in meta and meta[key] != value:
                 ctx.reporter.warn(f"identity {name!r} was tuned with {key} {meta[key]!r}; generating with {value!r}")
         add_adapter(self.backbone, meta.get("targets", settings.adapter.targets), int(meta["rank"]), float(meta["alpha"]))
-        load_adapter_state_dict(self.backbone.unet, state)
+        load_adapter_state_dict(self.backbone.denoiser, state)
         self.fraction = float(meta.get("active_fraction", 1.0))
         self.phrase = identity_phrase(meta.get("token", "sks"), meta.get("class_word", "person"))
 

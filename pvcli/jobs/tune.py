@@ -337,12 +337,13 @@ def _finish(s: _Session, progress: _Progress) -> dict:
     step_times = [rec["seconds"] for rec in log if isinstance(rec.get("seconds"), (int, float))]
     per_step = seconds / ran if ran else (sum(step_times) / len(step_times) if step_times else 0.0)
 
-    adapter = adapter_state_dict(backbone.unet)
+    adapter = adapter_state_dict(backbone.denoiser)
     described = {**backbone.describe(), **encoder.describe()}
     a = settings.adapter
     metadata = {
         **described, "targets": a.targets, "rank": str(a.rank), "alpha": str(a.alpha),
         "active_fraction": str(a.active_fraction), "steps": str(t.steps), "seed": str(t.seed), "token": t.token,
+        "component": backbone.component,
         "class_word": t.class_word,
         "lora_adapter_metadata": {"r": a.rank, "lora_alpha": a.alpha, "target_modules": backbone.adapter_targets(a.targets),
                                   "init_lora_weights": "gaussian"},
