@@ -13,7 +13,8 @@ from pvcli.settings import shipped_profiles
 
 CORE = Path(pvcli.__file__).parent
 FAMILY_WORDS = ["animatediff", "animate diff", "sdxl", "stable diffusion", "stable-diffusion", "sd1.5", "sd 1.5", "sd15",
-                "sd_v1", "lightning", "animatelcm", "motion adapter", "motionadapter", "unet2d", "unetmotion"]
+                "sd_v1", "lightning", "animatelcm", "motion adapter", "motionadapter", "unet2d", "unetmotion",
+                "wan", "umt5", "vace", "hunyuan"]
 PIPELINE_CLASS = re.compile(r"\b[A-Z][A-Za-z0-9]*Pipeline\b")
 
 
@@ -34,7 +35,7 @@ def _model_ids() -> set[str]:
 
 def test_core_names_no_backbone_family_pipeline_class_or_model_id():
     backbones = {n.lower() for n in build_plugin_manager().entries["backbones"]}
-    assert {"animatediff-tiny", "animatediff-sdxl-tiny"} <= backbones  # the words to look for are real
+    assert {"animatediff-tiny", "animatediff-sdxl-tiny", "wan-tiny"} <= backbones  # the words to look for are real
     ids = _model_ids()
     assert ids  # profiles name model ids
     words = set(FAMILY_WORDS) | backbones | ids

@@ -1,0 +1,28 @@
+"""Built-in backbones of the Wan family (diffusion transformers with flow matching): `wan`
+(diffusers' WanPipeline, real weights from the hub, the HF cache or a local folder: Wan 2.1 T2V
+1.3B / 14B) and `wan-tiny` (the same architecture built in-process from small configs with a
+fixed seed and random weights: offline, CPU, for quick starts and tests).
+
+Registration only names factories; torch and diffusers are imported when one is called."""
+
+from __future__ import annotations
+
+from pvcli import hookimpl
+
+
+def wan(**kwargs):
+    from .backbone import make_wan
+
+    return make_wan(**kwargs)
+
+
+def wan_tiny(**kwargs):
+    from .backbone import make_tiny_wan
+
+    return make_tiny_wan(**kwargs)
+
+
+@hookimpl
+def register_backbones(register):
+    register("wan", wan, description="Wan 2.1 text-to-video (diffusion transformer, flow matching), real weights")
+    register("wan-tiny", wan_tiny, description="tiny Wan built in-process, random weights (offline)")

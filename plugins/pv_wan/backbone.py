@@ -1,0 +1,241 @@
+"""The Wan family (Wan 2.1 text-to-video) as a pv backbone: a diffusion transformer trained with
+flow matching, a causal 3D VAE that compresses 4 frames into one latent frame, and a UMT5 text
+encoder. Measured facts behind the choices: ../shared/notes/dit-wan.md (diffusers 0.42.1).
+
+Where the identity adapter goes. A Wan block has `attn1` (self-attention over every video token
+with 3D RoPE: the only op that mixes frames, the counterpart of AnimateDiff's motion modules),
+`attn2` (cross-attention to the text, per token) and `ffn` (per token). The adapter goes on
+layers that never mix frames and `attn1` stays frozen and bit-identical:
+  attention: attn2's q, k, v, out (cross-attention only)
+  spatial:   attn2's q, k, v, out and the feed-forward net (ffn.net.0.proj, ffn.net.2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pv_animatediff.backbone import SpeedOptions, quiet_libraries, resolve_device, resolve_dtype
+
+from pvcli.contracts import Backbone
+from pvcli.errors import PVError
+from pvcli.hub import load_pretrained
+from pvcli.settings import validate_options
+
+_BLOCK = r"blocks\.\d+"
+_CROSS = rf"{_BLOCK}\.attn2\.(to_q|to_k|to_v|to_out\.0)"
+TARGETS = {"attention": _CROSS, "spatial": rf"{_CROSS}|{_BLOCK}\.ffn\.net\.(0\.proj|2)"}
+TEMPORAL = 4  # pixel frames per latent frame (after the first)
+
+
+def latent_frames(frames: int) -> int:
+    return (frames - 1) // TEMPORAL + 1
+
+
+class WanBackbone(Backbone):
+    long_videos = False
+    component = "transformer"
+    accepts = frozenset({"lora"})  # Wan's controls come through VACE, its video-to-video through its own pipeline
+
+    def __init__(self, name, transformer, vae, text_encoder, tokenizer, scheduler, info: dict, device, dtype,
+                 max_sequence_length: int = 512, random_weights: bool = False):
+        self.name = name
+        self.random_weights = random_weights
+        self.denoiser = transformer.to(device, dtype).eval().requires_grad_(False)
+        self.vae = vae.to(device, torch.float32).eval().requires_grad_(False)  # diffusers' advice: the Wan VAE in fp32
+        self.text_encoder = text_encoder.to(device, dtype).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.info = info
+        self.max_sequence_length = max_sequence_length
+        self.latent_channels = transformer.config.in_channels
+        self.vae_scale_factor = 2 ** len(vae.config.temperal_downsample)
+        # 3D RoPE covers rope_max_seq_len positions per axis: latent frames beyond it have no position
+        self.max_frames = TEMPORAL * (int(transformer.config.rope_max_seq_len) - 1) + 1
+        self._pipe = None
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.denoiser
+
+    def describe(self) -> dict[str, str]:
+        return {"backbone": self.name, **self.info, "base_model_version": "wan2.1", "architecture": "wan2.1-t2v"}
+
+    def adapter_targets(self, targets: str) -> str:
+        if targets not in TARGETS:
+            raise PVError(f"unknown adapter target set {targets!r}", f"choose {', '.join(TARGETS)}")
+        return TARGETS[targets]
+
+    def protected_pattern(self) -> str:
+        return r"(^|\.)attn1(\.|$)"
+
+    def protected_modules(self) -> dict[str, torch.nn.Module]:
+        frames = {n: m for n, m in self.denoiser.named_modules() if n.endswith(".attn1")}
+        return {**frames, "text_encoder": self.text_encoder, "vae": self.vae}
+
+    # ----------------------------------------------------------------- frames
+    def latent_frames(self, frames: int) -> int:
+        return latent_frames(frames)
+
+    def check_frames(self, frames: int, flag: str = "--frames") -> None:
+        super().check_frames(frames, flag)
+        if (frames - 1) % TEMPORAL:
+            near = (frames - 1) // TEMPORAL * TEMPORAL + 1
+            raise PVError(f"{flag} {frames}: Wan renders 4k+1 frames (its VAE turns 4 frames into one latent frame)",
+                          f"use {near} or {near + TEMPORAL}")
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        # the pipeline's own encoding: UMT5 states, zeroed past each prompt's length
+        embeds, _ = self.pipeline().encode_prompt(prompts, do_classifier_free_guidance=False,
+                                                  max_sequence_length=self.max_sequence_length, device=self.device)
+        return embeds.to(self.dtype)
+
+    def predict_noise(self, latents, t, embeds):
+        """The flow velocity (noise - clean) that the scheduler steps with."""
+        timestep = torch.as_tensor(t, device=self.device).expand(latents.shape[0])
+        return self.denoiser(hidden_states=latents.to(self.dtype), timestep=timestep, encoder_hidden_states=embeds,
+                             return_dict=False)[0].float()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        c = self.vae.config
+        lat = latents.float()
+        mean = torch.tensor(c.latents_mean, device=lat.device).view(1, c.z_dim, 1, 1, 1)
+        std = torch.tensor(c.latents_std, device=lat.device).view(1, c.z_dim, 1, 1, 1)
+        video = self.vae.decode(lat * std + mean, return_dict=False)[0]  # (B, 3, F, H, W) in [-1, 1]
+        return (video.permute(0, 2, 1, 3, 4) / 2 + 0.5).clamp(0, 1)
+
+    def decode_frames(self, latents: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        """The VAE is causal in time: pixel frame p needs latent frames 0..latent_frames(p+1)-1, and
+        decoding that prefix gives the same frames as decoding the whole clip."""
+        last = max(indices)
+        needed = (0 if last == 0 else (last - 1) // TEMPORAL + 1) + 1  # latent frame of `last`, counted from 1
+        return self.decode(latents[:, :, :needed])[:, list(indices)]
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.denoiser.enable_gradient_checkpointing()
+        if getattr(self.vae, "_supports_gradient_checkpointing", False):
+            self.vae.enable_gradient_checkpointing()
+
+    # ----------------------------------------------------------------- generation
+    def pipeline(self):
+        """diffusers' WanPipeline around this backbone's own modules (no copies)."""
+        if self._pipe is None:
+            from diffusers import WanPipeline
+
+            self._pipe = WanPipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder,
+                                     transformer=self.denoiser, vae=self.vae, scheduler=self.new_scheduler())
+            self._pipe.set_progress_bar_config(disable=True)
+        return self._pipe
+
+    def pipeline_call(self, plan, *, prompt, negative_prompt, num_inference_steps, guidance_scale, generator,
+                      callback_on_step_end=None) -> torch.Tensor:
+        if plan.controls:
+            raise PVError(f"--control is not available on the {self.name} backbone yet (Wan's controls come through VACE)",
+                          "generate without --control, or use an AnimateDiff profile for ControlNet")
+        if plan.video is not None:
+            raise PVError(f"--video is not available on the {self.name} backbone yet",
+                          "use an AnimateDiff profile for video-to-video")
+        self.check_frames(plan.frames)
+        pipe = self.pipeline()
+        pipe.scheduler = self.new_scheduler()
+        out = pipe(prompt=prompt, negative_prompt=negative_prompt, height=plan.height, width=plan.width,
+                   num_frames=plan.frames, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                   generator=generator, output_type="latent", callback_on_step_end=callback_on_step_end,
+                   max_sequence_length=self.max_sequence_length, **dict(plan.call_kwargs))
+        return out.frames  # latents (B, C, F', h, w), decoded by `decode`
+
+    def load_lora(self, source: str, name: str) -> None:
+        """diffusers' Wan LoRA loader (diffusers keys, ComfyUI-native and musubi-tuner files)."""
+        path = Path(source).expanduser()
+
+        def load(ref, local_files_only, **kw):
+            return self.pipeline().load_lora_weights(ref, adapter_name=name, local_files_only=local_files_only, **kw)
+
+        if not path.is_file():
+            load_pretrained("generate.conditioners.lora.source", source, load, what="style LoRA",
+                            offline_hint="pass a local .safetensors file: --lora PATH")
+            return
+        try:
+            load(str(path.parent), True, weight_name=path.name)
+        except Exception as exc:
+            raise PVError(f"--lora {source}: not a LoRA this Wan model can load ({str(exc).splitlines()[0][:200]})",
+                          "use a Wan 2.1 LoRA of the same size (diffusers, ComfyUI or musubi-tuner keys)") from None
+
+    def lora_modules(self) -> list[torch.nn.Module]:
+        return [self.denoiser]
+
+
+# --------------------------------------------------------------------------- tiny
+
+
+@dataclass
+class TinyWanOptions(SpeedOptions):
+    seed: int = 0
+    dtype: str = "float32"
+    shift: float = 3.0  # the flow-matching shift of the tiny model's FlowMatchEulerDiscreteScheduler
+
+
+def build_tiny_components(seed: int = 0, shift: float = 3.0) -> dict:
+    """Every Wan component, tiny, from configs (diffusers' own test sizes), deterministic for a
+    seed: a 2-block transformer (28k params), a 4-level causal VAE (8x spatial, 4x temporal), a
+    2-layer UMT5 with pv's offline character tokenizer."""
+    quiet_libraries()
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+    from pv_tiny import CHAR_VOCAB_SIZE, char_tokenizer
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32)
+        vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                               temperal_downsample=[False, True, True])
+        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=CHAR_VOCAB_SIZE, d_model=32, d_kv=8, d_ff=64,
+                                                   num_layers=2, num_heads=4))
+    return dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=char_tokenizer(),
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
+
+
+def make_tiny_wan(options: dict | None = None, device: str | None = "cpu") -> WanBackbone:
+    opts = validate_options(TinyWanOptions, options or {}, "backbone.options")
+    dev = resolve_device(device)
+    c = build_tiny_components(opts.seed, opts.shift)
+    info = {"base_model": f"tiny-wan(seed={opts.seed})", "scheduler": f"flow-match-euler(shift={opts.shift:g})"}
+    return WanBackbone("wan-tiny", c["transformer"], c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"], info,
+                       dev, resolve_dtype(opts.dtype, dev), max_sequence_length=32, random_weights=True)
+
+
+# --------------------------------------------------------------------------- real weights
+
+
+@dataclass
+class WanOptions(SpeedOptions):
+    model: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"  # hub id, HF cache or a local folder in diffusers layout
+    dtype: str = "auto"  # auto: bfloat16 on CUDA (the VAE stays fp32), float32 on CPU
+    flow_shift: float = 0.0  # 0: the repo's scheduler as shipped; else its flow shift (3 for 480p, 5 for 720p)
+    max_sequence_length: int = 512
+    revision: str = ""
+
+
+def make_wan(options: dict | None = None, device: str | None = None) -> WanBackbone:
+    opts = validate_options(WanOptions, options or {}, "backbone.options")
+    dev = resolve_device(device)
+    dtype = torch.bfloat16 if opts.dtype == "auto" and dev.startswith("cuda") else resolve_dtype(opts.dtype, dev)
+    quiet_libraries()
+    from diffusers import WanPipeline
+
+    extra = {"revision": opts.revision} if opts.revision else {}
+    pipe = load_pretrained("backbone.options.model", opts.model, WanPipeline.from_pretrained, torch_dtype=dtype,
+                           what="Wan model", **extra)
+    scheduler = pipe.scheduler
+    if opts.flow_shift:
+        scheduler = type(scheduler).from_config(scheduler.config, flow_shift=opts.flow_shift)
+    info = {"base_model": opts.model, "scheduler": type(scheduler).__name__}
+    return WanBackbone("wan", pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler, info, dev,
+                       dtype, max_sequence_length=opts.max_sequence_length)

@@ -1,0 +1,140 @@
+"""The Wan family (a diffusion transformer with flow matching and a VAE that compresses time) as
+a plugin: the whole method runs on the tiny Wan built in-process, through the same engine and
+CLI as AnimateDiff. What is Wan-specific is checked here: frame-mixing attention stays frozen,
+pv's sampler is WanPipeline's, late-step gating, the causal decoder, 4k+1 frames, exports."""
+
+import json
+
+import pytest
+import torch
+from conftest import NO_HELD_OUT, run
+
+from pvcli.engine.adapter import ADAPTER_NAME, adapter_disabled, adapter_state_dict, add_adapter, set_adapter_scale
+from pvcli.engine.generate import render_latents
+from pvcli.engine.sampling import adapted_steps, initial_latents, sample
+from pvcli.engine.tune import Tuner
+from pvcli.settings import resolve
+
+
+@pytest.fixture
+def wan():
+    from pv_wan.backbone import make_tiny_wan
+
+    return make_tiny_wan()
+
+
+@pytest.fixture(scope="module")
+def wan_settings():
+    return resolve("tiny-wan")[1]
+
+
+def _random_adapter(bb, std=0.3):
+    add_adapter(bb, "spatial", 4, 4)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for name, p in bb.denoiser.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, std)
+
+
+def test_tiny_wan_tunes_and_generates_through_the_cli(astronaut, pv_home, tmp_path):
+    r = run("tune", astronaut, "--name", "w", "--profile", "tiny-wan", *NO_HELD_OUT, "--steps", "2", "--json", "-q")
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["backbone"] == "wan-tiny" and info["steps"] == 2 and info["adapter_layers"] == 12  # 2 blocks x 6
+    out = tmp_path / "w.mp4"
+    r = run("generate", "w", "surfing at sunset", "-o", out, "--json")
+    assert r.exit_code == 0, r.stderr
+    from pvcli.video import read_frames
+
+    assert read_frames(out).shape == (9, 64, 64, 3)
+    r = run("generate", "w", "surfing", "--frames", "16", "-o", tmp_path / "x.mp4")
+    assert r.exit_code == 1 and "4k+1 frames" in r.stderr and "use 13 or 17" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "x.mp4").exists()
+    r = run("generate", "w", "surfing", "--control", f"canny={astronaut}", "-o", tmp_path / "c.mp4")
+    assert r.exit_code == 1 and "--control is not available on the wan-tiny backbone" in r.stderr
+
+
+def test_tuning_adapts_only_frame_wise_layers_and_leaves_the_rest_bit_identical(wan, encoder, reference, wan_settings):
+    frozen = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in wan.protected_modules().items()}
+    assert any(n.endswith(".attn1") for n in frozen) and {"text_encoder", "vae"} <= set(frozen)
+    tuner = Tuner(wan, encoder, wan_settings, reference)
+    assert tuner.layers and all(".attn1." not in n for n in tuner.layers)
+    assert {n.split(".")[2] for n in tuner.layers} == {"attn2", "ffn"}  # cross-attention and feed-forward
+    before = adapter_state_dict(wan.denoiser)
+    stats = tuner.step()
+    assert stats.loss is not None
+    after = adapter_state_dict(wan.denoiser)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the adapter learned
+    for name, module in wan.protected_modules().items():
+        now = module.state_dict()
+        assert all(torch.equal(now[k], frozen[name][k]) for k in now), name
+    base = {n: p for n, p in wan.denoiser.named_parameters() if ADAPTER_NAME not in n}
+    assert not any(p.requires_grad for p in base.values())
+
+
+@pytest.mark.parametrize("guidance", [1.0, 5.0])
+def test_pv_sampler_is_wanpipeline_and_gating_leaves_early_steps_base(wan, wan_settings, guidance):
+    """diffusers' WanPipeline (with pv's step-callback gating) gives pv's own sampler's latents,
+    and gating keeps the first steps the base model's, bit for bit."""
+    _random_adapter(wan)
+    g = wan_settings.generate
+    g = type(g)(**{**g.__dict__, "seed": 3, "guidance_scale": guidance, "negative_prompt": "blurry"})
+    prompt, steps, adapted = "sks person, surfing at sunset", g.steps, adapted_steps(g.steps, 0.5)
+    ours = render_latents(wan, prompt, g, adapter_steps=adapted)
+    set_adapter_scale(wan.denoiser, 1.0)
+    seen, base_seen = [], []
+    with torch.no_grad():
+        lat = initial_latents(wan, g.frames, g.height, g.width, torch.Generator().manual_seed(3))
+        uncond = wan.encode_prompt([g.negative_prompt])
+        mine = sample(wan, wan.encode_prompt([prompt]), uncond, lat, steps, guidance, adapter_steps=adapted,
+                      on_step=lambda i, x: seen.append(x.clone())).latents
+        with adapter_disabled(wan.denoiser):
+            sample(wan, wan.encode_prompt([prompt]), uncond, lat, steps, guidance,
+                   on_step=lambda i, x: base_seen.append(x.clone()))
+    assert ours.shape == (1, 16, 3, 8, 8)  # 9 frames -> 3 latent frames; 64 px -> 8
+    assert (ours - mine).abs().max() < 1e-4
+    for i in range(steps - adapted):
+        assert torch.equal(seen[i], base_seen[i]), i
+    assert (seen[-1] - base_seen[-1]).abs().max() > 1e-3
+
+
+def test_decoding_the_frames_a_loss_reads_matches_decoding_the_whole_clip(wan):
+    lat = initial_latents(wan, 13, 64, 64, torch.Generator().manual_seed(1))  # 4 latent frames
+    with torch.no_grad():
+        whole = wan.decode(lat)
+        some = wan.decode_frames(lat, [0, 3, 6])  # only latent frames 0..2 are decoded
+    assert whole.shape == (1, 13, 3, 64, 64) and some.shape == (1, 3, 3, 64, 64)
+    assert (some - whole[:, [0, 3, 6]]).abs().max() < 1e-5
+
+
+def test_a_diffusers_export_loads_into_wanpipeline_and_renders_pv_latents(astronaut, pv_home, tmp_path):
+    from diffusers import WanPipeline
+    from pv_wan.backbone import build_tiny_components
+
+    r = run("tune", astronaut, "--name", "w", "--profile", "tiny-wan", *NO_HELD_OUT, "--steps", "2", "--lr", "0.05",
+            "--set", "tune.warmup_steps=0", "-q")
+    assert r.exit_code == 0, r.stderr
+    out = tmp_path / "w.safetensors"
+    r = run("export", "w", "--format", "diffusers", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    r = run("export", "w", "--format", "comfy", "-o", tmp_path / "k.safetensors")
+    assert r.exit_code == 1 and "--format diffusers" in r.stderr  # kohya keys are UNet keys: refused, not wrong
+
+    import pvcli as pv
+
+    identity = pv.Identity.load("w")
+    ours = identity.generate("surfing", seed=5, output=tmp_path / "ours.mp4")
+    c = build_tiny_components()
+    for k in ("transformer", "vae", "text_encoder"):
+        c[k].eval()  # as from_pretrained leaves them (UMT5 has dropout)
+    pipe = WanPipeline(**{k: c[k] for k in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")})
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(tmp_path), weight_name="w.safetensors", adapter_name="alice")
+    g = identity.settings().generate
+    frames = pipe(prompt=ours.record["prompt"], negative_prompt="", height=g.height, width=g.width, num_frames=g.frames,
+                  num_inference_steps=g.steps, guidance_scale=g.guidance_scale, max_sequence_length=32,
+                  generator=torch.Generator().manual_seed(5), output_type="np").frames[0]
+    theirs = (torch.from_numpy(frames) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    assert theirs.shape == ours.frames.shape
+    assert abs(theirs.astype(int) - ours.frames.astype(int)).max() <= 1  # the same clip, up to rounding
