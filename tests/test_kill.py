@@ -32,7 +32,9 @@ marker = Path(os.environ["PV_TEST_MARKER"])
 
 
 def pause(tmp):
-    marker.write_text(str(tmp))
+    staged = marker.with_name(marker.name + ".part")  # the marker appears whole: the test reads it at once
+    staged.write_text(str(tmp))
+    os.replace(staged, marker)
     time.sleep(600)
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -360,13 +362,24 @@ def save_tiny(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     return base, motion
 
 
+@functools.lru_cache(maxsize=4)
+def _tiny_modules(seed: int, scheduler: str, width: int) -> tuple:
+    """The tiny model's modules for one configuration, built once per process (the Python API, a
+    batch and the test suite build many tiny backbones): callers get deep copies."""
+    from diffusers import UNetMotionModel
+
+    c = build_tiny_components(seed, scheduler, width)
+    unet = UNetMotionModel.from_unet2d(c["unet2d"], c["motion_adapter"])
+    return unet, c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"]
+
+
 def make_tiny(options: dict | None = None, device: str | None = "cpu") -> AnimateDiffBackbone:
     opts = validate_options(TinyOptions, options or {}, "backbone.options")
     dev = resolve_device(device)
-    from diffusers import UNetMotionModel
-
-    c = build_tiny_components(opts.seed, opts.scheduler, opts.width)
-    unet = UNetMotionModel.from_unet2d(c["unet2d"], c["motion_adapter"])
+    unet, vae, text_encoder, tokenizer, scheduler = _tiny_modules(opts.seed, opts.scheduler, opts.width)
+    # fresh weights for every backbone (tuning and dtype changes act in place); the tokenizer is read-only
+    unet, vae, text_encoder, scheduler = (copy.deepcopy(m) for m in (unet, vae, text_encoder, scheduler))
+    c = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
     size = "" if opts.width == 32 else f",width={opts.width}"
     info = {"base_model": f"tiny(seed={opts.seed}{size})", "motion_adapter": "tiny", "scheduler": opts.scheduler}
     return apply_speed_options(AnimateDiffBackbone(
