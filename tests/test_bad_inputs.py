@@ -276,7 +276,7 @@ def test_export_into_a_read_only_folder(home, tmp_path, monkeypatch):
 @pytest.mark.parametrize("path,expected", [
     ("nope.pvid", ["nope.pvid", "not found"]),
     ("empty.txt", ["empty.txt", "not a valid pv identity bundle"]),
-    ("notes.txt", ["notes.txt", "not a valid pv identity bundle"]),
+    ("notes.txt", ["notes.txt", "not a valid pv identity bundle: it is not a tar archive"]),
     ("textonly", ["textonly"]),
 ])
 def test_import_refuses_what_is_no_bundle(home, bad, monkeypatch, path, expected):

@@ -93,16 +93,12 @@ def test_output_formats_by_suffix_carry_frames_and_metadata(tmp_path, name, astr
 
 
 def test_long_clip_past_the_motion_window_and_the_model_is_unchanged_after(tmp_path):
-    long = run("generate", "alice", "surfing", "-o", tmp_path / "long.mp4", "--frames", "40",
-               "--set", "generate.context_length=16", "--set", "generate.context_stride=8")
-    assert long.exit_code == 0, long.stderr
-    assert read_frames(tmp_path / "long.mp4").shape == (40, 64, 64, 3)
-
     import pvcli as pv
 
-    identity = pv.Identity.load("alice")
+    identity = pv.Identity.load("alice", overrides=["generate.context_length=16", "generate.context_stride=8"])
     short = identity.generate("surfing", frames=8).frames
-    identity.generate("surfing", frames=40)  # FreeNoise on the same loaded model...
+    long = identity.generate("surfing", frames=40, output=tmp_path / "long.mp4")  # FreeNoise on the same model...
+    assert long.frames.shape == read_frames(tmp_path / "long.mp4").shape == (40, 64, 64, 3)
     assert np.array_equal(identity.generate("surfing", frames=8).frames, short)  # ...leaves it as it was
 
 

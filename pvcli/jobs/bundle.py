@@ -176,8 +176,11 @@ def _read_members(path: Path) -> dict[str, bytes]:
                 if len(data) != info.size:
                     raise _bad(path, f"{name!r} is truncated")
                 members[name] = data
+    except tarfile.ReadError:  # "file could not be opened successfully:" and the methods tried
+        raise _bad(path, "it is not a tar archive (pv export --bundle writes one)") from None
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:  # zlib/gzip errors are OSError or ValueError
-        raise _bad(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        why = str(exc).splitlines()[0].rstrip(": ") if str(exc) else type(exc).__name__
+        raise _bad(path, why) from None
     return members
 
 
