@@ -138,3 +138,23 @@ def test_a_diffusers_export_loads_into_wanpipeline_and_renders_pv_latents(astron
     theirs = (torch.from_numpy(frames) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     assert theirs.shape == ours.frames.shape
     assert abs(theirs.astype(int) - ours.frames.astype(int)).max() <= 1  # the same clip, up to rounding
+
+
+@pytest.mark.parametrize("profile,params,placement", [
+    ("wan2.1-1.3b", 1419.0, {"attention": (120, 5.90), "spatial": (180, 15.97)}),
+    ("wan2.1-14b", 14288.5, {"attention": (160, 26.21), "spatial": (240, 50.46)}),
+])
+def test_real_size_adapter_placement_from_the_real_configs(profile, params, placement):
+    """The real transformers, built without weights: parameter counts, and where a rank-16 adapter
+    goes (layers, millions of parameters) for each target set; never on attn1."""
+    import re
+
+    from pv_wan.backbone import TARGETS
+    from pv_wan.configs import real_size_transformer
+
+    model = real_size_transformer(profile)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == params
+    for targets, (count, millions) in placement.items():
+        layers = {n: m for n, m in model.named_modules() if re.fullmatch(TARGETS[targets], n)}
+        assert len(layers) == count and not any("attn1" in n for n in layers)
+        assert round(sum(16 * (m.in_features + m.out_features) for m in layers.values()) / 1e6, 2) == millions
