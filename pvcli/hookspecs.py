@@ -9,7 +9,9 @@ hookspec = pluggy.HookspecMarker("pv")
 
 @hookspec
 def register_backbones(register):
-    """Register text-to-video backbones: register(name, factory, description="")."""
+    """Register text-to-video backbones: register(name, factory, description="", frames=None);
+    `frames(count, flag)` raises PVError for a frame count the family cannot render (checked before
+    the backbone loads)."""
 
 
 @hookspec

@@ -29,6 +29,9 @@ class Entry:
     factory: Callable
     plugin: str
     description: str = ""
+    # backbones: frames(count, flag) raises PVError for a frame count the family cannot render,
+    # so a bad --frames / tune.frames fails before minutes of model loading
+    frames: Callable[[int, str], None] | None = None
 
 
 @dataclass
@@ -55,13 +58,14 @@ class Registry:
         for impl in hook.get_hookimpls():
             plugin = self.pm.get_name(impl.plugin) or str(impl.plugin)
 
-            def register(name: str, factory: Callable, description: str = "", _plugin: str = plugin) -> None:
+            def register(name: str, factory: Callable, description: str = "", frames: Callable | None = None,
+                         _plugin: str = plugin) -> None:
                 table = self.entries[kind]
                 if name in table:
                     warn(f"plugin {_plugin!r} registers {_SINGULAR[kind]} {name!r}, already registered by "
                          f"{table[name].plugin!r}: ignored")
                     return
-                table[name] = Entry(name, factory, _plugin, description)
+                table[name] = Entry(name, factory, _plugin, description, frames)
                 self.plugins.setdefault(_plugin, PluginInfo(_plugin, None)).registered.setdefault(kind, []).append(name)
 
             try:
@@ -78,6 +82,12 @@ class Registry:
             raise PVError(f"unknown {_SINGULAR[kind]} {name!r} (known: {known})",
                           "install the plugin that provides it, or check PV_PLUGINS")
         return table[name]
+
+    def check_frames(self, backbone: str, frames: int, flag: str) -> None:
+        """The backbone's own frame-count rule, if it registered one (before it loads)."""
+        rule = self.get("backbones", backbone).frames
+        if rule is not None:
+            rule(frames, flag)
 
     def create(self, kind: str, name: str, **kwargs):
         return self.get(kind, name).factory(**kwargs)

@@ -51,6 +51,10 @@ def test_tiny_wan_tunes_and_generates_through_the_cli(astronaut, pv_home, tmp_pa
     r = run("generate", "w", "surfing", "--frames", "16", "-o", tmp_path / "x.mp4")
     assert r.exit_code == 1 and "4k+1 frames" in r.stderr and "use 13 or 17" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "x.mp4").exists()
+    assert "loading backbone" not in r.stderr  # refused before minutes of model loading
+    r = run("tune", astronaut, "--name", "v", "--profile", "tiny-wan", "--set", "tune.frames=8")
+    assert r.exit_code == 1 and "tune.frames 8: Wan renders 4k+1 frames" in r.stderr and "use 5 or 9" in r.stderr
+    assert "loading backbone" not in r.stderr and not (pv_home / "runs" / "v").exists()
     r = run("generate", "w", "surfing", "--control", f"canny={astronaut}", "-o", tmp_path / "c.mp4")
     assert r.exit_code == 1 and "--control is not available on the wan-tiny backbone" in r.stderr
 

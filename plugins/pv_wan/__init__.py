@@ -22,7 +22,19 @@ def wan_tiny(**kwargs):
     return make_tiny_wan(**kwargs)
 
 
+def check_frames(frames: int, flag: str) -> None:
+    """Wan renders 4k+1 frames (its VAE folds 4 frames into one latent frame)."""
+    if (frames - 1) % 4:
+        from pvcli.errors import PVError
+
+        near = (frames - 1) // 4 * 4 + 1
+        raise PVError(f"{flag} {frames}: Wan renders 4k+1 frames (its VAE turns 4 frames into one latent frame)",
+                      f"use {near} or {near + 4}")
+
+
 @hookimpl
 def register_backbones(register):
-    register("wan", wan, description="Wan 2.1 text-to-video (diffusion transformer, flow matching), real weights")
-    register("wan-tiny", wan_tiny, description="tiny Wan built in-process, random weights (offline)")
+    register("wan", wan, description="Wan 2.1 text-to-video (diffusion transformer, flow matching), real weights",
+             frames=check_frames)
+    register("wan-tiny", wan_tiny, description="tiny Wan built in-process, random weights (offline)",
+             frames=check_frames)

@@ -81,11 +81,9 @@ class WanBackbone(Backbone):
         return latent_frames(frames)
 
     def check_frames(self, frames: int, flag: str = "--frames") -> None:
-        super().check_frames(frames, flag)
-        if (frames - 1) % TEMPORAL:
-            near = (frames - 1) // TEMPORAL * TEMPORAL + 1
-            raise PVError(f"{flag} {frames}: Wan renders 4k+1 frames (its VAE turns 4 frames into one latent frame)",
-                          f"use {near} or {near + TEMPORAL}")
+        from . import check_frames
+
+        check_frames(frames, flag)
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:

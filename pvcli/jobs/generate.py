@@ -194,9 +194,11 @@ def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddO
 
     if video is not None:
         probe_source(video, "--video")
+    info = ctx.store.load_info(name)
+    if info.get("backbone"):
+        ctx.registry.check_frames(info["backbone"], g.frames, "--frames")
     if not addons:
         return
-    info = ctx.store.load_info(name)
     target = {k: str(info[k]) for k in ("backbone", "base_model", "base_model_version", "architecture") if info.get(k)}
     for addon in addons:
         options = {**g.conditioners.get(addon.name, {}), **addon.options}

@@ -133,6 +133,7 @@ def _start(ctx: Context, request: TuneRequest, name: str, dp=None) -> dict:
                       "or pass --force to start over")
     if not request.photos:
         raise PVError("tune needs reference photo(s)", "e.g. pv tune face.jpg --name alice")
+    ctx.registry.check_frames(request.settings.backbone.name, request.settings.tune.frames, "tune.frames")
     paths = expand_photos(request.photos)
     prompts = load_prompt_file(request.prompts_file) if request.prompts_file else None
     try:
