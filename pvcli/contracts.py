@@ -64,10 +64,17 @@ class Backbone(ABC):
         kohya-format LoRA readers use for the base family (ss_base_model_version, modelspec architecture),
         which `pv export --format kohya` writes into the file's header."""
 
-    @abstractmethod
+    target_sets: dict[str, str] = {}  # adapter target set name -> full-match regex over denoiser module names
+
     def adapter_targets(self, targets: str) -> str:
-        """A full-match regex over `unet.named_modules()` names for the adapter target set
-        `attention` (spatial attention projections) or `spatial` (all spatial layers)."""
+        """A full-match regex over `denoiser.named_modules()` names for the adapter target set
+        `attention` (attention projections of the frame-wise layers) or `spatial` (all frame-wise
+        layers). Default: looked up in `target_sets`; an unknown name is one line."""
+        from .errors import PVError
+
+        if targets not in self.target_sets:
+            raise PVError(f"unknown adapter target set {targets!r}", f"choose {', '.join(self.target_sets)}")
+        return self.target_sets[targets]
 
     @abstractmethod
     def protected_modules(self) -> dict[str, torch.nn.Module]:

@@ -46,6 +46,7 @@ def quiet_libraries() -> None:
 
 
 class AnimateDiffBackbone(Backbone):
+    target_sets = TARGETS
     def __init__(self, name, unet, vae, text_encoder, tokenizer, scheduler, info: dict, device, dtype,
                  random_weights: bool = False):
         self.name = name
@@ -66,11 +67,6 @@ class AnimateDiffBackbone(Backbone):
     def describe(self) -> dict[str, str]:
         # base_model_version / architecture: what kohya-format LoRA readers (A1111, ComfyUI) call an SD 1.x model
         return {"backbone": self.name, **self.info, "base_model_version": "sd_v1", "architecture": "stable-diffusion-v1"}
-
-    def adapter_targets(self, targets: str) -> str:
-        if targets not in TARGETS:
-            raise PVError(f"unknown adapter target set {targets!r}", f"choose {', '.join(TARGETS)}")
-        return TARGETS[targets]
 
     def protected_pattern(self) -> str:
         return r"(^|\.)motion_modules(\.|$)"
@@ -159,20 +155,7 @@ class AnimateDiffBackbone(Backbone):
         """diffusers' loader: diffusers/PEFT or kohya/A1111 keys, a file, folder or hub id. A local
         file is loaded from there only, and a failure names it and what does not fit this backbone
         (its layers, their size); torch, peft and diffusers warnings stay off the terminal."""
-        path = Path(source).expanduser()
-
-        def load(ref, local_files_only, **kw):
-            return self.pipeline().load_lora_weights(ref, adapter_name=name, local_files_only=local_files_only, **kw)
-
-        with _quiet_lora_loading():
-            if not path.is_file():
-                load_pretrained("generate.conditioners.lora.source", source, load, what="style LoRA",
-                                offline_hint="pass a local .safetensors file: --lora PATH")
-                return
-            try:
-                load(str(path.parent), True, weight_name=path.name)
-            except Exception as exc:
-                raise _lora_error(source, exc, self.describe()) from None
+        load_pipeline_lora(self.pipeline(), source, name, lambda exc: _lora_error(source, exc, self.describe()))
 
     def lora_modules(self) -> list[torch.nn.Module]:
         return [self.unet, self.text_encoder]
@@ -194,6 +177,26 @@ class AnimateDiffBackbone(Backbone):
         frames = torch.cat([self.vae.decode(chunk).sample for chunk in lat.split(DECODE_CHUNK)])
         frames = frames.reshape(b, f, *frames.shape[1:])
         return (frames / 2 + 0.5).clamp(0, 1)
+
+
+def load_pipeline_lora(pipe, source: str, name: str, error) -> None:
+    """A LoRA into a diffusers pipeline as adapter `name` (its own `load_lora_weights`, so every key
+    format that pipeline reads): a local file from there only, else a hub id through the cache;
+    `error(exc)` turns a local file's failure into the PVError to raise. Shared by the families."""
+    path = Path(source).expanduser()
+
+    def load(ref, local_files_only, **kw):
+        return pipe.load_lora_weights(ref, adapter_name=name, local_files_only=local_files_only, **kw)
+
+    with _quiet_lora_loading():
+        if not path.is_file():
+            load_pretrained("generate.conditioners.lora.source", source, load, what="style LoRA",
+                            offline_hint="pass a local .safetensors file: --lora PATH")
+            return
+        try:
+            load(str(path.parent), True, weight_name=path.name)
+        except Exception as exc:
+            raise error(exc) from None
 
 
 @contextmanager

@@ -13,10 +13,9 @@ layers that never mix frames and `attn1` stays frozen and bit-identical:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from pv_animatediff.backbone import SpeedOptions, quiet_libraries, resolve_device, resolve_dtype
+from pv_animatediff.backbone import SpeedOptions, load_pipeline_lora, quiet_libraries, resolve_device, resolve_dtype
 
 from pvcli.contracts import Backbone
 from pvcli.errors import PVError
@@ -35,6 +34,7 @@ def latent_frames(frames: int) -> int:
 
 class WanBackbone(Backbone):
     long_videos = False
+    target_sets = TARGETS
     component = "transformer"
     accepts = frozenset({"lora"})  # Wan's controls come through VACE, its video-to-video through its own pipeline
 
@@ -63,11 +63,6 @@ class WanBackbone(Backbone):
 
     def describe(self) -> dict[str, str]:
         return {"backbone": self.name, **self.info, "base_model_version": "wan2.1", "architecture": "wan2.1-t2v"}
-
-    def adapter_targets(self, targets: str) -> str:
-        if targets not in TARGETS:
-            raise PVError(f"unknown adapter target set {targets!r}", f"choose {', '.join(TARGETS)}")
-        return TARGETS[targets]
 
     def protected_pattern(self) -> str:
         return r"(^|\.)attn1(\.|$)"
@@ -148,20 +143,11 @@ class WanBackbone(Backbone):
 
     def load_lora(self, source: str, name: str) -> None:
         """diffusers' Wan LoRA loader (diffusers keys, ComfyUI-native and musubi-tuner files)."""
-        path = Path(source).expanduser()
+        def error(exc):
+            return PVError(f"--lora {source}: not a LoRA this Wan model can load ({str(exc).splitlines()[0][:200]})",
+                           "use a Wan 2.1 LoRA of the same size (diffusers, ComfyUI or musubi-tuner keys)")
 
-        def load(ref, local_files_only, **kw):
-            return self.pipeline().load_lora_weights(ref, adapter_name=name, local_files_only=local_files_only, **kw)
-
-        if not path.is_file():
-            load_pretrained("generate.conditioners.lora.source", source, load, what="style LoRA",
-                            offline_hint="pass a local .safetensors file: --lora PATH")
-            return
-        try:
-            load(str(path.parent), True, weight_name=path.name)
-        except Exception as exc:
-            raise PVError(f"--lora {source}: not a LoRA this Wan model can load ({str(exc).splitlines()[0][:200]})",
-                          "use a Wan 2.1 LoRA of the same size (diffusers, ComfyUI or musubi-tuner keys)") from None
+        load_pipeline_lora(self.pipeline(), source, name, error)
 
     def lora_modules(self) -> list[torch.nn.Module]:
         return [self.denoiser]
