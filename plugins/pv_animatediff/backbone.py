@@ -466,8 +466,9 @@ def load_family(family: Family, opts, dtype) -> tuple[dict, dict]:
                                                                               "image_encoder")}
         pipe = pipeline_cls(motion_adapter=adapter, **modules)
     else:
+        # pipelines take `dtype` (diffusers 0.42 deprecates their `torch_dtype`); models still take torch_dtype
         pipe = load_pretrained(_BASE, opts.base_model, pipeline_cls.from_pretrained, motion_adapter=adapter,
-                               torch_dtype=dtype, **extra)
+                               dtype=dtype, **extra)
     info = {"base_model": opts.base_model, "motion_adapter": opts.motion_adapter, "scheduler": opts.scheduler}
     if opts.motion_adapter_weight_name:
         info["motion_adapter"] = f"{opts.motion_adapter}/{opts.motion_adapter_weight_name}"

@@ -217,8 +217,8 @@ def make_wan(options: dict | None = None, device: str | None = None) -> WanBackb
     from diffusers import WanPipeline
 
     extra = {"revision": opts.revision} if opts.revision else {}
-    pipe = load_pretrained("backbone.options.model", opts.model, WanPipeline.from_pretrained, torch_dtype=dtype,
-                           what="Wan model", **extra)
+    pipe = load_pretrained("backbone.options.model", opts.model, WanPipeline.from_pretrained, dtype=dtype,
+                           what="Wan model", offline_hint="run offline with --profile tiny-wan", **extra)
     scheduler = pipe.scheduler
     if opts.flow_shift:
         scheduler = type(scheduler).from_config(scheduler.config, flow_shift=opts.flow_shift)
