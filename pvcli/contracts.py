@@ -76,13 +76,23 @@ class Backbone(ABC):
             raise PVError(f"unknown adapter target set {targets!r}", f"choose {', '.join(self.target_sets)}")
         return self.target_sets[targets]
 
-    @abstractmethod
-    def protected_modules(self) -> dict[str, torch.nn.Module]:
-        """Modules that must stay bit-identical (motion modules, text encoder, VAE), by name."""
+    # the last name part of the denoiser's modules that mix frames (motion modules, a video
+    # transformer's self-attention): frozen, and never touched by the adapter
+    frame_mixing: str = ""
+    # the frozen modules beside the denoiser, by attribute name (text encoders, VAE)
+    frozen_parts: tuple[str, ...] = ("text_encoder", "vae")
 
-    @abstractmethod
+    def protected_modules(self) -> dict[str, torch.nn.Module]:
+        """Modules that must stay bit-identical, by name: the denoiser's frame-mixing modules and
+        the `frozen_parts`."""
+        mixing = {n: m for n, m in self.denoiser.named_modules() if n.rsplit(".", 1)[-1] == self.frame_mixing}
+        return {**mixing, **{part: getattr(self, part) for part in self.frozen_parts}}
+
     def protected_pattern(self) -> str:
-        """A regex matching unet module names the adapter must never touch (motion modules)."""
+        """A regex matching denoiser module names the adapter must never touch (`frame_mixing`)."""
+        import re
+
+        return rf"(^|\.){re.escape(self.frame_mixing)}(\.|$)"
 
     @abstractmethod
     def encode_prompt(self, prompts: list[str]) -> Conditioning:

@@ -137,6 +137,27 @@ def tuned_alice(tmp_path_factory, astronaut) -> Path:
     return home
 
 
+def fixed_clip_similarities(backbone, encoder, reference, settings, steps: int = 6, lr: float = 5e-3) -> list[float]:
+    """ID similarity of the supervised clip over `steps` tuning steps that all draw the same noise,
+    prompt and frames (lr `lr`, no warm-up): how the ID loss moves one clip."""
+    import random
+
+    import torch
+
+    from pvcli.engine.tune import Tuner
+    from pvcli.settings import from_dict
+
+    settings = from_dict(settings.to_dict(), [{"tune": {"lr": lr, "warmup_steps": 0}}])
+    tuner = Tuner(backbone, encoder, settings, reference)
+    tuner.prompts.prompts = tuner.prompts.prompts[:1]
+    sims = []
+    for _ in range(steps):
+        tuner.noise = torch.Generator().manual_seed(11)
+        tuner.frame_rng = random.Random(0)
+        sims.append(tuner.step().id_sim)
+    return sims
+
+
 def copy_home(src: Path, dst: Path) -> Path:
     """A private copy of a PV_HOME (identities and all), for a test that writes into it."""
     import shutil

@@ -1,10 +1,10 @@
 """The method's mechanics on the tiny backbone with the real FaceNet encoder."""
 
-import random
 import re
 
 import pytest
 import torch
+from conftest import fixed_clip_similarities
 
 from pvcli.engine.adapter import (
     adapter_disabled,
@@ -117,16 +117,7 @@ def test_tuning_leaves_frozen_parts_bit_identical(tiny, encoder, reference, tiny
 def test_training_clip_similarity_rises_step_over_step(tiny, encoder, reference, tiny_settings):
     """Same noise and prompt every step: the supervised clip's ID similarity climbs (measured
     -0.127 -> +0.017 in 6 steps at lr 5e-3 without warm-up, every step higher)."""
-    from pvcli.settings import from_dict
-
-    settings = from_dict(tiny_settings.to_dict(), [{"tune": {"lr": 5e-3, "warmup_steps": 0}}])
-    tuner = Tuner(tiny, encoder, settings, reference)
-    tuner.prompts.prompts = tuner.prompts.prompts[:1]
-    sims = []
-    for _ in range(6):
-        tuner.noise = torch.Generator().manual_seed(11)
-        tuner.frame_rng = random.Random(0)
-        sims.append(tuner.step().id_sim)
+    sims = fixed_clip_similarities(tiny, encoder, reference, tiny_settings)
     rises = sum(b > a for a, b in zip(sims[:-1], sims[1:], strict=True))
     assert rises >= 4, sims
     assert sims[-1] - sims[0] > 0.03, sims  # FaceNet's own protocol: a random texture starts below 0

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import NO_HELD_OUT, run
+from conftest import NO_HELD_OUT, fixed_clip_similarities, run
 
 from pvcli.engine.adapter import ADAPTER_NAME, adapter_disabled, adapter_state_dict, add_adapter, set_adapter_scale
 from pvcli.engine.generate import render_latents
@@ -167,17 +167,6 @@ def test_real_size_adapter_placement_from_the_real_configs(profile, params, plac
 def test_a_fixed_clip_gets_closer_to_the_reference_every_step(wan, encoder, reference, wan_settings):
     """Same noise and prompt every step: the ID loss moves the Wan clip towards the reference
     (measured -0.061 -> -0.014 in 6 steps at lr 5e-3)."""
-    import random
-
-    from pvcli.settings import from_dict
-
-    settings = from_dict(wan_settings.to_dict(), [{"tune": {"lr": 5e-3, "warmup_steps": 0}}])
-    tuner = Tuner(wan, encoder, settings, reference)
-    tuner.prompts.prompts = tuner.prompts.prompts[:1]
-    sims = []
-    for _ in range(6):
-        tuner.noise = torch.Generator().manual_seed(11)
-        tuner.frame_rng = random.Random(0)
-        sims.append(tuner.step().id_sim)
+    sims = fixed_clip_similarities(wan, encoder, reference, wan_settings)
     assert sum(b > a for a, b in zip(sims[:-1], sims[1:], strict=True)) >= 4, sims
     assert sims[-1] - sims[0] > 0.02, sims

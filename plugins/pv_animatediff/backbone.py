@@ -47,6 +47,7 @@ def quiet_libraries() -> None:
 
 class AnimateDiffBackbone(Backbone):
     target_sets = TARGETS
+    frame_mixing = "motion_modules"
     def __init__(self, name, unet, vae, text_encoder, tokenizer, scheduler, info: dict, device, dtype,
                  random_weights: bool = False):
         self.name = name
@@ -67,13 +68,6 @@ class AnimateDiffBackbone(Backbone):
     def describe(self) -> dict[str, str]:
         # base_model_version / architecture: what kohya-format LoRA readers (A1111, ComfyUI) call an SD 1.x model
         return {"backbone": self.name, **self.info, "base_model_version": "sd_v1", "architecture": "stable-diffusion-v1"}
-
-    def protected_pattern(self) -> str:
-        return r"(^|\.)motion_modules(\.|$)"
-
-    def protected_modules(self) -> dict[str, torch.nn.Module]:
-        motion = {n: m for n, m in self.unet.named_modules() if n.endswith("motion_modules")}
-        return {**motion, "text_encoder": self.text_encoder, "vae": self.vae}
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:

@@ -41,8 +41,7 @@ class AnimateDiffSDXLBackbone(AnimateDiffBackbone):
         return {"backbone": self.name, **self.info, "base_model_version": "sdxl_base_v1-0",
                 "architecture": "stable-diffusion-xl-v1-base"}
 
-    def protected_modules(self) -> dict[str, torch.nn.Module]:
-        return {**super().protected_modules(), "text_encoder_2": self.text_encoder_2}
+    frozen_parts = ("text_encoder", "text_encoder_2", "vae")
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ def latent_frames(frames: int) -> int:
 class WanBackbone(Backbone):
     long_videos = False
     target_sets = TARGETS
+    frame_mixing = "attn1"  # the only op that mixes frames
     component = "transformer"
     accepts = frozenset({"lora"})  # Wan's controls come through VACE, its video-to-video through its own pipeline
 
@@ -63,13 +64,6 @@ class WanBackbone(Backbone):
 
     def describe(self) -> dict[str, str]:
         return {"backbone": self.name, **self.info, "base_model_version": "wan2.1", "architecture": "wan2.1-t2v"}
-
-    def protected_pattern(self) -> str:
-        return r"(^|\.)attn1(\.|$)"
-
-    def protected_modules(self) -> dict[str, torch.nn.Module]:
-        frames = {n: m for n, m in self.denoiser.named_modules() if n.endswith(".attn1")}
-        return {**frames, "text_encoder": self.text_encoder, "vae": self.vae}
 
     # ----------------------------------------------------------------- frames
     def latent_frames(self, frames: int) -> int:
