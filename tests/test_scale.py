@@ -17,33 +17,30 @@ def pv(*args, home, timeout=300):
                           timeout=timeout)
 
 
-def test_two_processes_tune_one_identity_in_lockstep_and_it_generates(astronaut, pv_home, tmp_path):
-    r = pv("tune", astronaut, "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--steps", "2", "--processes", "2", "--quiet",
-           "--set", "tune.checkpoint_every=1", home=pv_home)
+def test_an_interrupted_run_resumes_on_two_processes_in_lockstep_and_it_generates(astronaut, pv_home, monkeypatch,
+                                                                                  tmp_path):
+    """One launch of two processes covers data parallel from both ends: a run interrupted on one
+    process resumes on two, which step in lockstep and write one identity that generates."""
+    release = press_ctrl_c_at(monkeypatch, 1)
+    r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--steps", "3", "--quiet",
+            "--set", "tune.checkpoint_every=1")
+    assert r.exit_code == 130
+    release()
+    r = pv("tune", "--resume", "alice", "--processes", "2", "--quiet", home=pv_home)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.splitlines() == ["alice"]  # one result line, from the main process only
     log = [json.loads(line) for line in (pv_home / "identities" / "alice" / "log.jsonl").read_text().splitlines()]
-    assert [rec["step"] for rec in log] == [1, 2]  # the loss curve is logged once
-    assert all(rec["processes"] == 2 and rec["replica_drift"] == 0.0 for rec in log)  # identical adapters every step
+    assert [rec["step"] for rec in log] == [1, 2, 3]  # the loss curve is logged once
+    assert [rec.get("processes") for rec in log] == [None, 2, 2]
+    assert all(rec["replica_drift"] == 0.0 for rec in log[1:])  # identical adapters every step
     assert all(rec["loss"] is not None for rec in log)
     info = json.loads((pv_home / "identities" / "alice" / "identity.json").read_text())
-    assert info["steps"] == 2
+    assert info["steps"] == 3 and info["resumed_at"] == 1
     assert not (pv_home / "runs" / "alice").exists()
     out = tmp_path / "a.gif"
     g = run("generate", "alice", "surfing", "-o", out)
     assert g.exit_code == 0, g.stderr
     assert out.is_file()
-
-
-def test_an_interrupted_run_resumes_on_two_processes(astronaut, pv_home, monkeypatch):
-    release = press_ctrl_c_at(monkeypatch, 1)
-    r = run("tune", astronaut, "--name", "bob", "--profile", "tiny", *NO_HELD_OUT, "--steps", "2", "--quiet")
-    assert r.exit_code == 130
-    release()
-    r = pv("tune", "--resume", "bob", "--processes", "2", "--quiet", home=pv_home)
-    assert r.returncode == 0, r.stderr[-2000:]
-    log = [json.loads(line) for line in (pv_home / "identities" / "bob" / "log.jsonl").read_text().splitlines()]
-    assert [rec["step"] for rec in log] == [1, 2] and [rec.get("processes") for rec in log] == [None, 2]
 
 
 def test_clips_per_step_accumulates_several_clips_into_one_update(encoder, reference, tiny_settings):
