@@ -32,6 +32,10 @@ class Entry:
     # backbones: frames(count, flag) raises PVError for a frame count the family cannot render,
     # so a bad --frames / tune.frames fails before minutes of model loading
     frames: Callable[[int, str], None] | None = None
+    # backbones: LoRA file formats of the family's own (e.g. ComfyUI's native transformer keys), by
+    # `pv export --format` name: writer(state, meta) -> (tensors, header); they take precedence
+    # over pv's built-in diffusers/kohya writers for identities tuned on this backbone
+    lora_formats: dict[str, Callable] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,13 +63,13 @@ class Registry:
             plugin = self.pm.get_name(impl.plugin) or str(impl.plugin)
 
             def register(name: str, factory: Callable, description: str = "", frames: Callable | None = None,
-                         _plugin: str = plugin) -> None:
+                         lora_formats: dict[str, Callable] | None = None, _plugin: str = plugin) -> None:
                 table = self.entries[kind]
                 if name in table:
                     warn(f"plugin {_plugin!r} registers {_SINGULAR[kind]} {name!r}, already registered by "
                          f"{table[name].plugin!r}: ignored")
                     return
-                table[name] = Entry(name, factory, _plugin, description, frames)
+                table[name] = Entry(name, factory, _plugin, description, frames, dict(lora_formats or {}))
                 self.plugins.setdefault(_plugin, PluginInfo(_plugin, None)).registered.setdefault(kind, []).append(name)
 
             try:

@@ -5,6 +5,8 @@
 - kohya (aliases comfy, a1111): `lora_unet_*.lora_down/lora_up/alpha` keys from diffusers' own
   `convert_state_dict_to_kohya`, with the real alpha, plus the `ss_*` and `modelspec.*` header
   keys those UIs show.
+- a backbone family's own layouts, registered with the backbone (`lora_formats`), e.g. ComfyUI's
+  native keys of a diffusion transformer for `--format comfy`; they get the same trainer header.
 
 Both carry flat `pv.*` string metadata: identity, trigger phrase, the backbone's own ids (base model, ...),
 target set, rank/alpha, active fraction, steps, seed, encoder, pv version and a hash of the
@@ -43,10 +45,6 @@ def check_format(fmt: str) -> str:
     return FORMATS[fmt]
 
 
-def default_output(name: str, fmt: str) -> Path:
-    return Path(f"{name}.safetensors" if check_format(fmt) == "diffusers" else f"{name}_{FORMATS[fmt]}.safetensors")
-
-
 def gating_note(meta: dict) -> str:
     fraction = float(meta.get("active_fraction", 1.0))
     return GATING_NOTE.format(pct=round(fraction * 100)) if fraction < 1 else ""
@@ -76,21 +74,27 @@ def kohya_lora(state: dict, meta: dict) -> tuple[dict, dict]:
     tensors = convert_state_dict_to_kohya({f"{COMPONENT}.{k}": v for k, v in state.items()})
     alpha = torch.tensor(float(meta["alpha"]))
     tensors = {k: (alpha.clone() if k.endswith(".alpha") else v.contiguous()) for k, v in tensors.items()}
-    rank, trigger = meta["rank"], _trigger(meta)
-    header = {
-        "ss_network_module": "networks.lora", "ss_network_dim": rank, "ss_network_alpha": str(float(meta["alpha"])),
-        "ss_sd_model_name": meta.get("base_model", ""), "ss_output_name": meta.get("identity", ""),
-        "ss_max_train_steps": meta.get("steps", ""), "ss_seed": meta.get("seed", ""),
-        "ss_training_comment": f"pv {__version__} PersonalVideo identity adapter; trigger: {trigger}",
-        "ss_tag_frequency": json.dumps({"pv": {trigger: 1}}),
-        "modelspec.sai_model_spec": "1.0.0", "modelspec.implementation": "diffusers",
-        "modelspec.title": meta.get("identity", ""), "modelspec.trigger_phrase": trigger,
-    }
+    header = {"ss_network_module": "networks.lora", "modelspec.implementation": "diffusers"}
     version = meta.get("base_model_version")
     if version:
         header["ss_base_model_version"] = version
         header["modelspec.architecture"] = f"{meta.get('architecture', version)}/lora"
     return tensors, header
+
+
+def trainer_header(meta: dict) -> dict[str, str]:
+    """The header keys LoRA trainers (kohya sd-scripts, musubi-tuner) write and UIs show: rank,
+    alpha, base model, name, steps, seed, trigger phrase. Added to every format but diffusers'."""
+    trigger = _trigger(meta)
+    return {
+        "ss_network_dim": str(meta["rank"]), "ss_network_alpha": str(float(meta["alpha"])),
+        "ss_sd_model_name": meta.get("base_model", ""), "ss_output_name": meta.get("identity", ""),
+        "ss_max_train_steps": str(meta.get("steps", "")), "ss_seed": str(meta.get("seed", "")),
+        "ss_training_comment": f"pv {__version__} PersonalVideo identity adapter; trigger: {trigger}",
+        "ss_tag_frequency": json.dumps({"pv": {trigger: 1}}),
+        "modelspec.sai_model_spec": "1.0.0", "modelspec.title": meta.get("identity", ""),
+        "modelspec.trigger_phrase": trigger,
+    }
 
 
 def _trigger(meta: dict) -> str:
@@ -112,20 +116,46 @@ def pv_metadata(name: str, meta: dict, fmt: str, tensors: dict) -> dict[str, str
     return out
 
 
+def family_formats(ctx: Context, backbone: str | None) -> dict:
+    """The LoRA formats the identity's backbone plugin adds (`lora_formats` at registration)."""
+    entry = ctx.registry.entries["backbones"].get(backbone) if backbone else None
+    return entry.lora_formats if entry is not None else {}
+
+
+def check_any_format(ctx: Context, fmt: str) -> None:
+    """An unknown format fails before anything is read (built-in or any backbone family's own)."""
+    if fmt in FORMATS or any(fmt in e.lora_formats for e in ctx.registry.entries["backbones"].values()):
+        return
+    check_format(fmt)
+
+
+def lora_writer(ctx: Context, meta: dict, fmt: str):
+    """(format label, writer): the backbone family's own layout for `fmt` first, else pv's built-ins."""
+    own = family_formats(ctx, meta.get("backbone"))
+    if fmt in own:
+        return fmt, own[fmt]
+    kind = check_format(fmt)
+    return kind, diffusers_lora if kind == "diffusers" else kohya_lora
+
+
 def export_lora(ctx: Context, name: str, fmt: str, output: Path | None = None, force: bool = False) -> dict:
     """Write identity `name`'s adapter as a LoRA file; returns what was written."""
     from safetensors.torch import save_file
 
-    kind = check_format(fmt)
+    check_any_format(ctx, fmt)
     ctx.store.load_info(name)  # the "no identity named ..." error
-    output = Path(output).expanduser() if output is not None else default_output(name, fmt)
-    _check_writable(output, force, default_output(name, fmt).name)
+    state, meta = read_adapter(ctx.store.path(name))
+    meta = {**meta, "identity": name}
+    kind, writer = lora_writer(ctx, meta, fmt)
+    example = Path(f"{name}.safetensors" if kind == "diffusers" else f"{name}_{kind}.safetensors")
+    output = Path(output).expanduser() if output is not None else example
+    _check_writable(output, force, example.name)
     if output.suffix.lower() != ".safetensors":
         raise PVError(f"-o {output}: a LoRA export is a .safetensors file, not {output.suffix or 'a file without suffix'}",
                       f"e.g. -o {output.with_suffix('.safetensors')}")
-    state, meta = read_adapter(ctx.store.path(name))
-    meta = {**meta, "identity": name}
-    tensors, header = (diffusers_lora if kind == "diffusers" else kohya_lora)(state, meta)
+    tensors, header = writer(state, meta)
+    if kind != "diffusers":
+        header = {**trainer_header(meta), **header}
     header.update(pv_metadata(name, meta, kind, tensors))
     try:  # the temporary file beside `output` is removed whatever fails
         atomic_write_file(output, lambda tmp: save_file(tensors, str(tmp), metadata=header))
