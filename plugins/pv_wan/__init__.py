@@ -32,9 +32,19 @@ def check_frames(frames: int, flag: str) -> None:
                       f"use {near} or {near + 4}")
 
 
+def comfy_lora(state, meta):
+    from .lora_keys import comfy_lora
+
+    return comfy_lora(state, meta)
+
+
+# `pv export --format comfy` of a Wan identity: ComfyUI's native Wan keys, not kohya's UNet keys
+LORA_FORMATS = {"comfy": comfy_lora}
+
+
 @hookimpl
 def register_backbones(register):
     register("wan", wan, description="Wan 2.1 text-to-video (diffusion transformer, flow matching), real weights",
-             frames=check_frames)
+             frames=check_frames, lora_formats=LORA_FORMATS)
     register("wan-tiny", wan_tiny, description="tiny Wan built in-process, random weights (offline)",
-             frames=check_frames)
+             frames=check_frames, lora_formats=LORA_FORMATS)
