@@ -37,10 +37,34 @@ def _random_adapter(bb, std=0.3):
                 p.data.normal_(0, std)
 
 
-def test_tiny_wan_tunes_and_generates_through_the_cli(astronaut, pv_home, tmp_path):
-    r = run("tune", astronaut, "--name", "w", "--profile", "tiny-wan", *NO_HELD_OUT, "--steps", "2", "--json", "-q")
-    assert r.exit_code == 0, r.stderr
-    info = json.loads(r.stdout)
+@pytest.fixture(scope="module")
+def wan_home(tmp_path_factory, astronaut):
+    """A PV_HOME holding `w`, tuned once per module through the CLI on tiny-wan hard enough (lr 0.05)
+    that the adapter visibly acts, rank 4 with alpha 8 (an export that loses alpha shows); and the
+    record `pv tune --json` printed. Tests read it; they write only under their tmp_path."""
+    home = tmp_path_factory.mktemp("wan-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PV_HOME", str(home))
+    try:
+        r = run("tune", astronaut, "--name", "w", "--profile", "tiny-wan", *NO_HELD_OUT, "--steps", "2", "--lr", "0.05",
+                "--rank", "4", "--set", "adapter.alpha=8", "--set", "tune.warmup_steps=0", "--json", "-q")
+        assert r.exit_code == 0, r.stderr
+    finally:
+        mp.undo()
+    return home, json.loads(r.stdout)
+
+
+@pytest.fixture
+def pv_home(wan_home, monkeypatch):
+    """This module's tests run on the shared `w` identity's home."""
+    monkeypatch.setenv("PV_HOME", str(wan_home[0]))
+    monkeypatch.delenv("PV_PLUGINS", raising=False)
+    monkeypatch.delenv("PV_DEBUG", raising=False)
+    return wan_home[0]
+
+
+def test_tiny_wan_tunes_and_generates_through_the_cli(wan_home, astronaut, pv_home, tmp_path):
+    info = wan_home[1]
     assert info["backbone"] == "wan-tiny" and info["steps"] == 2 and info["adapter_layers"] == 12  # 2 blocks x 6
     out = tmp_path / "w.mp4"
     r = run("generate", "w", "surfing at sunset", "-o", out, "--json")
@@ -57,6 +81,31 @@ def test_tiny_wan_tunes_and_generates_through_the_cli(astronaut, pv_home, tmp_pa
     assert "loading backbone" not in r.stderr and not (pv_home / "runs" / "v").exists()
     r = run("generate", "w", "surfing", "--control", f"canny={astronaut}", "-o", tmp_path / "c.mp4")
     assert r.exit_code == 1 and "--control is not available on the wan-tiny backbone" in r.stderr
+
+
+def test_video_to_video_on_wan_restyles_a_clip_with_the_identity(astronaut, pv_home, tmp_path):
+    import cv2
+    import numpy as np
+
+    from pvcli.images import load_image
+    from pvcli.video import read_frames, write_mp4
+
+    img = cv2.resize(load_image(astronaut), (96, 96))
+    drive = tmp_path / "drive.mp4"
+    write_mp4(np.stack([np.roll(img, 3 * k, axis=1) for k in range(12)]), drive, 8)
+    clips = {}
+    for name, extra in (("v2v", ("--video", drive, "--strength", "0.75")), ("t2v", ()),
+                        ("base", ("--video", drive, "--strength", "0.75", "--no-adapter"))):
+        out = tmp_path / f"{name}.mp4"
+        r = run("generate", "w", "as an astronaut", *extra, "-o", out, "--json")
+        assert r.exit_code == 0, r.stderr
+        clips[name] = read_frames(out).astype(int)
+        if name == "v2v":
+            rec = json.loads(r.stdout)
+            assert rec["video"] == {"source": str(drive), "strength": 0.75} and rec["frames"] == 9
+    assert clips["v2v"].shape == (9, 64, 64, 3)  # the clip resampled to the profile's 4k+1 frames
+    assert np.abs(clips["v2v"] - clips["t2v"]).max() > 10  # the driving clip shapes the result
+    assert not np.array_equal(clips["v2v"], clips["base"])  # the identity acts
 
 
 def test_tuning_adapts_only_frame_wise_layers_and_leaves_the_rest_bit_identical(wan, encoder, reference, wan_settings):
@@ -112,7 +161,7 @@ def test_decoding_the_frames_a_loss_reads_matches_decoding_the_whole_clip(wan):
     assert (some - whole[:, [0, 3, 6]]).abs().max() < 1e-5
 
 
-def test_diffusers_and_comfy_exports_load_into_wanpipeline_and_render_pv_latents(astronaut, pv_home, tmp_path):
+def test_diffusers_and_comfy_exports_load_into_wanpipeline_and_render_pv_latents(pv_home, tmp_path):
     """Both files, read by diffusers' own `load_lora_weights` into a fresh WanPipeline (the comfy
     file through diffusers' own converter of native Wan keys), render pv's latents within 1e-4."""
     from diffusers import WanPipeline
@@ -123,9 +172,6 @@ def test_diffusers_and_comfy_exports_load_into_wanpipeline_and_render_pv_latents
     from pvcli.engine.prompts import with_identity
     from pvcli.jobs.generate import IdentityRenderer, identity_settings
 
-    r = run("tune", astronaut, "--name", "w", "--profile", "tiny-wan", *NO_HELD_OUT, "--steps", "2", "--lr", "0.05",
-            "--rank", "4", "--set", "adapter.alpha=8", "--set", "tune.warmup_steps=0", "-q")  # alpha/rank 2 must travel
-    assert r.exit_code == 0, r.stderr
     for fmt in ("diffusers", "comfy"):
         r = run("export", "w", "--format", fmt, "-o", tmp_path / f"{fmt}.safetensors", "--json")
         assert r.exit_code == 0, r.stderr

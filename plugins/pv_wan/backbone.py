@@ -37,7 +37,7 @@ class WanBackbone(Backbone):
     target_sets = TARGETS
     frame_mixing = "attn1"  # the only op that mixes frames
     component = "transformer"
-    accepts = frozenset({"lora"})  # Wan's controls come through VACE, its video-to-video through its own pipeline
+    accepts = frozenset({"lora", "video"})  # video-to-video: WanVideoToVideoPipeline; controls need VACE weights
 
     def __init__(self, name, transformer, vae, text_encoder, tokenizer, scheduler, info: dict, device, dtype,
                  max_sequence_length: int = 512, random_weights: bool = False):
@@ -57,6 +57,7 @@ class WanBackbone(Backbone):
         # 3D RoPE covers rope_max_seq_len positions per axis: latent frames beyond it have no position
         self.max_frames = TEMPORAL * (int(transformer.config.rope_max_seq_len) - 1) + 1
         self._pipe = None
+        self._video_pipe = None
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -108,31 +109,42 @@ class WanBackbone(Backbone):
             self.vae.enable_gradient_checkpointing()
 
     # ----------------------------------------------------------------- generation
-    def pipeline(self):
-        """diffusers' WanPipeline around this backbone's own modules (no copies)."""
+    def pipeline(self, video: bool = False):
+        """diffusers' WanPipeline (WanVideoToVideoPipeline for `video`) around this backbone's own
+        modules (no copies)."""
         if self._pipe is None:
             from diffusers import WanPipeline
 
             self._pipe = WanPipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder,
                                      transformer=self.denoiser, vae=self.vae, scheduler=self.new_scheduler())
             self._pipe.set_progress_bar_config(disable=True)
-        return self._pipe
+        if not video:
+            return self._pipe
+        if self._video_pipe is None:
+            from diffusers import WanVideoToVideoPipeline
+
+            self._video_pipe = WanVideoToVideoPipeline.from_pipe(self._pipe)
+            self._video_pipe.set_progress_bar_config(disable=True)
+        return self._video_pipe
 
     def pipeline_call(self, plan, *, prompt, negative_prompt, num_inference_steps, guidance_scale, generator,
                       callback_on_step_end=None) -> torch.Tensor:
         if plan.controls:
             raise PVError(f"--control is not available on the {self.name} backbone yet (Wan's controls come through VACE)",
                           "generate without --control, or use an AnimateDiff profile for ControlNet")
-        if plan.video is not None:
-            raise PVError(f"--video is not available on the {self.name} backbone yet",
-                          "use an AnimateDiff profile for video-to-video")
         self.check_frames(plan.frames)
-        pipe = self.pipeline()
+        video = plan.video is not None
+        pipe = self.pipeline(video=video)
         pipe.scheduler = self.new_scheduler()
+        kwargs = dict(plan.call_kwargs)
+        if video:  # the clip, resampled to plan.frames (4k+1) and the size, re-noised to `strength`
+            kwargs.update(video=list(plan.video.to(self.device, torch.float32)), strength=plan.strength)
+        else:
+            kwargs["num_frames"] = plan.frames
         out = pipe(prompt=prompt, negative_prompt=negative_prompt, height=plan.height, width=plan.width,
-                   num_frames=plan.frames, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                    generator=generator, output_type="latent", callback_on_step_end=callback_on_step_end,
-                   max_sequence_length=self.max_sequence_length, **dict(plan.call_kwargs))
+                   max_sequence_length=self.max_sequence_length, **kwargs)
         return out.frames  # latents (B, C, F', h, w), decoded by `decode`
 
     def load_lora(self, source: str, name: str) -> None:
