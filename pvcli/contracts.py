@@ -2,7 +2,9 @@
 face model: a third-party plugin implements these and registers a factory through a hook.
 
 Every factory is called as `factory(options=dict, device=str)` and raises `PVError` for bad
-options or missing weights.
+options or missing weights. An encoder factory whose encoders are not differentiable carries
+`factory.differentiable = False` (see IdentityEncoder.differentiable), so that pv can refuse to tune
+with it before any model loads.
 """
 
 from __future__ import annotations
@@ -175,13 +177,17 @@ class IdentityEncoder(ABC):
     """A face detector + face-recognition network.
 
     Attributes: name; input_size (square side in pixels); template: (5, 2) canonical landmark
-    positions in input pixels that detected landmarks are aligned to; dim: embedding size.
+    positions in input pixels that detected landmarks are aligned to; dim: embedding size;
+    differentiable: whether `embed` carries gradients to its input. A non-differentiable encoder
+    can judge identities (`pv eval --encoder NAME`) but not train them: `pv tune` refuses it (its
+    factory says so too, `factory.differentiable = False`, so the refusal comes before any model loads).
     """
 
     name: str
     input_size: int
     template: np.ndarray
     dim: int
+    differentiable: bool = True
 
     @abstractmethod
     def detect(self, image: np.ndarray) -> list[Face]:
@@ -190,7 +196,8 @@ class IdentityEncoder(ABC):
     @abstractmethod
     def embed(self, faces: torch.Tensor) -> torch.Tensor:
         """L2-normalised embeddings (N, dim) of aligned RGB faces (N, 3, S, S) in [0, 1];
-        differentiable with respect to `faces`."""
+        differentiable with respect to `faces` when `differentiable` (otherwise a PVError for an
+        input that requires grad, never embeddings that silently carry no gradient)."""
 
     def align_matrix(self, face: Face) -> np.ndarray:
         """2x3 matrix taking the face's pixels to the encoder's aligned input (default: the

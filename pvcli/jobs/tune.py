@@ -37,6 +37,19 @@ def held_out_seeds(count: int) -> list[int]:
     return [HELD_OUT_FIRST_SEED + i for i in range(count)]
 
 
+def refuse_judge_encoder(registry, name: str, encoder=None) -> None:
+    """The ID loss needs gradients through the encoder: a non-differentiable one (an evaluation
+    judge) is refused in one line, from its factory's `differentiable` before any model loads, or
+    from the built `encoder`'s (a plugin that declares it only on the class)."""
+    factory = registry.get("encoders", name).factory
+    if getattr(factory, "differentiable", True) and getattr(encoder, "differentiable", True):
+        return
+    usable = sorted(n for n, e in registry.entries["encoders"].items() if getattr(e.factory, "differentiable", True))
+    raise PVError(f"encoder {name!r} is not differentiable: it can judge identities (pv eval --encoder {name}) "
+                  "but not tune them", f"tune with --encoder {' or '.join(usable)}" if usable else
+                  "install a differentiable encoder plugin (see `pv plugins`)")
+
+
 @dataclass
 class TuneRequest:
     """What a new tuning run needs beside its settings."""
@@ -112,6 +125,7 @@ def tune(ctx: Context, request: TuneRequest, data_parallel: bool = True) -> dict
     from ..images import expand_photos
 
     name = validate_name(request.name)
+    refuse_judge_encoder(ctx.registry, request.settings.encoder.name)
     dp = process_group() if data_parallel else None
     if dp is not None and not dp.is_main:  # a replica: reads the inputs, writes nothing
         prompts = load_prompt_file(request.prompts_file) if request.prompts_file else None
@@ -255,6 +269,7 @@ def _setup(ctx: Context, run, r: _RunInputs, dp, resume_from: dict | None, progr
     torch.manual_seed(t.seed)
     backbone = build_backbone(ctx, settings)
     encoder = build_encoder(ctx, settings, str(backbone.device))
+    refuse_judge_encoder(ctx.registry, settings.encoder.name, encoder)
     scorer = None
     if t.scr_weight > 0:
         reporter.status(f"loading scorer {t.scorer}")
