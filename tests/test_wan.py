@@ -152,6 +152,44 @@ def test_pv_sampler_is_wanpipeline_and_gating_leaves_early_steps_base(wan, wan_s
     assert (seen[-1] - base_seen[-1]).abs().max() > 1e-3
 
 
+def test_two_experts_the_adapter_lives_on_the_low_noise_expert(encoder, reference, wan_settings):
+    """Wan 2.2 A14B's layout on the tiny model: a high-noise and a low-noise transformer. The adapter
+    goes on the low-noise expert only; the high-noise one stays bit-identical through tuning, the
+    high-noise steps are the base model's even with no gating, and pv's sampler is WanPipeline's."""
+    from pv_wan.backbone import make_tiny_wan
+
+    wan = make_tiny_wan({"experts": 2})
+    assert wan.high_noise is not None and "high_noise" in wan.protected_modules()
+    assert wan.describe()["expert"] == "low-noise (transformer_2)"
+    frozen = {k: v.clone() for k, v in wan.high_noise.state_dict().items()}
+    tuner = Tuner(wan, encoder, wan_settings, reference)
+    assert tuner.step().loss is not None
+    assert all(torch.equal(v, frozen[k]) for k, v in wan.high_noise.state_dict().items())
+    assert not any(ADAPTER_NAME in n for n, _ in wan.high_noise.named_parameters())
+
+    _random_adapter(wan)
+    g = wan_settings.generate
+    g = type(g)(**{**g.__dict__, "seed": 3, "guidance_scale": 5.0, "negative_prompt": "blurry"})
+    prompt = "sks person, surfing at sunset"
+    ours = render_latents(wan, prompt, g)  # adapter on at every step (no gating)
+    set_adapter_scale(wan.denoiser, 1.0)
+    seen, base_seen = [], []
+    with torch.no_grad():
+        lat = initial_latents(wan, g.frames, g.height, g.width, torch.Generator().manual_seed(3))
+        cond, uncond = wan.encode_prompt([prompt]), wan.encode_prompt([g.negative_prompt])
+        mine = sample(wan, cond, uncond, lat, g.steps, g.guidance_scale, on_step=lambda i, x: seen.append(x.clone())).latents
+        with adapter_disabled(wan.denoiser):
+            sample(wan, cond, uncond, lat, g.steps, g.guidance_scale, on_step=lambda i, x: base_seen.append(x.clone()))
+    assert (ours - mine).abs().max() < 1e-4
+    scheduler = wan.new_scheduler()
+    scheduler.set_timesteps(g.steps)
+    high = sum(float(t) >= 875 for t in scheduler.timesteps)
+    assert 0 < high < g.steps  # both experts take part
+    for i in range(high):
+        assert torch.equal(seen[i], base_seen[i]), i  # the high-noise expert has no adapter
+    assert (seen[-1] - base_seen[-1]).abs().max() > 1e-3
+
+
 def test_decoding_the_frames_a_loss_reads_matches_decoding_the_whole_clip(wan):
     lat = initial_latents(wan, 13, 64, 64, torch.Generator().manual_seed(1))  # 4 latent frames
     with torch.no_grad():
@@ -211,7 +249,8 @@ def test_diffusers_and_comfy_exports_load_into_wanpipeline_and_render_pv_latents
 
 @pytest.mark.parametrize("profile,params,placement", [
     ("wan2.1-1.3b", 1419.0, {"attention": (120, 5.90), "spatial": (180, 15.97)}),
-    ("wan2.1-14b", 14288.5, {"attention": (160, 26.21), "spatial": (240, 50.46)}),
+    ("wan2.1-14b", 14288.5, {"attention": (160, 26.21), "spatial": (240, 50.46)}),  # and each Wan 2.2 A14B expert
+    ("wan2.2-5b", 4999.8, {"attention": (120, 11.80), "spatial": (180, 28.51)}),
 ])
 def test_real_size_adapter_placement_from_the_real_configs(profile, params, placement):
     """The real transformers, built without weights: parameter counts, and where a rank-16 adapter

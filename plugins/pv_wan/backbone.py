@@ -40,9 +40,24 @@ class WanBackbone(Backbone):
     accepts = frozenset({"lora", "video"})  # video-to-video: WanVideoToVideoPipeline; controls need VACE weights
 
     def __init__(self, name, transformer, vae, text_encoder, tokenizer, scheduler, info: dict, device, dtype,
-                 max_sequence_length: int = 512, random_weights: bool = False):
+                 max_sequence_length: int = 512, random_weights: bool = False, transformer_2=None,
+                 boundary_ratio: float | None = None, expand_timesteps: bool = False):
+        """`transformer_2` + `boundary_ratio` (Wan 2.2 A14B): two experts, `transformer` for the
+        high-noise steps (t >= boundary_ratio * num_train_timesteps), `transformer_2` for the rest.
+        The identity adapter goes on the low-noise expert, `transformer_2`: the late steps, where
+        the paper's gating puts it anyway; the high-noise expert stays frozen and bit-identical.
+        `expand_timesteps` (Wan 2.2 TI2V-5B) is passed to the pipeline as its repo ships it."""
         self.name = name
         self.random_weights = random_weights
+        self.high_noise = None
+        self.boundary_ratio = boundary_ratio
+        self.expand_timesteps = expand_timesteps
+        if transformer_2 is not None:
+            if boundary_ratio is None:
+                raise PVError("a Wan model with two experts needs its boundary_ratio (the pipeline's config)")
+            self.high_noise = transformer.to(device, dtype).eval().requires_grad_(False)
+            self.frozen_parts = (*self.frozen_parts, "high_noise")
+            transformer = transformer_2
         self.denoiser = transformer.to(device, dtype).eval().requires_grad_(False)
         self.vae = vae.to(device, torch.float32).eval().requires_grad_(False)  # diffusers' advice: the Wan VAE in fp32
         self.text_encoder = text_encoder.to(device, dtype).eval().requires_grad_(False)
@@ -53,7 +68,8 @@ class WanBackbone(Backbone):
         self.info = info
         self.max_sequence_length = max_sequence_length
         self.latent_channels = transformer.config.in_channels
-        self.vae_scale_factor = 2 ** len(vae.config.temperal_downsample)
+        # Wan 2.2's VAE says its own factor (16 for TI2V-5B); Wan 2.1's follows from its downsampling
+        self.vae_scale_factor = int(getattr(vae.config, "scale_factor_spatial", 0) or 2 ** len(vae.config.temperal_downsample))
         # 3D RoPE covers rope_max_seq_len positions per axis: latent frames beyond it have no position
         self.max_frames = TEMPORAL * (int(transformer.config.rope_max_seq_len) - 1) + 1
         self._pipe = None
@@ -64,7 +80,10 @@ class WanBackbone(Backbone):
         return self.denoiser
 
     def describe(self) -> dict[str, str]:
-        return {"backbone": self.name, **self.info, "base_model_version": "wan2.1", "architecture": "wan2.1-t2v"}
+        out = {"backbone": self.name, "base_model_version": "wan2.1", "architecture": "wan2.1-t2v", **self.info}
+        if self.high_noise is not None:  # which expert an exported file is for
+            out["expert"] = "low-noise (transformer_2)"
+        return out
 
     # ----------------------------------------------------------------- frames
     def latent_frames(self, frames: int) -> int:
@@ -82,11 +101,19 @@ class WanBackbone(Backbone):
                                                   max_sequence_length=self.max_sequence_length, device=self.device)
         return embeds.to(self.dtype)
 
+    def expert(self, t) -> torch.nn.Module:
+        """The transformer that denoises at timestep t (WanPipeline's rule for two experts)."""
+        if self.high_noise is not None:
+            boundary = self.boundary_ratio * self.scheduler.config.num_train_timesteps
+            if float(t) >= boundary:
+                return self.high_noise
+        return self.denoiser
+
     def predict_noise(self, latents, t, embeds):
         """The flow velocity (noise - clean) that the scheduler steps with."""
         timestep = torch.as_tensor(t, device=self.device).expand(latents.shape[0])
-        return self.denoiser(hidden_states=latents.to(self.dtype), timestep=timestep, encoder_hidden_states=embeds,
-                             return_dict=False)[0].float()
+        return self.expert(t)(hidden_states=latents.to(self.dtype), timestep=timestep, encoder_hidden_states=embeds,
+                              return_dict=False)[0].float()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         c = self.vae.config
@@ -104,7 +131,7 @@ class WanBackbone(Backbone):
         return self.decode(latents[:, :, :needed])[:, list(indices)]
 
     def enable_gradient_checkpointing(self) -> None:
-        self.denoiser.enable_gradient_checkpointing()
+        self.denoiser.enable_gradient_checkpointing()  # the high-noise expert runs only without grad
         if getattr(self.vae, "_supports_gradient_checkpointing", False):
             self.vae.enable_gradient_checkpointing()
 
@@ -115,8 +142,10 @@ class WanBackbone(Backbone):
         if self._pipe is None:
             from diffusers import WanPipeline
 
-            self._pipe = WanPipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder,
-                                     transformer=self.denoiser, vae=self.vae, scheduler=self.new_scheduler())
+            experts = {"transformer": self.denoiser} if self.high_noise is None else {
+                "transformer": self.high_noise, "transformer_2": self.denoiser, "boundary_ratio": self.boundary_ratio}
+            self._pipe = WanPipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder, vae=self.vae,
+                                     scheduler=self.new_scheduler(), expand_timesteps=self.expand_timesteps, **experts)
             self._pipe.set_progress_bar_config(disable=True)
         if not video:
             return self._pipe
@@ -167,9 +196,11 @@ class TinyWanOptions(SpeedOptions):
     seed: int = 0
     dtype: str = "float32"
     shift: float = 3.0  # the flow-matching shift of the tiny model's FlowMatchEulerDiscreteScheduler
+    experts: int = 1  # 2: a high-noise and a low-noise transformer, as Wan 2.2 A14B (boundary_ratio below)
+    boundary_ratio: float = 0.875  # Wan 2.2 A14B's: the high-noise expert takes t >= 875 of 1000
 
 
-def build_tiny_components(seed: int = 0, shift: float = 3.0) -> dict:
+def build_tiny_components(seed: int = 0, shift: float = 3.0, experts: int = 1) -> dict:
     """Every Wan component, tiny, from configs, deterministic for a seed: a 2-block transformer
     (4 heads of 16), a 4-level causal VAE (8x spatial, 4x temporal) of base width 16, a 2-layer UMT5
     with pv's offline character tokenizer. diffusers' own test sizes (VAE width 3, 2 heads of 12)
@@ -180,27 +211,34 @@ def build_tiny_components(seed: int = 0, shift: float = 3.0) -> dict:
     from pv_tiny import CHAR_VOCAB_SIZE, char_tokenizer
     from transformers import UMT5Config, UMT5EncoderModel
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        transformer = WanTransformer3DModel(
+    def tiny_transformer():
+        return WanTransformer3DModel(
             patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=16, out_channels=16,
             text_dim=32, freq_dim=256, ffn_dim=64, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
             rope_max_seq_len=32)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = tiny_transformer()
         vae = AutoencoderKLWan(base_dim=16, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                temperal_downsample=[False, True, True])
         text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=CHAR_VOCAB_SIZE, d_model=32, d_kv=8, d_ff=64,
                                                    num_layers=2, num_heads=4))
+        extra = {"transformer_2": tiny_transformer()} if experts == 2 else {}  # drawn after the rest: same 1-expert model
     return dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=char_tokenizer(),
-                scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), **extra)
 
 
 def make_tiny_wan(options: dict | None = None, device: str | None = "cpu") -> WanBackbone:
     opts = validate_options(TinyWanOptions, options or {}, "backbone.options")
     dev = resolve_device(device)
-    c = build_tiny_components(opts.seed, opts.shift)
+    if opts.experts not in (1, 2):
+        raise PVError(f"backbone.options.experts must be 1 or 2, got {opts.experts}")
+    c = build_tiny_components(opts.seed, opts.shift, opts.experts)
     info = {"base_model": f"tiny-wan(seed={opts.seed})", "scheduler": f"flow-match-euler(shift={opts.shift:g})"}
+    experts = {} if opts.experts == 1 else {"transformer_2": c["transformer_2"], "boundary_ratio": opts.boundary_ratio}
     return WanBackbone("wan-tiny", c["transformer"], c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"], info,
-                       dev, resolve_dtype(opts.dtype, dev), max_sequence_length=32, random_weights=True)
+                       dev, resolve_dtype(opts.dtype, dev), max_sequence_length=32, random_weights=True, **experts)
 
 
 # --------------------------------------------------------------------------- real weights
@@ -229,5 +267,10 @@ def make_wan(options: dict | None = None, device: str | None = None) -> WanBackb
     if opts.flow_shift:
         scheduler = type(scheduler).from_config(scheduler.config, flow_shift=opts.flow_shift)
     info = {"base_model": opts.model, "scheduler": type(scheduler).__name__}
+    two_experts = getattr(pipe, "transformer_2", None) is not None
+    if two_experts or pipe.config.get("expand_timesteps"):  # Wan 2.2 (A14B, TI2V-5B)
+        info.update(base_model_version="wan2.2", architecture="wan2.2-a14b" if two_experts else "wan2.2-ti2v-5b")
+    experts = {"transformer_2": pipe.transformer_2, "boundary_ratio": pipe.config.boundary_ratio} if two_experts else {}
     return WanBackbone("wan", pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler, info, dev,
-                       dtype, max_sequence_length=opts.max_sequence_length)
+                       dtype, max_sequence_length=opts.max_sequence_length,
+                       expand_timesteps=bool(pipe.config.get("expand_timesteps")), **experts)

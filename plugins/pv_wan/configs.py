@@ -10,6 +10,9 @@ _COMMON = dict(patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out
 TRANSFORMERS = {
     "wan2.1-1.3b": dict(_COMMON, num_attention_heads=12, ffn_dim=8960, num_layers=30),
     "wan2.1-14b": dict(_COMMON, num_attention_heads=40, ffn_dim=13824, num_layers=40),
+    # Wan 2.2: TI2V-5B (48 latent channels from its 16x VAE); A14B's two experts each have the 14B shape
+    "wan2.2-5b": dict(_COMMON, num_attention_heads=24, ffn_dim=14336, num_layers=30, in_channels=48, out_channels=48),
+    "wan2.2-a14b": dict(_COMMON, num_attention_heads=40, ffn_dim=13824, num_layers=40),
 }
 
 
