@@ -20,7 +20,8 @@ def register(app: typer.Typer, state: AppState) -> None:
                                           "what to generate (repeatable)."),
         seeds: list[int] = typer.Option(None, "--seed", help="Seeds to generate with, for an identity (repeatable)."),
         encoders: list[str] = typer.Option(None, "--encoder", help="Identity encoder(s) to judge with (repeatable; "
-                                           "default: the identity's own, else facenet)."),
+                                           "default: the identity's own, else facenet, and for an identity also "
+                                           "a judge it was not tuned against: dlib where installed)."),
         scorer: str = typer.Option("clip", "--scorer", help="Image-text model for CLIP-T / temporal consistency."),
         scorer_opts: list[str] = typer.Option(None, "--scorer-option", help="key=value for the scorer, e.g. model=PATH."),
         flow: str = typer.Option("auto", "--flow", help="Optical flow for Dynamic Degree: auto, raft or farneback."),
@@ -62,7 +63,9 @@ def _table(result: dict) -> None:
     table.add_column("metric")
     for g in groups:
         table.add_column(g, justify="right")
-    metric_rows = [(f"face_sim ({n})", "face_sim", n) for n in encoders]
+    role = {result.get("tuned_with"): ", tuned with", result.get("judge"): ", judge"}
+    encoders.sort(key=lambda n: (n != result.get("tuned_with"), n != result.get("judge")))  # tuned with, judge, others
+    metric_rows = [(f"face_sim ({n}{role.get(n, '')})", "face_sim", n) for n in encoders]
     metric_rows += [(f"face_detect_rate ({n})", "face_detect_rate", n) for n in encoders]
     metric_rows += [(m, m, None) for m in ("clip_t", "dynamic_degree", "motion_magnitude", "temporal_consistency")]
     for label, key, sub in metric_rows:
@@ -73,6 +76,12 @@ def _table(result: dict) -> None:
             cells.append("-" if v is None else f"{v:.4f}")
         table.add_row(label, *cells)
     err.print(table)
+    if result.get("judge"):
+        err.print(f"judge: {result['judge']}, an encoder the identity was not tuned against (it was tuned against "
+                  f"{result['tuned_with']}); each encoder has its own scale: compare its scores with its own "
+                  "(tuned against base, --compare-base), not across encoders", soft_wrap=True)
+    elif result.get("judge_note"):
+        err.print(f"judge: none ({result['judge_note']})", soft_wrap=True)
     notes = {k: v for r in result["videos"] for k, v in r["notes"].items()}
     for k, v in notes.items():
         err.print(f"[dim]{k}: {v}[/dim]", soft_wrap=True)

@@ -20,7 +20,8 @@ class EvalRequest:
     refs: list[str] = field(default_factory=list)  # photos or identity names; default: the videos' identity
     prompts: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
-    encoders: list[str] = field(default_factory=list)  # default: the identity's own, else facenet
+    # default: the identity's own (else facenet) and, for an identity, a judge it was not tuned against
+    encoders: list[str] = field(default_factory=list)
     scorer: str = "clip"
     scorer_options: dict = field(default_factory=dict)
     flow: str = "auto"
@@ -66,8 +67,11 @@ def evaluate(ctx: Context, req: EvalRequest) -> dict:
             raise PVError("no reference: pass --ref PHOTO or --ref IDENTITY")
     refs = refs or [identity]
     encoders = list(req.encoders) or [(store.load_info(identity).get("encoder") if identity else None) or "facenet"]
+    tuned_with = ev.tuned_encoder(store, [identity] if identity else refs)  # None: photos, or nothing recorded
+    judges = ev.judge_candidates(ctx.registry, tuned_with) if tuned_with and not req.encoders else []
     evaluator = ev.Evaluator(ctx.registry, ev.reference_photos(store, refs), encoders, req.scorer,
-                             req.scorer_options, req.flow, ctx.device or "cpu", ctx.reporter, req.no_face, store)
+                             req.scorer_options, req.flow, ctx.device or "cpu", ctx.reporter, req.no_face, store,
+                             judges=judges)
     if identity:
         settings = identity_settings(ctx, identity)
         out = req.out_dir or ev.default_out_dir(identity)
@@ -75,7 +79,11 @@ def evaluate(ctx: Context, req: EvalRequest) -> dict:
                                    req.compare_base)
     else:
         groups = {"videos": ev.load_clips(paths, req.prompts[0] if req.prompts else None)}
-    result: dict = {"videos": []}
+    # the encoder the identity was tuned against, and the first one it was not (an independent judge)
+    judge = evaluator.judge or next((n for n in evaluator.encoders if tuned_with and n != tuned_with), None)
+    result: dict = {"tuned_with": tuned_with, "judge": judge, "videos": []}
+    if evaluator.judge_note:
+        result["judge_note"] = evaluator.judge_note
     for group, clips in groups.items():
         rows = []
         for clip in clips:

@@ -20,6 +20,9 @@ EVAL_PROMPTS = ["{id} walking on a beach at sunset", "{id} playing the guitar on
                 "close-up portrait of {id} smiling"]
 METRICS = ("face_sim", "face_detect_rate", "clip_t", "dynamic_degree", "motion_magnitude", "temporal_consistency")
 CELL = 128
+# Judges of an identity when no --encoder is given: an encoder it was never tuned against, these
+# first (dlib: not differentiable, so nothing pv tunes can have learnt its quirks), then any other
+JUDGES = ("dlib",)
 
 
 @dataclass
@@ -114,6 +117,20 @@ def reference_photos(store: Store, refs: list[str]) -> list[Path]:
     return paths
 
 
+def tuned_encoder(store: Store, identities: list[str]) -> str | None:
+    """The encoder `identities` were tuned against, when they are all identities that agree on one
+    (None for photos, or for identities tuned against different encoders)."""
+    found = {(store.load_info(n).get("encoder") or None) if not Path(n).expanduser().exists() and store.exists(n)
+             else None for n in identities}
+    return found.pop() if len(found) == 1 else None
+
+
+def judge_candidates(registry: Registry, tuned_with: str) -> list[str]:
+    """Encoders that may judge an identity tuned against `tuned_with`, preferred first (JUDGES)."""
+    others = sorted(n for n in registry.entries["encoders"] if n != tuned_with and n not in JUDGES)
+    return [n for n in JUDGES if n != tuned_with and n in registry.entries["encoders"]] + others
+
+
 def _mean(values):
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return round(float(np.mean(vals)), 4) if vals else None
@@ -122,16 +139,30 @@ def _mean(values):
 class Evaluator:
     def __init__(self, registry: Registry, ref_paths: list[Path], encoders: list[str], scorer: str,
                  scorer_options: dict, flow: str, device: str, reporter: Reporter, no_face: str = "skip",
-                 store: Store | None = None):
+                 store: Store | None = None, judges: list[str] = ()):
+        """`encoders` must all load; of `judges` (candidates, preferred first) the first that loads
+        and finds the reference face is added as `judge`, else `judge_note` says why none could."""
         from ..engine.face_crops import embed_crops, mean_embedding, reference_faces
 
         self.encoders, self.references, self.ref_crops = {}, {}, {}
-        for name in encoders:
-            enc = registry.create("encoders", name, options={}, device=device)
-            refs = reference_faces(enc, ref_paths, warn=reporter.warn)
+        self.judge, self.judge_note, failed = None, None, []
+        for name in [*encoders, *judges]:
+            try:
+                enc = registry.create("encoders", name, options={}, device=device)
+                refs = reference_faces(enc, ref_paths, warn=reporter.warn)
+            except PVError as exc:
+                if name in encoders:
+                    raise
+                failed.append(f"{name}: {exc}")
+                continue
             self.encoders[name] = enc
             self.references[name] = mean_embedding(embed_crops(enc, [r.crop for r in refs]))
             self.ref_crops[name] = refs[0].crop
+            if name in judges:
+                self.judge = name
+                break
+        if judges and self.judge is None:
+            self.judge_note = "no independent judge could run: " + "; ".join(failed)
         self.scorer, self.scorer_note = None, None
         try:
             self.scorer = registry.create("scorers", scorer, options=scorer_options, device=device)
