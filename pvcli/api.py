@@ -28,7 +28,7 @@ from .settings import overlay
 from .store import Store
 
 __all__ = ["AddOn", "ClipRequest", "Context", "Identity", "PVError", "ProgressEvent", "Video", "evaluate", "export", "import_identity",
-           "list_identities", "resume", "tune",
+           "identity_report", "list_identities", "resume", "tune",
            # The CLI's door (pvcli.cli imports only this module, settings and console): the API above,
            # plus what a front end needs to build a context, launch processes and list things.
            "LIST_FIELDS", "DEFAULT_OUTPUT", "make_context", "plugin_registry", "is_replica", "launch_processes",
@@ -39,7 +39,7 @@ TUNE_SETTINGS = {
     "steps": "tune.steps", "lr": "tune.lr", "seed": "tune.seed", "rank": "adapter.rank",
     "targets": "adapter.targets", "class_word": "tune.class_word", "prompts_mode": "tune.prompts_mode",
     "encoder": "encoder.name", "augment": "tune.augment", "active_fraction": "adapter.active_fraction",
-    "scr_weight": "tune.scr_weight", "clips_per_step": "tune.clips_per_step",
+    "scr_weight": "tune.scr_weight", "clips_per_step": "tune.clips_per_step", "report_to": "tune.report_to",
 }
 GENERATE_SETTINGS = {
     "seed": "generate.seed", "steps": "generate.steps", "frames": "generate.frames", "fps": "generate.fps",
@@ -130,7 +130,7 @@ def tune(photos: str | Path | Iterable[str | Path], name: str, *, profile: str |
          **settings: Any) -> Identity:
     """Tune identity `name` from reference photo(s) (files, folders or globs). Keyword settings:
     steps, lr, seed, rank, targets, class_word, prompts_mode, encoder, augment, active_fraction,
-    scr_weight. The identity's `info` carries the run's numbers (held-out ID similarity before and
+    scr_weight, report_to. The identity's `info` carries the run's numbers (held-out ID similarity before and
     after, seconds per step, peak memory)."""
     from .jobs.tune import TuneRequest
     from .jobs.tune import tune as tune_job
@@ -329,9 +329,11 @@ def evaluate(target: str | Path, *, refs: Iterable[str] | None = None, prompts: 
              scorer_options: dict | None = None, flow: str = "auto", no_face: str = "skip",
              compare_base: bool = False, out_dir: str | Path | None = None, csv: str | Path | None = None,
              sheets: str | Path | None = None, device: str | None = None, progress: Progress = None,
-             context: Context | None = None) -> dict:
+             context: Context | None = None, report: str | Path | None = None) -> dict:
     """Score videos (a file or folder) or an identity's generated clips: Face Sim per encoder, face
-    detection rate, CLIP-T, Dynamic Degree, temporal consistency. Returns what `pv eval --json` prints."""
+    detection rate, CLIP-T, Dynamic Degree, temporal consistency. Returns what `pv eval --json` prints.
+    `report=PATH` also writes a self-contained HTML page: one sortable row per clip with an animated
+    preview, its metrics and its per-frame face similarity."""
     from .jobs.evaluate import EvalRequest
     from .jobs.evaluate import evaluate as evaluate_job
 
@@ -339,7 +341,18 @@ def evaluate(target: str | Path, *, refs: Iterable[str] | None = None, prompts: 
                       scorer, dict(scorer_options or {}), flow, no_face, compare_base,
                       Path(out_dir) if out_dir else None, Path(csv) if csv else None,
                       Path(sheets) if sheets else None)
+    req.report = Path(report) if report else None
     return evaluate_job(_context(context, device, progress), req)
+
+
+def identity_report(name: str, output: str | Path | None = None, *, progress: Progress = None,
+                    context: Context | None = None) -> dict:
+    """`pv report NAME -o FILE`: one self-contained HTML page about identity `name` (photos and
+    aligned crops, training curves, samples over the steps, held-out ID similarity, settings and
+    versions), written atomically to `output` (default NAME.html). Returns path, bytes, images."""
+    from .jobs.report import identity_report as report_job
+
+    return report_job(_context(context, None, progress), name, Path(output) if output is not None else None)
 
 
 def list_identities(context: Context | None = None) -> list[dict]:

@@ -83,6 +83,9 @@ class TuneSettings:
     sample_every: int = 0
     # clips from unseen seeds whose ID similarity is measured before and after tuning (0 = skip)
     held_out: int = 3
+    # experiment tracker for every step's scalars, the samples and the settings (pip install "pv[tracking]")
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    logging_dir: str = ""  # where the tracker's logs go ("" = $PV_HOME/logs)
 
 
 @dataclass
@@ -138,7 +141,7 @@ _FLAGS = {
     "generate.width": "--width", "generate.guidance_scale": "--guidance", "generate.adapter_scale": "--adapter-scale",
     "generate.strength": "--strength", "tune.steps": "--steps", "tune.lr": "--lr", "adapter.rank": "--rank",
     "adapter.active_fraction": "--active-fraction", "tune.scr_weight": "--scr-weight",
-    "tune.clips_per_step": "--clips-per-step",
+    "tune.clips_per_step": "--clips-per-step", "tune.report_to": "--report-to",
 }
 
 

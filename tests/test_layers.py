@@ -9,7 +9,7 @@ import pvcli
 
 CORE = Path(pvcli.__file__).parent
 PLUGINS = CORE.parent / "plugins"
-COMMANDS = {"tune", "generate", "evaluate", "info"}  # one command, one meaning, at each layer
+COMMANDS = {"tune", "generate", "evaluate", "info", "report"}  # one command, one meaning, at each layer
 
 
 def _module(path: Path, root: Path, package: str) -> str:

@@ -10,10 +10,10 @@ import typer
 
 from .. import __version__
 from ..console import emit, err
-from . import evaluate, generate, identities, info, transfer, tune
+from . import evaluate, generate, identities, info, report, transfer, tune
 from .common import AppState
 
-COMMAND_GROUPS = (tune, generate, evaluate, transfer, identities, info)
+COMMAND_GROUPS = (tune, generate, evaluate, report, transfer, identities, info)
 
 
 def create_app() -> typer.Typer:

@@ -58,9 +58,12 @@ def check_device(device: str | None) -> str | None:
 
 
 def fail(message: str, hint: str | None = None, code: int = 1):
-    err.print(f"[red]Error:[/red] {message}", soft_wrap=True)
+    from rich.markup import escape
+
+    # messages are plain text: `pip install "pv[tracking]"` must not read as rich markup
+    err.print(f"[red]Error:[/red] {escape(message)}", soft_wrap=True)
     if hint:
-        err.print(f"  {hint}", soft_wrap=True, style="dim")
+        err.print(f"  {escape(hint)}", soft_wrap=True, style="dim")
     raise typer.Exit(code)
 
 

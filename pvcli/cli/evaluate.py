@@ -32,6 +32,8 @@ def register(app: typer.Typer, state: AppState) -> None:
         out_dir: Path = typer.Option(None, "--out-dir", help="Where generated clips go (default: a temp folder)."),
         csv_path: Path = typer.Option(None, "--csv", help="Write per-video metrics as CSV."),
         sheets: Path = typer.Option(None, "--sheets", help="Folder for contact-sheet PNGs (one per video)."),
+        report: Path = typer.Option(None, "--report", help="Write a self-contained HTML page: one sortable row per "
+                                    "clip with an animated preview, its metrics and per-frame face similarity."),
         device: str = DEVICE_OPT,
         as_json: bool = JSON_OPT,
         quiet: bool = QUIET_OPT,
@@ -46,10 +48,12 @@ def register(app: typer.Typer, state: AppState) -> None:
                 raise PVError(f"--scorer-option expects key=value, got {item!r}", "e.g. --scorer-option model=PATH")
         result = api.evaluate(target, refs=refs, prompts=prompts, seeds=seeds, encoders=encoders, scorer=scorer,
                               scorer_options=parse_set(scorer_opts or []), flow=flow, no_face=no_face,
-                              compare_base=compare_base, out_dir=out_dir, csv=csv_path, sheets=sheets,
+                              compare_base=compare_base, out_dir=out_dir, csv=csv_path, sheets=sheets, report=report,
                               context=state.context(quiet or as_json, device))
         if not (quiet or as_json):
             _table(result)
+            if result.get("report"):
+                err.print(f"report: {result['report']}", soft_wrap=True)
         emit(result if as_json else "\n".join(r["video"] for r in result["videos"]), as_json)
 
 

@@ -59,6 +59,8 @@ def register(app: typer.Typer, state: AppState) -> None:
         clips_per_step: int = typer.Option(None, "--clips-per-step", min=1,
                                            help="Clips per optimizer step, gradients accumulated (the one-device "
                                                 "equivalent of --processes)."),
+        report_to: str = typer.Option(None, "--report-to", help="Log every step's scalars, the samples and the "
+                                      "settings to tensorboard or wandb (pip install \"pv[tracking]\"), or none."),
         force: bool = FORCE_OPT,
         device: str = DEVICE_OPT,
         as_json: bool = JSON_OPT,
@@ -71,7 +73,8 @@ def register(app: typer.Typer, state: AppState) -> None:
             raise typer.Exit(api.launch_processes(processes, drop_option(sys.argv[1:], "--processes")))
         ctx = state.context(quiet or as_json, device)
         flags = dict(lr=lr, seed=seed, rank=rank, targets=targets, class_word=class_word, prompts_mode=prompts_mode,
-                     encoder=encoder, augment=augment, active_fraction=active_fraction, scr_weight=scr_weight)
+                     encoder=encoder, augment=augment, active_fraction=active_fraction, scr_weight=scr_weight,
+                     report_to=report_to)
         if manifest or shard:
             _check_manifest_flags(manifest, bool(photos or name or resume), force)
             _print_manifest(api.tune_manifest(manifest, shard=shard, profile=profile, overrides=sets, context=ctx,

@@ -30,6 +30,7 @@ class EvalRequest:
     out_dir: Path | None = None
     csv: Path | None = None
     sheets: Path | None = None
+    report: Path | None = None  # a self-contained HTML page of every clip (pv eval --report)
 
 
 def evaluate(ctx: Context, req: EvalRequest) -> dict:
@@ -84,10 +85,13 @@ def evaluate(ctx: Context, req: EvalRequest) -> dict:
     result: dict = {"tuned_with": tuned_with, "judge": judge, "videos": []}
     if evaluator.judge_note:
         result["judge_note"] = evaluator.judge_note
+    entries = []  # (clip, row, per-frame face similarity) for the HTML report
     for group, clips in groups.items():
         rows = []
         for clip in clips:
             row = {"group": group, **evaluator.clip(clip)}
+            if req.report:
+                entries.append((clip, row, dict(evaluator._per_frame)))  # the scores of the clip just scored
             if req.sheets:
                 row["contact_sheet"] = str(evaluator.contact_sheet(clip, Path(req.sheets) / f"{clip.path.stem}.png"))
             rows.append(row)
@@ -99,6 +103,11 @@ def evaluate(ctx: Context, req: EvalRequest) -> dict:
                            else _diff(t[k], b[k]) for k in t if k != "videos"}
     if req.csv:
         atomic_write_bytes(Path(req.csv), ev.csv_text(result["videos"]).encode())
+    if req.report:
+        from .report import eval_report
+
+        eval_report(result, entries, Path(req.report), title=f"pv eval: {req.target}")
+        result["report"] = str(Path(req.report).expanduser())
     return result
 
 
@@ -123,6 +132,8 @@ def check_inputs(ctx: Context, req: EvalRequest) -> None:
     ctx.registry.get("scorers", req.scorer)  # "unknown scorer ..." (a known one that cannot load is a note)
     if req.csv:
         check_output(req.csv, "--csv", "metrics.csv")
+    if req.report:
+        check_output(req.report, "--report", "eval.html")
     for flag, folder in (("--sheets", req.sheets), ("--out-dir", req.out_dir)):
         if folder is None:
             continue

@@ -103,15 +103,16 @@ class _Session:
     tuner: object
     before: float | None
     first_step: int
+    tracker: object = None  # trackers.Tracker on the main process with tune.report_to set
 
 
 # Settings a resume may change; any other differing setting is refused, naming the run's value.
-RESUME_MAY_CHANGE = ("tune.steps", "tune.clips_per_step")
+RESUME_MAY_CHANGE = ("tune.steps", "tune.clips_per_step", "tune.report_to")
 FLAGS = {"tune.steps": "--steps", "tune.lr": "--lr", "tune.seed": "--seed", "adapter.rank": "--rank",
          "adapter.targets": "--targets", "tune.class_word": "--class-word", "tune.prompts_mode": "--prompts-mode",
          "encoder.name": "--encoder", "tune.augment": "--augment/--no-augment",
          "adapter.active_fraction": "--active-fraction", "tune.scr_weight": "--scr-weight",
-         "tune.clips_per_step": "--clips-per-step"}
+         "tune.clips_per_step": "--clips-per-step", "tune.report_to": "--report-to"}
 BEFORE = "held_out_id_sim_before"
 
 
@@ -123,9 +124,11 @@ def tune(ctx: Context, request: TuneRequest, data_parallel: bool = True) -> dict
     from ..distributed import process_group
     from ..engine.prompts import load_prompt_file
     from ..images import expand_photos
+    from .trackers import require
 
     name = validate_name(request.name)
     refuse_judge_encoder(ctx.registry, request.settings.encoder.name)
+    require(request.settings.tune.report_to)  # a missing tracker library fails before any model loads
     dp = process_group() if data_parallel else None
     if dp is not None and not dp.is_main:  # a replica: reads the inputs, writes nothing
         prompts = load_prompt_file(request.prompts_file) if request.prompts_file else None
@@ -193,6 +196,9 @@ def resume(ctx: Context, name: str, steps: int | None = None, eval_held_out: boo
                              else "pv's built-in prompts"), keep)
         settings = _resume_settings(run, saved, [*(overlays or []), overlay({"tune.steps": steps,
                                                                              "tune.clips_per_step": clips_per_step})])
+        from .trackers import require
+
+        require(settings.tune.report_to)
         if main and ctx.store.exists(name) and not force:
             raise PVError(f"identity {name!r} already exists; finishing its interrupted run would replace it",
                           "pass --force to replace it with the resumed run")
@@ -244,11 +250,15 @@ def _tune(ctx: Context, run, r: _RunInputs, dp=None, resume_from: dict | None = 
     progress = _Progress()
     try:
         session = _setup(ctx, run, r, dp, resume_from, progress)
-        _loop(session, progress)
-        if run is None:  # a replica waits until the main process has written the identity
-            dp.barrier()
-            return {}
-        return _finish(session, progress)
+        try:
+            _loop(session, progress)
+            if run is None:  # a replica waits until the main process has written the identity
+                dp.barrier()
+                return {}
+            return _finish(session, progress)
+        finally:
+            if session.tracker is not None:
+                session.tracker.close(failed=not progress.finished)
     except BaseException as exc:
         kept = None if run is None else _kept(run, r, progress, exc)
         if kept is None:
@@ -257,8 +267,29 @@ def _tune(ctx: Context, run, r: _RunInputs, dp=None, resume_from: dict | None = 
 
 
 def _setup(ctx: Context, run, r: _RunInputs, dp, resume_from: dict | None, progress: _Progress) -> _Session:
-    """Plugins, reference faces and the Tuner, at the run's checkpoint when resuming; the held-out
-    similarity before tuning (measured once per run: a resume reads it back)."""
+    """The tracker (main process), plugins, reference faces and the Tuner, at the run's checkpoint
+    when resuming; the held-out similarity before tuning (measured once per run: a resume reads it
+    back)."""
+    settings, reporter, name = r.settings, ctx.reporter, r.name
+    t = settings.tune
+    tracker = None
+    if run is not None and t.report_to != "none":  # opened first: a tracker that cannot start fails at once
+        from .trackers import open_tracker
+
+        tracker = open_tracker(run, name, t.report_to, t.logging_dir, (run.saved_step() or 0) if r.resume else 0)
+        tracker.hyperparameters(settings.to_dict())
+        reporter.status(f"logging to {tracker.where()}")
+    try:
+        session = _setup_models(ctx, run, r, dp, resume_from, progress)
+    except BaseException:
+        if tracker is not None:
+            tracker.close(failed=True)
+        raise
+    session.tracker = tracker
+    return session
+
+
+def _setup_models(ctx: Context, run, r: _RunInputs, dp, resume_from: dict | None, progress: _Progress) -> _Session:
     import torch
 
     from ..engine.face_crops import embed_crops, mean_embedding, reference_faces
@@ -326,13 +357,17 @@ def _loop(s: _Session, progress: _Progress) -> None:
             progress.record = {**stats.__dict__, "face_hit_rate": stats.face_hits / max(1, stats.frames),
                                "peak_memory_mb": round(peak_memory_mb(s.backbone.device), 1), **drift}
             run.log(progress.record)
+            if s.tracker is not None:
+                s.tracker.scalars(stats.step, progress.record)
             progress.record = None
             if stats.step == t.steps or (t.checkpoint_every and stats.step % t.checkpoint_every == 0):
                 run.save_checkpoint(progress.done, t.keep_checkpoints)
             advance(loss=stats.loss, id_sim=stats.id_sim)
             if t.sample_every and stats.step % t.sample_every == 0:
                 progress.phase = f"writing the sample of step {stats.step}"
-                _write_sample(s.backbone, s.r.settings, tuner, run, stats.step)
+                frames, path, prompt = _write_sample(s.backbone, s.r.settings, tuner, run, stats.step)
+                if s.tracker is not None:
+                    s.tracker.video(stats.step, "sample", frames, s.r.settings.generate.fps, path, caption=prompt)
     progress.seconds = time.perf_counter() - start
 
 
@@ -377,7 +412,11 @@ def _finish(s: _Session, progress: _Progress) -> dict:
         "face_hit_rate": round(hits / frames, 3) if frames else None,
         "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
         "note": TINY_NOTE if backbone.random_weights else "",
+        **({"tracker": s.tracker.record()} if s.tracker is not None else {}),
     }
+    if s.tracker is not None:
+        s.tracker.summary({"steps": t.steps, BEFORE: _round(s.before), "held_out_id_sim_after": _round(after),
+                           "seconds_per_step": info["seconds_per_step"], "face_hit_rate_total": info["face_hit_rate"]})
     with ctx.store.writer(name, force=r.force) as folder:
         write_identity(folder, adapter=adapter, metadata=metadata, reference=s.reference, per_photo=s.per_photo,
                        crops=[ref.crop for ref in s.refs], photos=[str(p) for p in r.paths],
@@ -434,8 +473,9 @@ def _kept(run, r: _RunInputs, progress: _Progress, exc: BaseException) -> PVErro
     return PVError(f"{cause} (while {phase}); step {saved} of {n} is saved", hint, exit_code=code)
 
 
-def _write_sample(backbone, settings: Settings, tuner, run, step: int) -> None:
-    """A short clip and its first frame, with the adapter as it is now (fixed seed and prompt)."""
+def _write_sample(backbone, settings: Settings, tuner, run, step: int):
+    """A short clip and its first frame, with the adapter as it is now (fixed seed and prompt);
+    returns (frames, the clip's path, prompt)."""
     import cv2
 
     from ..engine.generate import generate_frames
@@ -448,6 +488,7 @@ def _write_sample(backbone, settings: Settings, tuner, run, step: int) -> None:
     stem = run.samples / f"step_{step:07d}"
     write_mp4(frames.numpy(), stem.with_suffix(".mp4"), g.fps, metadata={"step": step, "prompt": prompt, "seed": g.seed})
     cv2.imwrite(str(stem.with_suffix(".png")), cv2.cvtColor(frames[0].numpy(), cv2.COLOR_RGB2BGR))
+    return frames.numpy(), stem.with_suffix(".mp4"), prompt
 
 
 def _round(x):
