@@ -51,6 +51,14 @@ def test_tensorboard_logs_scalars_samples_and_settings_and_resume_continues_the_
     assert hparams and any(b"tune.lr" in content for content in hparams.values())
     assert "settings/text_summary" in acc.Tags()["tensors"]
 
+    # the identity keeps the samples, and its report shows them step by step
+    r = run("report", "tb", "-o", pv_home / "tb.html", "--json")
+    assert r.exit_code == 0, r.stderr
+    written = json.loads(r.stdout)
+    assert written["samples"] == 2 and written["images"] == 6  # photo, crop, curves, 2 samples, first frames
+    text = (pv_home / "tb.html").read_text()
+    assert 'alt="sample at step 1"' in text and 'alt="sample at step 2"' in text
+
 
 def _wandb_records(path):
     """The protobuf records of a W&B run file (a LevelDB-style log: 7-byte header, then 32 KiB

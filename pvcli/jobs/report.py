@@ -21,6 +21,7 @@ from ..context import Context
 from ..errors import PVError
 
 MAX_SAMPLES = 24  # samples shown in an identity report (spread over the run, the last always)
+SAMPLE_SIDE = 192  # longest side of an inlined sample (a 512x512x16 clip: about 100 KiB of WebP)
 VERSION_PACKAGES = ("torch", "diffusers", "transformers", "peft", "onnxruntime")
 
 
@@ -162,7 +163,7 @@ def _samples(folder: Path, counts: dict) -> str:
             continue
         meta = read_metadata(path)
         prompt = prompt or meta.get("prompt")
-        data, mime = wp.animation(frames, float(meta.get("fps") or 8))
+        data, mime = wp.animation(frames, float(meta.get("fps") or 8), side=SAMPLE_SIDE)
         figures.append(f"<figure>{wp.img(data, mime, f'sample at step {step}', wp.display_width(frames.shape[1:3], 160), 'px')}"
                        f"<figcaption>step {step}</figcaption></figure>")
         firsts.append(frames[0])
