@@ -549,7 +549,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def plan(args) -> list[tuple[str, str]]:
     """(profile to run, real profile it stands for): the families' defaults and --profile, in order."""
-    from pvcli.settings import read_profile, shipped_profiles
+    from pvcli.errors import PVError
+    from pvcli.settings import parse_set, read_profile, resolve, shipped_profiles
 
     shipped = shipped_profiles()
     real = {}
@@ -563,15 +564,18 @@ def plan(args) -> list[tuple[str, str]]:
     wanted = [] if args.profile and not args.family else \
         [p for fam in (args.family or FAMILIES) for p in FAMILIES[fam]]
     wanted += [p for p in args.profile if p not in wanted]
-    if not args.tiny:
-        return [(p, p) for p in wanted]
     out, seen = [], set()
     for p in wanted:
         scheduler = (read_profile(p)[1].get("backbone") or {}).get("options", {}).get("scheduler", "")
-        tiny = TINY_SAMPLER.get(scheduler) or TINY[real[p]]
-        if tiny not in seen:
-            seen.add(tiny)
-            out.append((tiny, p))
+        run = (TINY_SAMPLER.get(scheduler) or TINY[real[p]]) if args.tiny else p
+        if run not in seen:
+            seen.add(run)
+            out.append((run, p))
+    try:  # a bad --set is refused before any model is built
+        for run, _ in out:
+            resolve(run, [parse_set(args.sets)])
+    except PVError as exc:
+        raise Refused(f"--set: {exc}") from None
     return out
 
 

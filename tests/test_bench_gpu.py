@@ -207,6 +207,8 @@ def test_an_out_of_memory_is_recorded_and_the_run_goes_on(gpu, tmp_path, monkeyp
     (["--device", "tpu"], "--device must be cuda, cuda:N or cpu"),
     (["--repeats", "0"], "--repeats must be at least 1"),
     (["--device", "cpu", "--tiny", "--profile", "tiny"], "--profile 'tiny' is not a real-size profile pv ships"),
+    (["--device", "cpu", "--tiny", "--set", "tune.nope=1"], "--set: unknown setting"),
+    (["--device", "cpu", "--tiny", "--set", "tune.frames=0"], "--set: tune.frames"),
     (["--device", "cuda"], "CUDA is not available here"),
 ])
 def test_bad_input_is_one_line_and_a_nonzero_exit(gpu, capsys, tmp_path, argv, says):
