@@ -49,6 +49,10 @@ class Backbone(ABC):
     max_frames: int  # the motion module's window
     long_videos: bool = False  # whether pipeline_call renders plan.frames > max_frames (sliding windows)
     random_weights: bool = False  # built in-process for offline runs and tests: it never draws a face
+    # a guidance-distilled model takes the guidance scale as an input (embedded guidance) instead of
+    # classifier-free guidance: pv's sampler then runs no unconditional branch and calls
+    # predict_noise(latents, t, embeds, guidance=scale); pipeline_call gets the same scale
+    embedded_guidance: bool = False
 
     @property
     def unet(self) -> torch.nn.Module:
@@ -107,7 +111,8 @@ class Backbone(ABC):
     def predict_noise(self, latents: torch.Tensor, t, embeds: Conditioning) -> torch.Tensor:
         """The denoiser's output for latents (B, C, F', h, w) at timestep t, under the
         conditioning `encode_prompt` made (batched to B), in the parametrization its scheduler
-        steps with (noise for epsilon models, velocity for v-prediction and flow matching)."""
+        steps with (noise for epsilon models, velocity for v-prediction and flow matching). A
+        backbone with `embedded_guidance` also takes `guidance=` (the guidance scale)."""
 
     def cat_conditioning(self, items: list[Conditioning]) -> Conditioning:
         """Several conditionings batched into one, in order (classifier-free guidance puts the

@@ -106,7 +106,8 @@ def sample(
     generator: torch.Generator | None = None,
 ) -> SampleResult:
     """Denoise `latents` (pure noise) in `steps` steps. The last `grad_steps` steps that change
-    the sample run under grad; the rest without. `uncond` is used when guidance_scale > 1. The
+    the sample run under grad; the rest without. `uncond` is used when guidance_scale > 1 (for a
+    backbone with `embedded_guidance` the scale goes to the denoiser instead, and `uncond` is unused). The
     identity adapter is active only in the last `adapter_steps` steps (None: all): late-step
     gating, motion forms early and appearance late. `generator` feeds schedulers that add noise.
 
@@ -118,7 +119,9 @@ def sample(
         latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching starts at noise
     elif hasattr(scheduler, "set_begin_index"):  # Euler/LCM keep a step index
         scheduler.set_begin_index(start)
-    use_cfg = guidance_scale > 1.0 and uncond is not None
+    embedded = getattr(backbone, "embedded_guidance", False)  # a guidance-distilled model: the scale is an input
+    use_cfg = guidance_scale > 1.0 and uncond is not None and not embedded
+    guide = {"guidance": guidance_scale} if embedded else {}
     embeds = backbone.cat_conditioning([uncond, cond]) if use_cfg else cond
     extra = _step_kwargs(scheduler, generator)
     x0 = latents
@@ -136,7 +139,7 @@ def sample(
         with gate, torch.enable_grad() if i >= first_grad else torch.no_grad():
             model_in = torch.cat([latents] * 2) if use_cfg else latents
             model_in = scale_model_input(scheduler, model_in, t)
-            noise = backbone.predict_noise(model_in, t, embeds)
+            noise = backbone.predict_noise(model_in, t, embeds, **guide)
             if use_cfg:
                 n_uncond, n_cond = noise.chunk(2)
                 noise = n_uncond + guidance_scale * (n_cond - n_uncond)
