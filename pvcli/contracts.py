@@ -87,6 +87,9 @@ class Backbone(ABC):
     frame_mixing: str = ""
     # the frozen modules beside the denoiser, by attribute name (text encoders, VAE)
     frozen_parts: tuple[str, ...] = ("text_encoder", "vae")
+    # the text encoders among them: tuning embeds its prompt pool once, then moves these off the
+    # accelerator (tune.offload_text_encoder) until something needs to encode a new prompt
+    text_encoders: tuple[str, ...] = ("text_encoder",)
 
     def protected_modules(self) -> dict[str, torch.nn.Module]:
         """Modules that must stay bit-identical, by name: the denoiser's frame-mixing modules and

@@ -42,6 +42,7 @@ class AnimateDiffSDXLBackbone(AnimateDiffBackbone):
                 "architecture": "stable-diffusion-xl-v1-base"}
 
     frozen_parts = ("text_encoder", "text_encoder_2", "vae")
+    text_encoders = ("text_encoder", "text_encoder_2")
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> dict[str, torch.Tensor]:
