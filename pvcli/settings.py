@@ -78,6 +78,9 @@ class TuneSettings:
     scr_frames: int = 4
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
     gradient_checkpointing: bool = False
+    # the text encoders leave the accelerator once every tuning prompt is embedded (auto: on any
+    # device but the CPU; always: also on the CPU, where it changes nothing but is checked)
+    offload_text_encoder: Literal["auto", "always", "never"] = "auto"
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     sample_every: int = 0

@@ -233,3 +233,35 @@ def test_a_half_precision_unet_trains_a_float32_adapter(encoder, reference):
     assert next(p for n, p in bb.unet.named_parameters() if "lora" not in n).dtype == torch.bfloat16
     after = adapter_state_dict(bb.unet)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_text_encoders_wait_on_the_host_while_tuning_and_come_back_for_samples(astronaut, pv_home, monkeypatch):
+    """tune.offload_text_encoder: the prompt pool is embedded once, the text encoder moves off the
+    device, no step encodes anything, and a sample clip (its pipeline encodes its own prompts)
+    brings it back for the clip only."""
+    from conftest import NO_HELD_OUT, run
+    from transformers import CLIPTextModel
+
+    import pvcli.engine.offload as offload
+
+    where = ["device"]
+    monkeypatch.setattr(offload, "move_text_encoders",
+                        lambda bb, device: where.append("host" if device == offload.HOST and isinstance(device, str)
+                                                        else "device"))
+    encoded_on = []
+    real = CLIPTextModel.forward
+
+    def forward(self, *args, **kwargs):
+        encoded_on.append(where[-1])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPTextModel, "forward", forward)
+    r = run("tune", astronaut, "--name", "o", "--profile", "tiny", *NO_HELD_OUT, "--steps", "2", "-q",
+            "--set", "tune.offload_text_encoder=always", "--set", "tune.sample_every=1")
+    assert r.exit_code == 0, r.stderr
+    assert where == ["device", "host", "device", "host", "device", "host"]  # off, then back for each sample
+    assert "host" not in encoded_on  # never asked to encode while away
+    assert encoded_on.count("device") >= 50  # the whole prompt pool, at the start
+    where[:] = ["device"]
+    r = run("tune", astronaut, "--name", "p", "--profile", "tiny", *NO_HELD_OUT, "--steps", "1", "-q")
+    assert r.exit_code == 0 and where == ["device"]  # auto leaves it where it is on the CPU

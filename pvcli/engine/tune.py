@@ -30,6 +30,7 @@ from .adapter import (
     trainable_parameters,
 )
 from .face_crops import ReferenceFace, embed_crops, frame_faces, jittered_crops, mean_embedding
+from .offload import text_encoders_off, text_encoders_on
 from .prompts import PROMPTS, PromptSampler, identity_phrase
 from .sampling import adapted_steps, adapter_free_prefix, final_step_is_identity, initial_latents, sample
 
@@ -57,16 +58,26 @@ def _denoiser_dtype(backbone: Backbone) -> torch.dtype:
 
 
 class PromptEmbeddings:
-    """Text embeddings are frozen: compute each prompt once."""
+    """Text embeddings are frozen: compute each prompt once. After `offload`, the text encoders
+    wait on the host and come back only for a prompt that is not embedded yet."""
 
     def __init__(self, backbone: Backbone):
         self.backbone = backbone
         self.cache: dict[str, torch.Tensor] = {}
+        self.offloaded = False
 
     def __call__(self, prompt: str) -> torch.Tensor:
         if prompt not in self.cache:
-            self.cache[prompt] = self.backbone.encode_prompt([prompt])
+            with text_encoders_on(self.backbone) if self.offloaded else nullcontext():
+                self.cache[prompt] = self.backbone.encode_prompt([prompt])
         return self.cache[prompt]
+
+    def offload(self, prompts: list[str]) -> None:
+        """Embed `prompts` now, then move the text encoders to the host."""
+        for prompt in prompts:
+            self(prompt)
+        text_encoders_off(self.backbone)
+        self.offloaded = True
 
 
 def tuning_prompts(settings: Settings, extra: list[str] | None) -> list[str]:
@@ -175,6 +186,8 @@ class Tuner:
         # the negative prompt generation guides with (generate.negative_prompt): the adapter learns
         # on the trajectories it will be used on
         self.uncond = self.embeds(settings.generate.negative_prompt) if t.guidance_scale > 1 else None
+        if t.offload_text_encoder == "always" or (t.offload_text_encoder == "auto" and backbone.device.type != "cpu"):
+            self.embeds.offload(self.prompts.prompts)  # the pool (the held-out measure uses its first prompt)
         # fp16 denoiser: gradients below fp16's range vanish on their way to the fp32 adapter unless
         # the loss is scaled (steps whose gradients overflow are skipped and the scale lowered)
         self.scaler = torch.amp.GradScaler(backbone.device.type, init_scale=2.0**12,

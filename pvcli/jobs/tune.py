@@ -476,15 +476,21 @@ def _kept(run, r: _RunInputs, progress: _Progress, exc: BaseException) -> PVErro
 def _write_sample(backbone, settings: Settings, tuner, run, step: int):
     """A short clip and its first frame, with the adapter as it is now (fixed seed and prompt);
     returns (frames, the clip's path, prompt)."""
+    from contextlib import nullcontext
+
     import cv2
 
     from ..engine.generate import generate_frames
+    from ..engine.offload import text_encoders_on
     from ..engine.sampling import adapted_steps
     from ..video import write_mp4
 
     g = settings.generate
     prompt = tuner.prompts.prompts[0]
-    frames = generate_frames(backbone, prompt, g, adapter_steps=adapted_steps(g.steps, settings.adapter.active_fraction))
+    # the pipeline encodes its prompts itself: offloaded text encoders come back for the clip
+    with text_encoders_on(backbone) if tuner.embeds.offloaded else nullcontext():
+        frames = generate_frames(backbone, prompt, g,
+                                 adapter_steps=adapted_steps(g.steps, settings.adapter.active_fraction))
     stem = run.samples / f"step_{step:07d}"
     write_mp4(frames.numpy(), stem.with_suffix(".mp4"), g.fps, metadata={"step": step, "prompt": prompt, "seed": g.seed})
     cv2.imwrite(str(stem.with_suffix(".png")), cv2.cvtColor(frames[0].numpy(), cv2.COLOR_RGB2BGR))
