@@ -23,10 +23,10 @@ def test_an_interrupted_run_resumes_on_two_processes_in_lockstep_and_it_generate
     process resumes on two, which step in lockstep and write one identity that generates."""
     release = press_ctrl_c_at(monkeypatch, 1)
     r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--steps", "3", "--quiet",
-            "--set", "tune.checkpoint_every=1")
+            "--set", "tune.checkpoint_every=1", "--report-to", "tensorboard")
     assert r.exit_code == 130
     release()
-    r = pv("tune", "--resume", "alice", "--processes", "2", "--quiet", home=pv_home)
+    r = pv("tune", "--resume", "alice", "--processes", "2", "--quiet", home=pv_home)  # the run keeps its tracker
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.splitlines() == ["alice"]  # one result line, from the main process only
     log = [json.loads(line) for line in (pv_home / "identities" / "alice" / "log.jsonl").read_text().splitlines()]
@@ -36,6 +36,14 @@ def test_an_interrupted_run_resumes_on_two_processes_in_lockstep_and_it_generate
     assert all(rec["loss"] is not None for rec in log)
     info = json.loads((pv_home / "identities" / "alice" / "identity.json").read_text())
     assert info["steps"] == 3 and info["resumed_at"] == 1
+    # only the main process logs to the tracker: one event file per run of pv, each step once
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (folder,) = (pv_home / "logs" / "tensorboard" / "alice").iterdir()
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 2  # the interrupted run's and the main process's
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3]
     assert not (pv_home / "runs" / "alice").exists()
     out = tmp_path / "a.gif"
     g = run("generate", "alice", "surfing", "-o", out)
