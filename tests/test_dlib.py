@@ -198,9 +198,11 @@ def test_eval_of_an_identity_is_judged_by_dlib_by_default(alice_home, monkeypatc
     assert set(row["face_sim"]) == {"facenet", "dlib"} and isinstance(row["face_sim_dlib"], float)
     assert set(out["tuned"]["face_sim"]) == {"facenet", "dlib"}
     assert "no face detected" in row["notes"]["face_sim_dlib"]  # a random tiny model draws no face
-    r = run(*args, "--out-dir", tmp_path / "b")
+    r = run(*args, "--out-dir", tmp_path / "b", "--report", tmp_path / "b.html")
     assert r.exit_code == 0, r.stderr
     assert "face_sim (dlib, judge)" in r.stderr and "face_sim (facenet, tuned with)" in r.stderr
+    page = (tmp_path / "b.html").read_text()  # the HTML report names the roles too
+    assert "Face Sim (facenet, tuned with)" in page and "Face Sim (dlib, judge)" in page and "id='judging'" in page
     assert "judge: dlib, an encoder the identity was not tuned against (it was tuned against facenet)" in r.stderr
     assert r.stdout.strip().endswith(".mp4") and "judge" not in r.stdout  # stdout: results only
     r = run(*args, "--out-dir", tmp_path / "c", "--encoder", "facenet", "--json")  # asked for: no judge added

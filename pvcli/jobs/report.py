@@ -216,7 +216,7 @@ def eval_report(result: dict, entries: list[tuple], output: Path, title: str = "
     scoring's {encoder: [(frame index, face, score | None), ...]}. Returns the bytes written."""
     rows = [row for _, row, _ in entries]
     encoders = sorted({n for r in rows for n in r["face_sim"]})
-    columns = ([(f"face_sim_{n}", f"Face Sim<br>{wp.esc(n)}") for n in encoders]
+    columns = ([(f"face_sim_{n}", f"Face Sim<br>{wp.esc(_with_role(result, n))}") for n in encoders]
                + [(f"face_detect_rate_{n}", f"face found<br>{wp.esc(n)}") for n in encoders]
                + [(m, m.replace("_", "<br>", 1).replace("_", " ")) for m in METRIC_COLUMNS])
     groups = _pairs(entries) if "base" in result else [[e] for e in entries]
@@ -226,6 +226,7 @@ def eval_report(result: dict, entries: list[tuple], output: Path, title: str = "
     bodies = [_group_rows(group, columns, encoders) for group in groups]
     body = (f"<h1>{wp.esc(title)}</h1><p class='sub'>{len(rows)} clips, pv {wp.esc(__version__)}, "
             f"{_dt.datetime.now().isoformat(timespec='seconds')}</p>"
+            + _judging(result)
             + _aggregate_table(result, encoders)
             + _notes(rows)
             + "<h2>Clips</h2><p class='note'>Click a column to sort (again to reverse)."
@@ -315,7 +316,7 @@ def _aggregate_table(result: dict, encoders: list[str]) -> str:
     groups = [g for g in ("aggregate", "tuned", "base", "delta") if g in result]
     if not groups:
         return ""
-    keys = ([(f"Face Sim ({n})", "face_sim", n) for n in encoders]
+    keys = ([(f"Face Sim ({_with_role(result, n)})", "face_sim", n) for n in encoders]
             + [(f"face detected ({n})", "face_detect_rate", n) for n in encoders]
             + [(m.replace("_", " "), m, None) for m in METRIC_COLUMNS])
     head = "<tr><th>metric</th>" + "".join(f"<th class='n'>{g}</th>" for g in groups) + "</tr>"
@@ -328,6 +329,27 @@ def _aggregate_table(result: dict, encoders: list[str]) -> str:
             cells.append(f"<td class='n'>{wp.number(v)}</td>")
         lines.append(f"<tr><th>{wp.esc(label)}</th>{''.join(cells)}</tr>")
     return f"<h2>Summary</h2><table id='summary'><thead>{head}</thead><tbody>{''.join(lines)}</tbody></table>"
+
+
+def _with_role(result: dict, encoder: str) -> str:
+    """"facenet, tuned with" / "dlib, judge": which score the identity was optimised against."""
+    if encoder == result.get("tuned_with"):
+        return f"{encoder}, tuned with"
+    if encoder == result.get("judge"):
+        return f"{encoder}, judge"
+    return encoder
+
+
+def _judging(result: dict) -> str:
+    tuned, judge = result.get("tuned_with"), result.get("judge")
+    if not tuned:
+        return ""
+    text = (f"The identity was tuned against <b>{wp.esc(tuned)}</b>; "
+            + (f"<b>{wp.esc(judge)}</b> judges it independently (it was never optimised against). Compare each "
+               "encoder's scores with its own, tuned against base: their scales differ." if judge
+               else "no independent judge ran."))
+    note = result.get("judge_note")
+    return f"<p class='note' id='judging'>{text}{' ' + wp.esc(note) if note else ''}</p>"
 
 
 def _notes(rows: list[dict]) -> str:
