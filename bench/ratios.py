@@ -33,8 +33,31 @@ CONFIGS = {  # name -> (profile, --set overrides)
                      "tune.num_inference_steps=8", "generate.frames=8", "generate.height=128", "generate.width=128",
                      "generate.steps=8", "adapter.targets=attention", "adapter.active_fraction=0.25"]),
 }
+# the Wan family: the tiny profile, and a mid-size Wan (8 blocks of 8 heads x 32, FFN 1024) at
+# 128 px with the real profiles' adapter (cross-attention, gated to the last quarter)
+MID_WAN = ["tune.frames=9", "tune.height=128", "tune.width=128", "tune.num_inference_steps=8", "generate.frames=9",
+           "generate.height=128", "generate.width=128", "generate.steps=8", "adapter.targets=attention",
+           "adapter.active_fraction=0.25"]
+CONFIGS.update({"tiny-wan": ("tiny-wan", []), "mid-wan": ("tiny-wan", MID_WAN)})
 # what `tune.trajectory_pool` saves once its pairs are warm (configs whose adapter is gated)
 POOLED = {"mid": ["tune.trajectory_pool=1"]}
+
+
+def mid_wan_backbone():
+    """tiny-wan's VAE, text encoder and scheduler around a mid-size Wan transformer (random, seed 0)."""
+    import torch
+    from diffusers import WanTransformer3DModel
+    from pv_wan.backbone import WanBackbone, build_tiny_components
+
+    c = build_tiny_components()
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=8, attention_head_dim=32, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=1024, num_layers=8, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32)
+    return WanBackbone("wan-tiny", transformer, c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"],
+                       {"base_model": "mid-wan(seed=0)"}, "cpu", torch.float32, max_sequence_length=32,
+                       random_weights=True)
 
 
 class Phases:
@@ -70,7 +93,10 @@ def build(config: str, sets: list[str] = ()):
     _, s = resolve(profile, [parse_set([*base, *sets])])
     reg = build_plugin_manager()
     torch.manual_seed(0)
-    bb = reg.create("backbones", s.backbone.name, options=s.backbone.options, device="cpu")
+    if config == "mid-wan":
+        bb = mid_wan_backbone()
+    else:
+        bb = reg.create("backbones", s.backbone.name, options=s.backbone.options, device="cpu")
     enc = reg.create("encoders", s.encoder.name, options=s.encoder.options, device="cpu")
     return bb, enc, s, reference_faces(enc, [astronaut_photo()])
 
@@ -89,7 +115,8 @@ def step_vs_generation(config: str, repeats: int = 3, sets: list[str] = (), labe
     prompt = tuner.prompts.prompts[0]
     tuner.step(), generate_frames(bb, prompt, g)  # warm-up
     phases = Phases()
-    phases.wrap(bb, "predict_noise", lambda grad: "UNet, grad tail" if grad else "UNet, no-grad steps")
+    net = "UNet" if bb.component == "unet" else "transformer"
+    phases.wrap(bb, "predict_noise", lambda grad: f"{net}, grad tail" if grad else f"{net}, no-grad steps")
     phases.wrap(bb, "decode", "VAE decode (supervised frames)")
     phases.wrap(enc, "detect", "face detection")
     phases.wrap(enc, "embed", "face embedding forward")
