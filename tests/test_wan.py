@@ -1,7 +1,8 @@
 """The Wan family (a diffusion transformer with flow matching and a VAE that compresses time) as
 a plugin: the whole method runs on the tiny Wan built in-process, through the same engine and
 CLI as AnimateDiff. What is Wan-specific is checked here: frame-mixing attention stays frozen,
-pv's sampler is WanPipeline's, late-step gating, the causal decoder, 4k+1 frames, exports."""
+pv's sampler is WanPipeline's, late-step gating, the causal decoder, 4k+1 frames, exports, and
+`--control` through Wan VACE (a VACE transformer assembled around the tiny transformer)."""
 
 import json
 
@@ -79,8 +80,6 @@ def test_tiny_wan_tunes_and_generates_through_the_cli(wan_home, astronaut, pv_ho
     r = run("tune", astronaut, "--name", "v", "--profile", "tiny-wan", "--set", "tune.frames=8")
     assert r.exit_code == 1 and "tune.frames 8: Wan renders 4k+1 frames" in r.stderr and "use 5 or 9" in r.stderr
     assert "loading backbone" not in r.stderr and not (pv_home / "runs" / "v").exists()
-    r = run("generate", "w", "surfing", "--control", f"canny={astronaut}", "-o", tmp_path / "c.mp4")
-    assert r.exit_code == 1 and "--control is not available on the wan-tiny backbone" in r.stderr
 
 
 def test_video_to_video_on_wan_restyles_a_clip_with_the_identity(astronaut, pv_home, tmp_path):
@@ -274,3 +273,162 @@ def test_a_fixed_clip_gets_closer_to_the_reference_every_step(wan, encoder, refe
     sims = fixed_clip_similarities(wan, encoder, reference, wan_settings)
     assert sum(b > a for a, b in zip(sims[:-1], sims[1:], strict=True)) >= 4, sims
     assert sims[-1] - sims[0] > 0.02, sims
+
+
+# --------------------------------------------------------------------------- --control through VACE
+
+
+@pytest.fixture(scope="module")
+def moves(tmp_path_factory, astronaut):
+    """A 12-frame driving clip (the astronaut sliding sideways) for --control."""
+    import cv2
+    import numpy as np
+
+    from pvcli.images import load_image
+    from pvcli.video import write_mp4
+
+    img = cv2.resize(load_image(astronaut), (96, 96))
+    path = tmp_path_factory.mktemp("vace") / "moves.mp4"
+    write_mp4(np.stack([np.roll(img, 4 * k, axis=1) for k in range(12)]), path, 8)
+    return path
+
+
+def test_control_on_wan_runs_through_vace_with_the_identity(moves, pv_home, tmp_path):
+    """`--control canny=clip.mp4` on tiny-wan: a 4k+1-frame clip shaped by the maps; scale 0 is the
+    T2V clip exactly (VACE adds hint x 0); the identity acts in the VACE transformer; inputs VACE
+    cannot take are one line."""
+    import numpy as np
+
+    from pvcli.video import read_frames
+
+    clips = {}
+    for name, extra in (("vace", ("--control", f"canny={moves}")), ("t2v", ()),
+                        ("zero", ("--control", f"canny={moves}", "--control-scale", "0")),
+                        ("base", ("--control", f"canny={moves}", "--no-adapter"))):
+        r = run("generate", "w", "dancing", *extra, "-o", tmp_path / name, "--json")  # PNG frames: lossless
+        assert r.exit_code == 0, r.stderr
+        clips[name] = read_frames(tmp_path / name).astype(int)
+        if name == "vace":
+            rec = json.loads(r.stdout)
+            assert rec["controls"] == [{"type": "canny", "source": str(moves), "raw": False, "scale": 1.0, "start": 0.0,
+                                        "end": 1.0}]
+            assert rec["control_model"] == "tiny(seed=0)" and rec["frames"] == 9
+    assert clips["vace"].shape == (9, 64, 64, 3)  # the 12-frame clip resampled to the profile's 4k+1
+    assert np.abs(clips["vace"] - clips["t2v"]).max() > 20  # the control shapes the clip
+    assert np.array_equal(clips["zero"], clips["t2v"])  # conditioning_scale 0: the T2V model's clip, exactly
+    assert np.abs(clips["vace"] - clips["base"]).max() > 2  # the identity acts through VACE's shared blocks
+
+    for extra, says in ((("--control", f"canny={moves}", "--control-raw", f"pose={moves}"),
+                         "Wan VACE takes one control video, got 2 (canny, pose)"),
+                        (("--control", f"canny={moves}", "--control-model", "canny=lllyasviel/x"),
+                         "--control-model canny=...: the wan-tiny backbone brings its own control model"),
+                        (("--control", f"canny={moves}", "--video", moves), "--video and --control together")):
+        r = run("generate", "w", "dancing", *extra, "-o", tmp_path / "bad.mp4")
+        assert r.exit_code == 1 and says in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and r.stderr.count("Error") == 1 and not r.stdout
+        assert not (tmp_path / "bad.mp4").exists()
+
+
+def _control_plan(renderer, g, moves, **options):
+    from pvcli.jobs.generate import AddOn
+
+    return renderer.plan(g, [AddOn("controlnet", {"type": "canny", "source": str(moves), **options})])
+
+
+def test_vace_path_is_wanvacepipeline_with_the_exported_lora_and_gating_keeps_early_steps_base(moves, pv_home,
+                                                                                                tmp_path):
+    """pv's VACE path equals diffusers' own WanVACEPipeline (a VACE transformer whose base carries the
+    tiny T2V weights, the identity loaded by `load_lora_weights` from `pv export --format
+    diffusers`) within 1e-4 at CFG 5; late-step gating leaves the first steps the base model's bit
+    for bit; --control-start 0.5 leaves the first half uncontrolled (the T2V steps) exactly."""
+    from diffusers import WanVACEPipeline
+    from pv_wan.backbone import build_tiny_components
+    from pv_wan.vace import tiny_vace
+
+    from pvcli.api import make_context
+    from pvcli.engine.prompts import with_identity
+    from pvcli.jobs.generate import IdentityRenderer, identity_settings
+
+    r = run("export", "w", "--format", "diffusers", "-o", tmp_path / "w.safetensors")
+    assert r.exit_code == 0, r.stderr
+    ctx = make_context()
+    renderer = IdentityRenderer(ctx, "w", identity_settings(ctx, "w"))
+    bb = renderer.backbone
+    g = renderer.settings.generate
+    g = type(g)(**{**g.__dict__, "guidance_scale": 5.0, "negative_prompt": "blurry", "seed": 2})
+    prompt = with_identity("dancing", renderer.phrase)
+    plan = _control_plan(renderer, g, moves, scale=0.8)
+    ours = render_latents(bb, prompt, g, plan=plan)
+    assert bb.vace_pipeline().transformer.blocks is bb.denoiser.blocks  # one set of base blocks, adapter inside
+
+    c = build_tiny_components()
+    for k in ("transformer", "vae", "text_encoder"):
+        c[k].eval()
+    pipe = WanVACEPipeline(transformer=tiny_vace(c["transformer"], c["vae"], seed=0),
+                           **{k: c[k] for k in ("vae", "text_encoder", "tokenizer", "scheduler")})
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(tmp_path), weight_name="w.safetensors", adapter_name="w")
+    theirs = pipe(prompt=prompt, negative_prompt=g.negative_prompt, video=plan.controls[0].frames[None],
+                  conditioning_scale=0.8, height=g.height, width=g.width, num_frames=g.frames,
+                  num_inference_steps=g.steps, guidance_scale=g.guidance_scale, max_sequence_length=32,
+                  generator=torch.Generator().manual_seed(g.seed), output_type="latent").frames
+    assert ours.shape == (1, 16, 3, 8, 8) and (ours - theirs).abs().max() < 1e-4
+
+    def steps(**kw):
+        seen = []
+        render_latents(bb, prompt, g, plan=kw.pop("plan", plan), on_step=lambda i, x: seen.append(x.clone()), **kw)
+        return seen
+
+    gated, base = steps(adapter_steps=2), steps(adapter_scale=0.0)
+    assert all(torch.equal(gated[i], base[i]) for i in range(2)) and (gated[-1] - base[-1]).abs().max() > 1e-3
+    late, t2v = steps(plan=_control_plan(renderer, g, moves, start=0.5)), steps(plan=None)
+    assert all(torch.equal(late[i], t2v[i]) for i in range(2)) and (late[-1] - t2v[-1]).abs().max() > 1e-2
+
+
+def test_a_vace_checkpoint_loads_only_if_its_base_is_the_backbones_transformer(tmp_path, wan_settings):
+    """A VACE checkpoint folder (diffusers layout, sharded) loads its control branch around the
+    backbone's transformer and renders what the in-process one does; one built on another
+    transformer is refused in one line, before any clip."""
+    from pv_wan.backbone import build_tiny_components, make_tiny_wan
+    from pv_wan.vace import tiny_vace
+
+    from pvcli.contracts import ControlInput, GenerationPlan
+    from pvcli.errors import PVError
+
+    for seed in (0, 1):
+        c = build_tiny_components(seed=seed)
+        tiny_vace(c["transformer"], c["vae"]).save_pretrained(tmp_path / f"vace{seed}" / "transformer",
+                                                              max_shard_size="100KB")
+    assert len(list((tmp_path / "vace0" / "transformer").glob("*.safetensors"))) > 1
+    g = wan_settings.generate
+    maps = (torch.rand(9, 3, 64, 64, generator=torch.Generator().manual_seed(0)) > 0.8).float()
+
+    def clip(options):
+        plan = GenerationPlan(g.frames, g.height, g.width, controls=[ControlInput(None, maps, 1.0, label="canny")])
+        return render_latents(make_tiny_wan(options), "dancing", g, plan=plan)
+
+    assert torch.equal(clip({"vace_model": str(tmp_path / "vace0")}), clip({}))
+    with pytest.raises(PVError, match=r"not built on this backbone's transformer \(tiny-wan\(seed=0\)\): \d+ of \d+ "
+                                      r"base tensors differ"):
+        clip({"vace_model": str(tmp_path / "vace1")})
+    with pytest.raises(PVError, match="Wan VACE model not found"):
+        clip({"vace_model": str(tmp_path / "nothing")})
+
+
+@pytest.mark.parametrize("profile,total,branch", [("wan2.1-1.3b", 2154.0, 735.0), ("wan2.1-14b", 17337.6, 3049.1)])
+def test_real_size_vace_adds_only_its_control_branch(profile, total, branch):
+    """The real VACE transformers, built without weights: pv shares their base with the T2V
+    transformer, so --control costs only the branch (millions of parameters), which the identity
+    adapter never touches (its targets match base blocks only)."""
+    import re
+
+    from pv_wan.backbone import TARGETS
+    from pv_wan.configs import real_size_transformer, real_size_vace
+
+    vace, t2v = real_size_vace(profile), real_size_transformer(profile)
+    params = dict(vace.named_parameters())
+    assert round(sum(p.numel() for p in params.values()) / 1e6, 1) == total
+    assert round(sum(p.numel() for n, p in params.items() if n.startswith("vace_")) / 1e6, 1) == branch
+    assert {n for n in params if not n.startswith("vace_")} == {n for n, _ in t2v.named_parameters()}
+    for targets in TARGETS.values():
+        assert not any(re.fullmatch(targets, n) for n, _ in vace.named_modules() if n.startswith("vace_"))

@@ -1,5 +1,6 @@
 """Built-in conditioners (generation-time add-ons): `controlnet` (ControlNet models with canny,
-depth, pose and lineart preprocessors, or ready maps; several at once) and `lora` (style LoRAs
+depth, pose and lineart preprocessors, or ready maps; several at once; on a backbone that brings
+its own control model, such as Wan's VACE, the maps go to that model) and `lora` (style LoRAs
 in diffusers or kohya/A1111 format, stacked beside the identity adapter).
 
 Registration only names factories; torch and diffusers are imported when one is called."""

@@ -1,7 +1,11 @@
 """The `controlnet` conditioner: control maps from a video, a folder of frames or one image
 (resampled to the clip's frames and size), through a preprocessor or given ready, into a
 ControlNet model (hub id, folder, single file, or `tiny`: built in-process from the backbone's
-UNet config with random weights, for offline use and tests)."""
+UNet config with random weights, for offline use and tests).
+
+A backbone whose `accepts` has "control_maps" instead brings its own control model (Wan: VACE,
+built around its transformer): this conditioner then hands it only the maps
+(`ControlInput.model` None), with their scale and start/end, and `--control-model` is refused."""
 
 from __future__ import annotations
 
@@ -70,7 +74,8 @@ class ControlNetConditioner(Conditioner):
             check_model_path(ref, o.type)
 
     def apply(self, backbone: Backbone, plan: GenerationPlan) -> None:
-        if "controlnet" not in backbone.accepts:
+        own_model = "control_maps" in backbone.accepts  # the backbone drives its own control model
+        if "controlnet" not in backbone.accepts and not own_model:
             raise PVError(f"--control is not available on the {backbone.name} backbone (it takes no ControlNet)",
                           "generate without --control, or with a profile of a family that has ControlNets")
         from pvcli.video import read_source, resample
@@ -78,9 +83,17 @@ class ControlNetConditioner(Conditioner):
         o = self.opts
         if not o.source:
             raise PVError("a ControlNet needs a source", "e.g. --control canny=clip.mp4")
+        if own_model and o.model:
+            raise PVError(f"--control-model {o.type}=...: the {backbone.name} backbone brings its own control model",
+                          "drop --control-model (its backbone options name the control model)")
         frames = resample(read_source(o.source, self.flag), plan.frames, plan.height, plan.width)
         maps = frames if o.raw else self._preprocess(frames)
         tensor = torch.from_numpy(maps).permute(0, 3, 1, 2).float() / 255
+        if own_model:  # maps only: the backbone's pipeline_call runs them through its control model
+            plan.controls.append(ControlInput(None, tensor, o.scale, o.start, o.end, label=o.type))
+            plan.record.setdefault("controls", []).append(
+                {"type": o.type, "source": o.source, "raw": o.raw, "scale": o.scale, "start": o.start, "end": o.end})
+            return
         ref = self._model_ref(backbone)
         plan.controls.append(ControlInput(load_controlnet(ref, backbone, o.seed, o.type), tensor, o.scale, o.start, o.end,
                                           label=o.type))

@@ -1,7 +1,9 @@
 """Built-in backbones of the Wan family (diffusion transformers with flow matching): `wan`
 (diffusers' WanPipeline, real weights from the hub, the HF cache or a local folder: Wan 2.1 T2V
 1.3B / 14B) and `wan-tiny` (the same architecture built in-process from small configs with a
-fixed seed and random weights: offline, CPU, for quick starts and tests).
+fixed seed and random weights: offline, CPU, for quick starts and tests). `--control` runs
+through Wan VACE (`WanVACEPipeline`, the `vace_model` backbone option), its VACE transformer built
+around the backbone's own transformer so the identity adapter acts in it (vace.py).
 
 Registration only names factories; torch and diffusers are imported when one is called."""
 

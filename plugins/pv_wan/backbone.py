@@ -8,6 +8,9 @@ with 3D RoPE: the only op that mixes frames, the counterpart of AnimateDiff's mo
 layers that never mix frames and `attn1` stays frozen and bit-identical:
   attention: attn2's q, k, v, out (cross-attention only)
   spatial:   attn2's q, k, v, out and the feed-forward net (ffn.net.0.proj, ffn.net.2)
+
+Generation: WanPipeline; WanVideoToVideoPipeline for `--video`; WanVACEPipeline for `--control`,
+around a VACE transformer whose base modules are this backbone's transformer's (vace.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pvcli.contracts import Backbone
 from pvcli.errors import PVError
 from pvcli.hub import load_pretrained
 from pvcli.settings import validate_options
+
+from .vace import VACE_MODELS
 
 _BLOCK = r"blocks\.\d+"
 _CROSS = rf"{_BLOCK}\.attn2\.(to_q|to_k|to_v|to_out\.0)"
@@ -37,16 +42,21 @@ class WanBackbone(Backbone):
     target_sets = TARGETS
     frame_mixing = "attn1"  # the only op that mixes frames
     component = "transformer"
-    accepts = frozenset({"lora", "video"})  # video-to-video: WanVideoToVideoPipeline; controls need VACE weights
+    # video-to-video: WanVideoToVideoPipeline; control maps (--control): WanVACEPipeline, whose
+    # VACE transformer is built around the denoiser (vace.py), so the control model is the backbone's own
+    accepts = frozenset({"lora", "video", "control_maps"})
 
     def __init__(self, name, transformer, vae, text_encoder, tokenizer, scheduler, info: dict, device, dtype,
                  max_sequence_length: int = 512, random_weights: bool = False, transformer_2=None,
-                 boundary_ratio: float | None = None, expand_timesteps: bool = False):
+                 boundary_ratio: float | None = None, expand_timesteps: bool = False, vace_model: str = "",
+                 vace_seed: int = 0):
         """`transformer_2` + `boundary_ratio` (Wan 2.2 A14B): two experts, `transformer` for the
         high-noise steps (t >= boundary_ratio * num_train_timesteps), `transformer_2` for the rest.
         The identity adapter goes on the low-noise expert, `transformer_2`: the late steps, where
         the paper's gating puts it anyway; the high-noise expert stays frozen and bit-identical.
-        `expand_timesteps` (Wan 2.2 TI2V-5B) is passed to the pipeline as its repo ships it."""
+        `expand_timesteps` (Wan 2.2 TI2V-5B) is passed to the pipeline as its repo ships it.
+        `vace_model` (hub id or folder; "tiny": built in-process under `vace_seed`) is the VACE
+        model `--control` runs through, loaded on first use (vace.py)."""
         self.name = name
         self.random_weights = random_weights
         self.high_noise = None
@@ -74,6 +84,8 @@ class WanBackbone(Backbone):
         self.max_frames = TEMPORAL * (int(transformer.config.rope_max_seq_len) - 1) + 1
         self._pipe = None
         self._video_pipe = None
+        self.vace_model, self.vace_seed = vace_model, vace_seed
+        self._vace_pipe = None
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -158,10 +170,11 @@ class WanBackbone(Backbone):
 
     def pipeline_call(self, plan, *, prompt, negative_prompt, num_inference_steps, guidance_scale, generator,
                       callback_on_step_end=None) -> torch.Tensor:
-        if plan.controls:
-            raise PVError(f"--control is not available on the {self.name} backbone yet (Wan's controls come through VACE)",
-                          "generate without --control, or use an AnimateDiff profile for ControlNet")
         self.check_frames(plan.frames)
+        if plan.controls:
+            return self._vace_call(plan, prompt=prompt, negative_prompt=negative_prompt,
+                                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                   generator=generator, callback_on_step_end=callback_on_step_end)
         video = plan.video is not None
         pipe = self.pipeline(video=video)
         pipe.scheduler = self.new_scheduler()
@@ -175,6 +188,59 @@ class WanBackbone(Backbone):
                    generator=generator, output_type="latent", callback_on_step_end=callback_on_step_end,
                    max_sequence_length=self.max_sequence_length, **kwargs)
         return out.frames  # latents (B, C, F', h, w), decoded by `decode`
+
+    # ----------------------------------------------------------------- control (VACE)
+    def vace_pipeline(self):
+        """diffusers' WanVACEPipeline around this backbone's modules, its VACE transformer assembled
+        around the denoiser (vace.py: the base modules are the denoiser's own, so the identity
+        adapter, its gating and style LoRAs act in it unchanged); built on first use."""
+        if self._vace_pipe is None:
+            from diffusers import WanVACEPipeline
+
+            from .vace import load_vace, tiny_vace
+
+            if self.high_noise is not None:
+                raise PVError(f"--control is not available on {self.info.get('base_model', self.name)} (two experts)",
+                              "use a Wan 2.1 profile (wan2.1-1.3b, wan2.1-14b) for --control")
+            ref = self.vace_model
+            if not ref:
+                raise PVError(f"no VACE model is known for {self.info.get('base_model', self.name)}",
+                              "set backbone.options.vace_model to the VACE model built on it (a diffusers folder or hub id)")
+            vace = tiny_vace(self.denoiser, self.vae, self.vace_seed) if ref == "tiny" else \
+                load_vace(ref, self.denoiser, self.info.get("base_model", self.name))
+            self._vace_pipe = WanVACEPipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder, vae=self.vae,
+                                              scheduler=self.new_scheduler(), transformer=vace)
+            self._vace_pipe.set_progress_bar_config(disable=True)
+        return self._vace_pipe
+
+    def _vace_call(self, plan, *, prompt, negative_prompt, num_inference_steps, guidance_scale, generator,
+                   callback_on_step_end=None) -> torch.Tensor:
+        """One clip through WanVACEPipeline: the control maps (already at plan.frames, 4k+1, and the
+        clip's size) as VACE's control video with an all-ones mask (every frame generated, guided by
+        the maps); `scale` -> conditioning_scale, `start`/`end` -> the steps it acts on."""
+        from .vace import control_window
+
+        if len(plan.controls) > 1:
+            raise PVError(f"Wan VACE takes one control video, got {len(plan.controls)} "
+                          f"({', '.join(c.label or 'control' for c in plan.controls)})", "give one --control")
+        if plan.video is not None:
+            raise PVError("--video and --control together are not available on Wan (VACE's control video is the "
+                          "only clip it takes)", "use one of them")
+        control = plan.controls[0]
+        pipe = self.vace_pipeline()
+        pipe.scheduler = self.new_scheduler()
+        plan.record["control_model"] = self.vace_model if self.vace_model != "tiny" else f"tiny(seed={self.vace_seed})"
+        with control_window(pipe.transformer, num_inference_steps, control.start, control.end) as advance:
+            def callback(p, i, t, kwargs):
+                advance(i)
+                return callback_on_step_end(p, i, t, kwargs) if callback_on_step_end is not None else kwargs
+
+            out = pipe(prompt=prompt, negative_prompt=negative_prompt, video=control.frames[None].to(self.device, torch.float32),
+                       conditioning_scale=float(control.scale), height=plan.height, width=plan.width,
+                       num_frames=plan.frames, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                       generator=generator, output_type="latent", callback_on_step_end=callback,
+                       max_sequence_length=self.max_sequence_length, **plan.call_kwargs)
+        return out.frames
 
     def load_lora(self, source: str, name: str) -> None:
         """diffusers' Wan LoRA loader (diffusers keys, ComfyUI-native and musubi-tuner files)."""
@@ -198,6 +264,10 @@ class TinyWanOptions(SpeedOptions):
     shift: float = 3.0  # the flow-matching shift of the tiny model's FlowMatchEulerDiscreteScheduler
     experts: int = 1  # 2: a high-noise and a low-noise transformer, as Wan 2.2 A14B (boundary_ratio below)
     boundary_ratio: float = 0.875  # Wan 2.2 A14B's: the high-noise expert takes t >= 875 of 1000
+    # --control's VACE: "tiny" builds one around the tiny transformer (its control branch random
+    # under vace_seed); a folder or hub id loads a VACE checkpoint built on this transformer
+    vace_model: str = "tiny"
+    vace_seed: int = 0
 
 
 def build_tiny_components(seed: int = 0, shift: float = 3.0, experts: int = 1) -> dict:
@@ -238,7 +308,8 @@ def make_tiny_wan(options: dict | None = None, device: str | None = "cpu") -> Wa
     info = {"base_model": f"tiny-wan(seed={opts.seed})", "scheduler": f"flow-match-euler(shift={opts.shift:g})"}
     experts = {} if opts.experts == 1 else {"transformer_2": c["transformer_2"], "boundary_ratio": opts.boundary_ratio}
     return WanBackbone("wan-tiny", c["transformer"], c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"], info,
-                       dev, resolve_dtype(opts.dtype, dev), max_sequence_length=32, random_weights=True, **experts)
+                       dev, resolve_dtype(opts.dtype, dev), max_sequence_length=32, random_weights=True,
+                       vace_model=opts.vace_model, vace_seed=opts.vace_seed, **experts)
 
 
 # --------------------------------------------------------------------------- real weights
@@ -251,6 +322,9 @@ class WanOptions(SpeedOptions):
     flow_shift: float = 0.0  # 0: the repo's scheduler as shipped; else its flow shift (3 for 480p, 5 for 720p)
     max_sequence_length: int = 512
     revision: str = ""
+    # --control's VACE model (hub id or diffusers folder) built on `model`; empty: the known one
+    # (Wan-AI/Wan2.1-VACE-1.3B-diffusers / -14B-diffusers for the 2.1 T2V models), loaded on first use
+    vace_model: str = ""
 
 
 def make_wan(options: dict | None = None, device: str | None = None) -> WanBackbone:
@@ -273,4 +347,5 @@ def make_wan(options: dict | None = None, device: str | None = None) -> WanBackb
     experts = {"transformer_2": pipe.transformer_2, "boundary_ratio": pipe.config.boundary_ratio} if two_experts else {}
     return WanBackbone("wan", pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler, info, dev,
                        dtype, max_sequence_length=opts.max_sequence_length,
-                       expand_timesteps=bool(pipe.config.get("expand_timesteps")), **experts)
+                       expand_timesteps=bool(pipe.config.get("expand_timesteps")),
+                       vace_model=opts.vace_model or VACE_MODELS.get(opts.model, ""), **experts)

@@ -23,3 +23,18 @@ def real_size_transformer(profile: str):
 
     with init_empty_weights():
         return WanTransformer3DModel(**TRANSFORMERS[profile])
+
+
+# Wan 2.1 VACE (Wan-AI/Wan2.1-VACE-1.3B-diffusers, -14B-diffusers): the T2V transformer's shape plus a
+# control branch of one VACE block per listed base block (the original VACE configs: every 2nd of 30
+# blocks, every 5th of 40), fed 96 channels (2 x 16 latent channels + the 8x8-folded mask)
+VACE_LAYERS = {"wan2.1-1.3b": list(range(0, 30, 2)), "wan2.1-14b": list(range(0, 40, 5))}
+
+
+def real_size_vace(profile: str):
+    """The profile's VACE transformer with no weights (meta device): base + control branch."""
+    from accelerate import init_empty_weights
+    from diffusers import WanVACETransformer3DModel
+
+    with init_empty_weights():
+        return WanVACETransformer3DModel(**TRANSFORMERS[profile], vace_layers=VACE_LAYERS[profile], vace_in_channels=96)
