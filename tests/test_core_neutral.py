@@ -14,7 +14,7 @@ from pvcli.settings import shipped_profiles
 CORE = Path(pvcli.__file__).parent
 FAMILY_WORDS = ["animatediff", "animate diff", "sdxl", "stable diffusion", "stable-diffusion", "sd1.5", "sd 1.5", "sd15",
                 "sd_v1", "lightning", "animatelcm", "motion adapter", "motionadapter", "unet2d", "unetmotion",
-                "wan", "umt5", "vace", "hunyuan"]
+                "wan", "umt5", "vace", "hunyuan", "hunyuanvideo", "hunyuan_video", "llama"]
 PIPELINE_CLASS = re.compile(r"\b[A-Z][A-Za-z0-9]*Pipeline\b")
 
 

@@ -1,0 +1,53 @@
+"""Built-in backbones of the HunyuanVideo family (a dual-stream/single-stream diffusion
+transformer with flow matching, embedded guidance, a LLaMA + CLIP text side and a 3D VAE that
+folds 4 frames into one latent frame): `hunyuanvideo` (diffusers' HunyuanVideoPipeline, real
+weights from the hub, the HF cache or a local folder: hunyuanvideo-community/HunyuanVideo) and
+`hunyuanvideo-tiny` (the same architecture built in-process from small configs with a fixed seed
+and random weights: offline, CPU, for quick starts and tests).
+
+Registration only names factories; torch and diffusers are imported when one is called."""
+
+from __future__ import annotations
+
+from pvcli import hookimpl
+
+
+def hunyuanvideo(**kwargs):
+    from .backbone import make_hunyuanvideo
+
+    return make_hunyuanvideo(**kwargs)
+
+
+def hunyuanvideo_tiny(**kwargs):
+    from .backbone import make_tiny_hunyuanvideo
+
+    return make_tiny_hunyuanvideo(**kwargs)
+
+
+def check_frames(frames: int, flag: str) -> None:
+    """HunyuanVideo renders 4k+1 frames (its VAE folds 4 frames into one latent frame)."""
+    if (frames - 1) % 4:
+        from pvcli.errors import PVError
+
+        near = (frames - 1) // 4 * 4 + 1
+        raise PVError(f"{flag} {frames}: HunyuanVideo renders 4k+1 frames (its VAE turns 4 frames into one latent frame)",
+                      f"use {near} or {near + 4}")
+
+
+def comfy_lora(state, meta):
+    from .lora_keys import comfy_lora
+
+    return comfy_lora(state, meta)
+
+
+# `pv export --format comfy` of a HunyuanVideo identity: the original HunyuanVideo keys (fused qkv)
+LORA_FORMATS = {"comfy": comfy_lora}
+
+
+@hookimpl
+def register_backbones(register):
+    register("hunyuanvideo", hunyuanvideo,
+             description="HunyuanVideo text-to-video (13B dual/single-stream diffusion transformer), real weights",
+             frames=check_frames, lora_formats=LORA_FORMATS)
+    register("hunyuanvideo-tiny", hunyuanvideo_tiny, description="tiny HunyuanVideo built in-process, random weights (offline)",
+             frames=check_frames, lora_formats=LORA_FORMATS)
