@@ -49,18 +49,20 @@ def motion_stats(frames) -> tuple[float, float]:
     return diff, corr
 
 
-def run_set(targets: str, gain: float, max_steps: int, encoder, reference, seeds: list[int]) -> dict:
+def run_set(targets: str, gain: float, max_steps: int, encoder, reference, seeds: list[int], profile: str = "tiny-wan",
+            make=None) -> dict:
+    """One target set on `profile`'s tiny model, built by `make(targets)` (default: tiny Wan)."""
     import torch
 
     from pvcli.engine.generate import render_latents
     from pvcli.engine.tune import Tuner
     from pvcli.settings import from_dict, resolve
 
-    _, s = resolve("tiny-wan")
+    _, s = resolve(profile)
     offered = targets if targets != "all-attention" else "attention"  # settings accept only pv's own sets
     s = from_dict(s.to_dict(), [{"adapter": {"targets": offered}, "tune": {"lr": 5e-3, "warmup_steps": 0}}])
     object.__setattr__(s.adapter, "targets", targets)
-    bb = backbone(targets)
+    bb = (make or backbone)(targets)
     tuner = Tuner(bb, encoder, s, reference)
     tuner.prompts.prompts = tuner.prompts.prompts[:1]
     sims, reached = [], None
