@@ -53,28 +53,33 @@ def measure(profile: str, targets: str, rank: int = 16) -> dict:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from peft import LoraConfig
     from pv_wan.backbone import TARGETS
-    from pv_wan.configs import TRANSFORMERS
+    from pv_wan.configs import TRANSFORMERS, VAES
 
     from pvcli.plugins import build_plugin_manager
 
     torch.manual_seed(0)
-    out: dict = {"profile": profile, "targets": targets, "rank": rank}
+    cfg = TRANSFORMERS[profile]
+    # fp32 where it fits this machine's RAM (its activations are halved for bf16), else bf16 as is
+    big = cfg["num_attention_heads"] * cfg["attention_head_dim"] > 1536
+    dtype = torch.bfloat16 if big else torch.float32
+    out: dict = {"profile": profile, "targets": targets, "rank": rank, "transformer_measured_in": str(dtype)[6:]}
     start = time.perf_counter()
-    transformer = WanTransformer3DModel(**TRANSFORMERS[profile]).eval().requires_grad_(False)
+    transformer = WanTransformer3DModel(**cfg).to(dtype).eval().requires_grad_(False)
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS[targets],
                                        init_lora_weights="gaussian"))
     out["build_s"] = round(time.perf_counter() - start, 1)
     out["transformer_params_m"] = round(sum(p.numel() for n, p in transformer.named_parameters()
                                             if "lora_" not in n) / 1e6, 1)
     out["adapter_params_m"] = round(sum(p.numel() for n, p in transformer.named_parameters() if "lora_" in n) / 1e6, 2)
-    text = torch.randn(1, 512, transformer.config.text_dim)
+    text = torch.randn(1, 512, transformer.config.text_dim, dtype=dtype)
+    channels = transformer.config.in_channels
     mb: dict = {}
     for ckpt in (False, True):
         if ckpt:
             transformer.enable_gradient_checkpointing()
         transformer.train()  # checkpointing acts in training mode
         for frames, side in ((1, 16), (2, 16), (2, 32)):  # latent frames x latent side: 64, 128, 512 tokens
-            lat = torch.randn(1, 16, frames, side, side)
+            lat = torch.randn(1, channels, frames, side, side, dtype=dtype)
             tokens = frames * (side // 2) ** 2
 
             def fwd(lat=lat):
@@ -82,18 +87,20 @@ def measure(profile: str, targets: str, rank: int = 16) -> dict:
                                    return_dict=False)[0]
             mb[("transformer", tokens, ckpt)] = _mb(fwd)
     transformer = None
-    vae = AutoencoderKLWan().eval().requires_grad_(False)  # diffusers' defaults are the Wan 2.1 VAE's config
+    vae = AutoencoderKLWan(**VAES.get(profile, {})).eval().requires_grad_(False)  # defaults: the Wan 2.1 VAE
     out["vae_params_m"] = round(sum(p.numel() for p in vae.parameters()) / 1e6, 1)
+    spatial = int(getattr(vae.config, "scale_factor_spatial", 8) or 8)
+    out["vae_scale_factor"] = spatial
     for ckpt in (False, True):
         if ckpt:
             if not getattr(vae, "_supports_gradient_checkpointing", False):
                 break
             vae.enable_gradient_checkpointing()
         vae.train()
-        for side in (8, 16):  # 64 and 128 px
+        for px in (64, 128):
             for lat_frames in (1, 2):  # 1 and 5 pixel frames
-                lat = torch.randn(1, 16, lat_frames, side, side, requires_grad=True)
-                mb[("vae", side * 8, lat_frames, ckpt)] = _mb(lambda lat=lat: vae.decode(lat, return_dict=False)[0])
+                lat = torch.randn(1, vae.config.z_dim, lat_frames, px // spatial, px // spatial, requires_grad=True)
+                mb[("vae", px, lat_frames, ckpt)] = _mb(lambda lat=lat: vae.decode(lat, return_dict=False)[0])
     vae = None
     enc = build_plugin_manager().create("encoders", "facenet", device="cpu")
     crops = torch.rand(4, 3, enc.input_size, enc.input_size, requires_grad=True)
@@ -116,14 +123,16 @@ def estimate(m: dict, frames: int, height: int, width: int, guidance: bool, grad
     """Scale the measured per-token / per-frame bytes to one tuning step of the profile."""
     mb = measured(m)
     latent_frames = (frames - 1) // 4 + 1
-    tokens = latent_frames * (height // 16) * (width // 16)  # VAE 8x, patch 2x2
+    cell = 2 * m.get("vae_scale_factor", 8)  # pixels per token side: the VAE's factor x the 2x2 patch
+    tokens = latent_frames * (height // cell) * (width // cell)
+    half = 0.5 if m.get("transformer_measured_in", "float32") == "float32" else 1.0  # to bf16
     batch = 2 if guidance else 1
     decoded = 1 + 4 * ((supervised_last - 1) // 4 + 1) if supervised_last else 1  # the causal prefix, pixel frames
     est = {"tokens": tokens, "decoded_frames": decoded}
     for ckpt in (False, True):
         per_token = (mb[("transformer", 512, ckpt)] - mb[("transformer", 128, ckpt)]) / (512 - 128)  # MB, fp32
         growth = math.log(mb[("transformer", 512, ckpt)] / mb[("transformer", 128, ckpt)], 4)
-        transformer_gb = per_token * tokens * batch * grad_steps / 2 / 1024  # bf16: half the fp32 bytes
+        transformer_gb = per_token * tokens * batch * grad_steps * half / 1024
         key = ckpt if ("vae", 128, 2, ckpt) in mb else False
         # per extra latent frame (4 pixel frames) at 128 px, scaled to the tuning size by the 64 -> 128 px growth
         v64 = mb[("vae", 64, 2, key)] - mb[("vae", 64, 1, key)]

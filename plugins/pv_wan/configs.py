@@ -16,6 +16,16 @@ TRANSFORMERS = {
 }
 
 
+# The VAEs' shapes where they differ from diffusers' AutoencoderKLWan defaults (which are Wan 2.1's):
+# Wan 2.2 TI2V-5B's 16x VAE with 48 latent channels (its vae/config.json; latents_mean/std left out:
+# a random-weight build for measuring does not need them)
+VAES = {
+    "wan2.2-5b": dict(base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                      in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
+                      is_residual=True, temperal_downsample=[False, True, True]),
+}
+
+
 def real_size_transformer(profile: str):
     """The profile's transformer with no weights (meta device): its real layers and sizes."""
     from accelerate import init_empty_weights
