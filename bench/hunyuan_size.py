@@ -79,7 +79,7 @@ def measure(targets: str, rank: int = 16) -> dict:
                 lat = torch.randn(1, 16, frames, side, side)
                 tokens = frames * (side // 2) ** 2
 
-                def fwd(lat=lat):
+                def fwd(lat=lat, model=model, text=text, mask=mask, pooled=pooled):
                     return model(hidden_states=lat, timestep=torch.tensor([500.0]), encoder_hidden_states=text,
                                  encoder_attention_mask=mask, pooled_projections=pooled,
                                  guidance=torch.tensor([6000.0]), return_dict=False)[0]

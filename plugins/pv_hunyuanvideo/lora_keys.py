@@ -48,8 +48,6 @@ def original_module(module: str) -> tuple[str, int | None]:
 def comfy_lora(state: dict, meta: dict) -> tuple[dict, dict]:
     """(tensors, header) of a pv HunyuanVideo adapter (peft keys on the transformer) in the
     original HunyuanVideo keys, fused where the original model fuses."""
-    import torch
-
     alpha = float(meta["alpha"])
     pieces: dict[str, dict] = {}  # original module -> {piece: (A, B scaled)}
     for key, a in state.items():
