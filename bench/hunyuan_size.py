@@ -16,15 +16,13 @@ estimate, not a GPU measurement: no allocator workspace, no fragmentation."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from wan_size import GB, _mb  # noqa: E402  (the same saved-activation counter)
+from wan_size import GB, _mb, sizes_main  # noqa: E402  (the same saved-activation counter and command line)
 
 TEXT_TOKENS = 256  # max_sequence_length of the LLaMA states
 
@@ -152,48 +150,11 @@ def estimate(m: dict, frames: int, height: int, width: int, grad_steps: int, blo
     return est
 
 
-def markdown(est: dict) -> str:
-    w = est["weights"]
-    rows = ["| | transformer + VAE + adapter state | LLaMA + CLIP text encoders | transformer activations | VAE decoder "
-            "| face network | total | total, text encoders off the GPU |", "|---|---|---|---|---|---|---|---|"]
-    base = w["transformer_bf16_gb"] + w["vae_fp32_gb"] + w["adapter_fp32_with_grads_and_adamw_gb"]
-    for k, label in (("without_checkpointing", "without checkpointing"),
-                     ("with_checkpointing", "`tune.gradient_checkpointing=true`")):
-        e = est[k]
-        rows.append(f"| {label} | {base:.1f} GB | {w['text_encoder_bf16_gb']:.1f} GB | {e['transformer_activations_gb']:.1f} GB "
-                    f"| {e['vae_decoder_activations_gb']:.1f} GB | {e['face_network_gb']:.1f} GB | **~{e['total_gb']:.1f} GB** "
-                    f"| ~{e['total_without_text_encoder_gb']:.1f} GB |")
-    return "\n".join(rows)
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="hunyuanvideo")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("hunyuan_size.json")))
-    ap.add_argument("--reuse", action="store_true", help="recompute the estimates from --out's measurements")
-    ap.add_argument("--sizes", nargs="*", default=["17x320x512", "9x320x512", "5x320x512", "5x256x256"],
-                    help="tuning sizes FRAMESxHEIGHTxWIDTH to estimate (the profile's own first)")
-    args = ap.parse_args()
-    from pvcli.settings import resolve
-
-    _, s = resolve(args.profile)
-    t = s.tune
-    if args.reuse:
-        m = {k: v for k, v in json.loads(Path(args.out).read_text()).items() if not k.startswith("estimate")}
-    else:
-        m = measure(s.adapter.targets)
-    sizes = {}
-    for size in dict.fromkeys([f"{t.frames}x{t.height}x{t.width}", *args.sizes]):
-        f, h, w = (int(x) for x in size.split("x"))
-        sizes[size] = estimate(m, f, h, w, t.grad_steps)
-    result = {"profile": args.profile, **m, "tuning_step": {"frames": t.frames, "height": t.height, "width": t.width,
-                                                            "grad_steps": t.grad_steps,
-                                                            "supervised_frames": t.supervised_frames},
-              "estimates_bf16": sizes}
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2), file=sys.stderr)
-    for size, est in sizes.items():
-        print(f"\n{size} (frames x height x width):\n" + markdown(est))
+    sizes_main("hunyuanvideo", "hunyuan_size.json", ["17x320x512", "9x320x512", "5x320x512", "5x256x448", "5x256x256"],
+               lambda profile, s: measure(s.adapter.targets),
+               lambda m, f, h, w, s: estimate(m, f, h, w, s.tune.grad_steps),
+               text_encoder="LLaMA + CLIP text encoders", cfg=False)  # embedded guidance: no CFG batch
 
 
 if __name__ == "__main__":

@@ -158,10 +158,11 @@ def estimate(m: dict, frames: int, height: int, width: int, guidance: bool, grad
     return est
 
 
-def markdown(m: dict, est: dict) -> str:
+def markdown(est: dict, text_encoder: str = "UMT5 text encoder") -> str:
+    """One estimate as BENCHMARKS.md's table (both families' size scripts print it)."""
     w = est["weights"]
-    rows = [f"| | transformer + VAE + adapter state | UMT5 text encoder | transformer activations | VAE decoder "
-            f"| face network | total | total, text encoder off the GPU |", "|---|---|---|---|---|---|---|---|"]
+    rows = [f"| | transformer + VAE + adapter state | {text_encoder} | transformer activations | VAE decoder "
+            f"| face network | total | total, {text_encoder} off the GPU |", "|---|---|---|---|---|---|---|---|"]
     base = w["transformer_bf16_gb"] + w["vae_fp32_gb"] + w["adapter_fp32_with_grads_and_adamw_gb"]
     for k, label in (("without_checkpointing", "without checkpointing"),
                      ("with_checkpointing", "`tune.gradient_checkpointing=true`")):
@@ -172,13 +173,16 @@ def markdown(m: dict, est: dict) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="wan2.1-1.3b")
-    ap.add_argument("--out", default=str(Path(__file__).with_name("wan_size.json")))
+def sizes_main(profile: str, out_name: str, sizes: list[str], measure_fn, estimate_fn, reuse_fn=None,
+               text_encoder: str = "UMT5 text encoder", cfg: bool = True) -> None:
+    """The command line both size scripts share: measure (or --reuse the saved measurements), then
+    estimate the profile's own tuning size and --sizes, write --out, print the tables.
+    measure_fn(profile, settings) -> measurements; estimate_fn(m, frames, height, width, settings)."""
+    ap = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.splitlines()[0])
+    ap.add_argument("--profile", default=profile)
+    ap.add_argument("--out", default=str(Path(__file__).with_name(out_name)))
     ap.add_argument("--reuse", action="store_true", help="recompute the estimates from --out's measurements")
-    ap.add_argument("--sizes", nargs="*", default=["17x320x576", "9x320x576", "5x320x576", "5x256x448"],
+    ap.add_argument("--sizes", nargs="*", default=sizes,
                     help="tuning sizes FRAMESxHEIGHTxWIDTH to estimate (the profile's own first)")
     args = ap.parse_args()
     from pvcli.settings import resolve
@@ -187,20 +191,34 @@ def main() -> None:
     t = s.tune
     if args.reuse:
         m = {k: v for k, v in json.loads(Path(args.out).read_text()).items() if not k.startswith("estimate")}
-        m["text_encoder_params_m"] = round(text_encoder_params(args.profile) / 1e6, 1)
+        if reuse_fn is not None:
+            reuse_fn(m, args.profile)
     else:
-        m = measure(args.profile, s.adapter.targets)
-    sizes = {}
+        m = measure_fn(args.profile, s)
+    estimates = {}
     for size in dict.fromkeys([f"{t.frames}x{t.height}x{t.width}", *args.sizes]):
         f, h, w = (int(x) for x in size.split("x"))
-        sizes[size] = estimate(m, f, h, w, t.guidance_scale > 1, t.grad_steps, f - 1)  # worst case: the last frame
-    result = {**m, "tuning_step": {"frames": t.frames, "height": t.height, "width": t.width,
-                                   "cfg": t.guidance_scale > 1, "grad_steps": t.grad_steps,
-                                   "supervised_frames": t.supervised_frames}, "estimates_bf16": sizes}
+        estimates[size] = estimate_fn(m, f, h, w, s)
+    step = {"frames": t.frames, "height": t.height, "width": t.width, "grad_steps": t.grad_steps,
+            "supervised_frames": t.supervised_frames}
+    if cfg:  # a family with classifier-free guidance runs the denoiser on a batch of 2
+        step["cfg"] = t.guidance_scale > 1
+    result = {"profile": args.profile, **m, "tuning_step": step, "estimates_bf16": estimates}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2), file=sys.stderr)
-    for size, est in sizes.items():
-        print(f"\n{size} (frames x height x width):\n" + markdown(m, est))
+    for size, est in estimates.items():
+        print(f"\n{size} (frames x height x width):\n" + markdown(est, text_encoder))
+
+
+def main() -> None:
+    def reuse(m, profile):
+        m["text_encoder_params_m"] = round(text_encoder_params(profile) / 1e6, 1)
+
+    sizes_main("wan2.1-1.3b", "wan_size.json", ["17x320x576", "9x320x576", "5x320x576", "5x256x448"],
+               lambda profile, s: measure(profile, s.adapter.targets),
+               # worst case for the causal decoder: the last frame is supervised
+               lambda m, f, h, w, s: estimate(m, f, h, w, s.tune.guidance_scale > 1, s.tune.grad_steps, f - 1),
+               reuse)
 
 
 if __name__ == "__main__":

@@ -111,13 +111,14 @@ def markdown(rows: list[dict], gain: float) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(profile: str = "tiny-wan", make=backbone, out_name: str = "wan_targets.json") -> None:
+    """The command line both families' target-set scripts share."""
+    ap = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.splitlines()[0])
     ap.add_argument("--gain", type=float, default=0.02, help="the ID similarity gain every set is tuned to")
     ap.add_argument("--max-steps", type=int, default=40)
     ap.add_argument("--seeds", type=int, nargs="*", default=[1001, 1002, 1003])
     ap.add_argument("--sets", nargs="*", default=["attention", "spatial", "all-attention"])
-    ap.add_argument("--out", default=str(Path(__file__).with_name("wan_targets.json")))
+    ap.add_argument("--out", default=str(Path(__file__).with_name(out_name)))
     args = ap.parse_args()
     from common import astronaut_photo
 
@@ -129,7 +130,7 @@ def main() -> None:
     reference = mean_embedding(embed_crops(enc, [r.crop for r in refs]))
     rows = []
     for targets in args.sets:
-        row = run_set(targets, args.gain, args.max_steps, enc, reference, args.seeds)
+        row = run_set(targets, args.gain, args.max_steps, enc, reference, args.seeds, profile=profile, make=make)
         row["max_steps"] = args.max_steps
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)

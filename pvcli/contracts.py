@@ -24,6 +24,21 @@ if TYPE_CHECKING:  # keep torch out of `pv --help`
 Conditioning = Any  # a tensor, or a mapping of name -> batch-first tensor (see Backbone.encode_prompt)
 
 
+def latent_frame_rule(factor: int, family: str) -> Callable[[int, str], None]:
+    """A backbone's `frames=` rule (see `register_backbones`) for a VAE that keeps the first frame
+    and folds every `factor` frames after it into one latent frame: clips of k * factor + 1 frames."""
+
+    def check(frames: int, flag: str) -> None:
+        if (frames - 1) % factor:
+            from .errors import PVError
+
+            near = (frames - 1) // factor * factor + 1
+            raise PVError(f"{flag} {frames}: {family} renders {factor}k+1 frames (its VAE turns {factor} frames into "
+                          "one latent frame)", f"use {near} or {near + factor}")
+
+    return check
+
+
 class Backbone(ABC):
     """A latent text-to-video diffusion model whose frame-wise layers take the identity adapter.
 

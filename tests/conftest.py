@@ -19,13 +19,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     cv2.setNumThreads(1)
 
 
-@pytest.fixture(autouse=True)
-def pv_home(tmp_path, monkeypatch):
-    home = tmp_path / "pvhome"
+def use_home(monkeypatch, home: Path) -> Path:
+    """PV_HOME is `home` for this test, with no plugin filter and no debug output."""
     monkeypatch.setenv("PV_HOME", str(home))
     monkeypatch.delenv("PV_PLUGINS", raising=False)
     monkeypatch.delenv("PV_DEBUG", raising=False)
     return home
+
+
+@pytest.fixture(autouse=True)
+def pv_home(tmp_path, monkeypatch):
+    return use_home(monkeypatch, tmp_path / "pvhome")
 
 
 def _write(path: Path, rgb: np.ndarray) -> Path:
@@ -118,22 +122,32 @@ def press_ctrl_c_at(monkeypatch, step_index: int):
     return lambda: monkeypatch.setattr(Tuner, "step", real)
 
 
-@pytest.fixture(scope="session")
-def tuned_alice(tmp_path_factory, astronaut) -> Path:
-    """A PV_HOME holding `alice`, tuned once per session through the CLI on the tiny profile hard
-    enough (lr 0.05, no warm-up) that the adapter visibly changes frames; rank 4 with alpha 8
-    (scale 2, so an export that loses alpha shows). Read it through `alice_home` (a copy per
-    module) or copy it; never write into it."""
-    home = tmp_path_factory.mktemp("alice-home")
+# How the shared identities are tuned: hard enough (lr 0.05, no warm-up) that the adapter visibly
+# changes frames; rank 4 with alpha 8 (scale 2, so an export that loses alpha shows); 2 steps.
+HARD_TUNE = ("--steps", "2", "--lr", "0.05", "--rank", "4", "--set", "adapter.alpha=8", "--set", "tune.warmup_steps=0",
+             *NO_HELD_OUT)
+
+
+def tune_home(home: Path, photo: Path, name: str, profile: str, *args) -> dict:
+    """Tune `name` into the PV_HOME `home` through the CLI; returns the record `--json` printed."""
+    import json
+
     mp = pytest.MonkeyPatch()
     mp.setenv("PV_HOME", str(home))
     try:
-        r = run("tune", astronaut, "--name", "alice", "--profile", "tiny",
-                "--steps", "2", "--lr", "0.05", "--rank", "4", "--set", "adapter.alpha=8",
-                "--set", "tune.warmup_steps=0", *NO_HELD_OUT, "--quiet")
+        r = run("tune", photo, "--name", name, "--profile", profile, *args, "--json", "--quiet")
         assert r.exit_code == 0, r.stderr
     finally:
         mp.undo()
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="session")
+def tuned_alice(tmp_path_factory, astronaut) -> Path:
+    """A PV_HOME holding `alice`, tuned once per session on the tiny profile (HARD_TUNE). Read it
+    through `alice_home` (a copy per module) or copy it; never write into it."""
+    home = tmp_path_factory.mktemp("alice-home")
+    tune_home(home, astronaut, "alice", "tiny", *HARD_TUNE)
     return home
 
 
@@ -156,6 +170,26 @@ def fixed_clip_similarities(backbone, encoder, reference, settings, steps: int =
         tuner.frame_rng = random.Random(0)
         sims.append(tuner.step().id_sim)
     return sims
+
+
+def randomize_lora_b(module, seed: int = 0, std: float = 0.3) -> None:
+    """Random values in every LoRA B matrix of `module` (a fresh adapter changes nothing until
+    trained), from `seed`, leaving torch's global random state as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name, p in module.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, std)
+
+
+def random_adapter(backbone, std: float = 0.3) -> None:
+    """A rank-4 identity adapter on the backbone's `spatial` set that visibly changes its clips."""
+    from pvcli.engine.adapter import add_adapter
+
+    add_adapter(backbone, "spatial", 4, 4)
+    randomize_lora_b(backbone.denoiser, 0, std)
 
 
 def copy_home(src: Path, dst: Path) -> Path:

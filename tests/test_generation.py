@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run
+from conftest import random_adapter, randomize_lora_b, run
 
-from pvcli.engine.adapter import adapter_disabled, add_adapter, set_adapter_scale
+from pvcli.engine.adapter import adapter_disabled, set_adapter_scale
 from pvcli.engine.generate import render_latents
 from pvcli.engine.sampling import initial_latents, sample
 from pvcli.video import read_frames, read_metadata
@@ -20,12 +20,7 @@ ATTENTION = r".*attentions\.\d+\.transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|t
 def test_pipeline_path_gives_pv_sampler_frames(tiny, tiny_settings, scale, adapter_steps):
     """Adapter on, off, gated (last 2 or 3 of 4 steps), scaled: diffusers' pipeline with pv's
     step-callback gating equals pv's own sampler with its gating."""
-    add_adapter(tiny, "spatial", 4, 4)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        for name, p in tiny.unet.named_parameters():
-            if "lora_B" in name:
-                p.data.normal_(0, 0.3)
+    random_adapter(tiny)
     g = tiny_settings.generate
     g = type(g)(**{**g.__dict__, "frames": 4, "seed": 3})
     prompt = "sks person, surfing at sunset"
@@ -62,11 +57,7 @@ def style_loras(tmp_path_factory):
     d = tmp_path_factory.mktemp("loras")
     unet = build_tiny_components()["unet2d"]
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=ATTENTION, init_lora_weights="gaussian"))
-    with torch.random.fork_rng():
-        torch.manual_seed(7)
-        for name, p in unet.named_parameters():
-            if "lora_B" in name:
-                p.data.normal_(0, 0.3)
+    randomize_lora_b(unet, seed=7)
     state = get_peft_model_state_dict(unet)
     AnimateDiffPipeline.save_lora_weights(d / "diffusers", unet_lora_layers=state)
     save_file(convert_state_dict_to_kohya({f"unet.{k}": v for k, v in state.items()}), str(d / "style_kohya.safetensors"))

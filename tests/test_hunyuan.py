@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import NO_HELD_OUT, run
+from conftest import HARD_TUNE, random_adapter, run, tune_home, use_home
 
 from pvcli.engine.adapter import ADAPTER_NAME, adapter_disabled, adapter_state_dict, add_adapter, set_adapter_scale
 from pvcli.engine.generate import render_latents
@@ -32,36 +32,16 @@ def hy_settings():
 
 @pytest.fixture(scope="module")
 def hy_home(tmp_path_factory, astronaut):
-    """A PV_HOME holding `h`, tuned once per module through the CLI on tiny-hunyuan hard enough
-    (lr 0.05) that the adapter visibly acts, rank 4 with alpha 8 (an export that loses the scale
-    shows); and the record `pv tune --json` printed. Tests only read it."""
-    home = tmp_path_factory.mktemp("hy-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PV_HOME", str(home))
-    try:
-        r = run("tune", astronaut, "--name", "h", "--profile", "tiny-hunyuan", *NO_HELD_OUT, "--steps", "2", "--lr",
-                "0.05", "--rank", "4", "--set", "adapter.alpha=8", "--set", "tune.warmup_steps=0", "--json", "-q")
-        assert r.exit_code == 0, r.stderr
-    finally:
-        mp.undo()
-    return home, json.loads(r.stdout)
+    """A PV_HOME holding `h`, tuned once per module on tiny-hunyuan (conftest's HARD_TUNE), and the record
+    `pv tune --json` printed. Tests only read it; they write under their tmp_path."""
+    home = tmp_path_factory.mktemp("hy_home")
+    return home, tune_home(home, astronaut, "h", "tiny-hunyuan", *HARD_TUNE)
 
 
 @pytest.fixture
 def pv_home(hy_home, monkeypatch):
-    monkeypatch.setenv("PV_HOME", str(hy_home[0]))
-    monkeypatch.delenv("PV_PLUGINS", raising=False)
-    monkeypatch.delenv("PV_DEBUG", raising=False)
-    return hy_home[0]
-
-
-def _random_adapter(bb, std=0.3):
-    add_adapter(bb, "spatial", 4, 4)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        for name, p in bb.denoiser.named_parameters():
-            if "lora_B" in name:
-                p.data.normal_(0, std)
+    """This module's tests run on the shared `h` identity's home."""
+    return use_home(monkeypatch, hy_home[0])
 
 
 def test_tiny_hunyuan_tunes_and_generates_through_the_cli(hy_home, astronaut, pv_home, tmp_path):
@@ -118,7 +98,7 @@ def test_pv_sampler_is_hunyuanvideopipeline_and_gating_leaves_early_steps_base(h
     """diffusers' HunyuanVideoPipeline (embedded guidance, its own sigmas, pv's step-callback
     gating) gives pv's own sampler's latents; gating keeps the first steps the base model's, bit
     for bit; the guidance scale acts as an input and the negative prompt is never used."""
-    _random_adapter(hy)
+    random_adapter(hy)
     g = hy_settings.generate
     g = type(g)(**{**g.__dict__, "seed": 3, "negative_prompt": "blurry", "steps": 6})
     prompt, steps, adapted = "sks person, surfing at sunset", g.steps, adapted_steps(g.steps, 0.5)

@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
-from conftest import NO_HELD_OUT, fixed_clip_similarities, run
+from conftest import HARD_TUNE, fixed_clip_similarities, random_adapter, run, tune_home, use_home
 
-from pvcli.engine.adapter import ADAPTER_NAME, adapter_disabled, adapter_state_dict, add_adapter, set_adapter_scale
+from pvcli.engine.adapter import ADAPTER_NAME, adapter_disabled, adapter_state_dict, set_adapter_scale
 from pvcli.engine.generate import render_latents
 from pvcli.engine.sampling import adapted_steps, initial_latents, sample
 from pvcli.engine.tune import Tuner
@@ -29,39 +29,18 @@ def wan_settings():
     return resolve("tiny-wan")[1]
 
 
-def _random_adapter(bb, std=0.3):
-    add_adapter(bb, "spatial", 4, 4)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        for name, p in bb.denoiser.named_parameters():
-            if "lora_B" in name:
-                p.data.normal_(0, std)
-
-
 @pytest.fixture(scope="module")
 def wan_home(tmp_path_factory, astronaut):
-    """A PV_HOME holding `w`, tuned once per module through the CLI on tiny-wan hard enough (lr 0.05)
-    that the adapter visibly acts, rank 4 with alpha 8 (an export that loses alpha shows); and the
-    record `pv tune --json` printed. Tests read it; they write only under their tmp_path."""
-    home = tmp_path_factory.mktemp("wan-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PV_HOME", str(home))
-    try:
-        r = run("tune", astronaut, "--name", "w", "--profile", "tiny-wan", *NO_HELD_OUT, "--steps", "2", "--lr", "0.05",
-                "--rank", "4", "--set", "adapter.alpha=8", "--set", "tune.warmup_steps=0", "--json", "-q")
-        assert r.exit_code == 0, r.stderr
-    finally:
-        mp.undo()
-    return home, json.loads(r.stdout)
+    """A PV_HOME holding `w`, tuned once per module on tiny-wan (conftest's HARD_TUNE), and the record
+    `pv tune --json` printed. Tests only read it; they write under their tmp_path."""
+    home = tmp_path_factory.mktemp("wan_home")
+    return home, tune_home(home, astronaut, "w", "tiny-wan", *HARD_TUNE)
 
 
 @pytest.fixture
 def pv_home(wan_home, monkeypatch):
     """This module's tests run on the shared `w` identity's home."""
-    monkeypatch.setenv("PV_HOME", str(wan_home[0]))
-    monkeypatch.delenv("PV_PLUGINS", raising=False)
-    monkeypatch.delenv("PV_DEBUG", raising=False)
-    return wan_home[0]
+    return use_home(monkeypatch, wan_home[0])
 
 
 def test_tiny_wan_tunes_and_generates_through_the_cli(wan_home, astronaut, pv_home, tmp_path):
@@ -129,7 +108,7 @@ def test_tuning_adapts_only_frame_wise_layers_and_leaves_the_rest_bit_identical(
 def test_pv_sampler_is_wanpipeline_and_gating_leaves_early_steps_base(wan, wan_settings, guidance):
     """diffusers' WanPipeline (with pv's step-callback gating) gives pv's own sampler's latents,
     and gating keeps the first steps the base model's, bit for bit."""
-    _random_adapter(wan)
+    random_adapter(wan)
     g = wan_settings.generate
     g = type(g)(**{**g.__dict__, "seed": 3, "guidance_scale": guidance, "negative_prompt": "blurry"})
     prompt, steps, adapted = "sks person, surfing at sunset", g.steps, adapted_steps(g.steps, 0.5)
@@ -166,7 +145,7 @@ def test_two_experts_the_adapter_lives_on_the_low_noise_expert(encoder, referenc
     assert all(torch.equal(v, frozen[k]) for k, v in wan.high_noise.state_dict().items())
     assert not any(ADAPTER_NAME in n for n, _ in wan.high_noise.named_parameters())
 
-    _random_adapter(wan)
+    random_adapter(wan)
     g = wan_settings.generate
     g = type(g)(**{**g.__dict__, "seed": 3, "guidance_scale": 5.0, "negative_prompt": "blurry"})
     prompt = "sks person, surfing at sunset"

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import NO_HELD_OUT, run
+from conftest import NO_HELD_OUT, randomize_lora_b, run, tune_home, use_home
 
 STYLE = r"blocks\.\d+\.(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)|blocks\.\d+\.ffn\.net\.(0\.proj|2)"
 
@@ -25,11 +25,7 @@ def style_loras(tmp_path_factory):
     d = tmp_path_factory.mktemp("wan-loras")
     transformer = build_tiny_components()["transformer"]
     transformer.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=STYLE, init_lora_weights="gaussian"))
-    with torch.random.fork_rng():
-        torch.manual_seed(5)
-        for name, p in transformer.named_parameters():
-            if "lora_B" in name:
-                p.data.normal_(0, 0.3)
+    randomize_lora_b(transformer, seed=5)
     state = get_peft_model_state_dict(transformer)
     # diffusers' own file keeps rank and alpha in its header; the other two carry alpha per module
     WanPipeline.save_lora_weights(d / "diffusers", transformer_lora_layers=state, transformer_lora_adapter_metadata={
@@ -56,20 +52,14 @@ def style_loras(tmp_path_factory):
 @pytest.fixture(scope="module")
 def wan_home(tmp_path_factory, astronaut):
     home = tmp_path_factory.mktemp("wan-lora-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PV_HOME", str(home))
-    try:
-        r = run("tune", astronaut, "--name", "w", "--profile", "tiny-wan", *NO_HELD_OUT, "--steps", "1", "-q")
-        assert r.exit_code == 0, r.stderr
-    finally:
-        mp.undo()
+    tune_home(home, astronaut, "w", "tiny-wan", *NO_HELD_OUT, "--steps", "1")
     return home
 
 
 def test_style_loras_in_every_wan_layout_stack_with_the_identity(wan_home, style_loras, monkeypatch, tmp_path):
     from pvcli.video import read_frames
 
-    monkeypatch.setenv("PV_HOME", str(wan_home))
+    use_home(monkeypatch, wan_home)
 
     def gen(*args):
         out = tmp_path / f"c{len(list(tmp_path.iterdir()))}.mp4"
@@ -93,7 +83,7 @@ def test_style_loras_in_every_wan_layout_stack_with_the_identity(wan_home, style
 
 
 def test_what_wan_cannot_render_is_one_line(wan_home, style_loras, monkeypatch, tmp_path):
-    monkeypatch.setenv("PV_HOME", str(wan_home))
+    use_home(monkeypatch, wan_home)
     r = run("generate", "w", "dancing", "--lora", style_loras["bad"], "-o", tmp_path / "a.mp4")
     assert r.exit_code == 1 and "is not a safetensors file" in r.stderr
     r = run("generate", "w", "dancing", "--lora", style_loras["unet"], "-o", tmp_path / "a.mp4")

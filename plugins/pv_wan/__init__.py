@@ -10,6 +10,7 @@ Registration only names factories; torch and diffusers are imported when one is 
 from __future__ import annotations
 
 from pvcli import hookimpl
+from pvcli.contracts import latent_frame_rule
 
 
 def wan(**kwargs):
@@ -24,14 +25,8 @@ def wan_tiny(**kwargs):
     return make_tiny_wan(**kwargs)
 
 
-def check_frames(frames: int, flag: str) -> None:
-    """Wan renders 4k+1 frames (its VAE folds 4 frames into one latent frame)."""
-    if (frames - 1) % 4:
-        from pvcli.errors import PVError
-
-        near = (frames - 1) // 4 * 4 + 1
-        raise PVError(f"{flag} {frames}: Wan renders 4k+1 frames (its VAE turns 4 frames into one latent frame)",
-                      f"use {near} or {near + 4}")
+# Wan renders 4k+1 frames (its VAE folds 4 frames into one latent frame)
+check_frames = latent_frame_rule(4, "Wan")
 
 
 def comfy_lora(state, meta):
