@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from wan_size import GB, _mb, sizes_main  # noqa: E402  (the same saved-activation counter and command line)
+from wan_size import GB, _mb, measured, sizes_main  # noqa: E402  (the same saved-activation counter and command line)
 
 TEXT_TOKENS = 256  # max_sequence_length of the LLaMA states
 
@@ -100,14 +100,6 @@ def measure(targets: str, rank: int = 16) -> dict:
     out.update(text_encoder_params())
     out["measured_mb_fp32"] = {" ".join(str(x) for x in k): round(v, 1) for k, v in mb.items()}
     return out
-
-
-def measured(m: dict) -> dict:
-    mb = {}
-    for key, value in m["measured_mb_fp32"].items():
-        parts = key.split()
-        mb[(parts[0], *(int(x) for x in parts[1:-1]), parts[-1] == "True")] = value
-    return mb
 
 
 def estimate(m: dict, frames: int, height: int, width: int, grad_steps: int, blocks=(20, 40)) -> dict:

@@ -279,10 +279,11 @@ def resolve_device(device: str | None) -> str:
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """backbone.options.dtype: "auto" is fp16 on CUDA and fp32 elsewhere."""
+def resolve_dtype(dtype: str, device: str, cuda_auto: torch.dtype = torch.float16) -> torch.dtype:
+    """backbone.options.dtype: "auto" is `cuda_auto` (fp16; the transformer families: bf16) on CUDA
+    and fp32 elsewhere."""
     if dtype == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32  # fp16/bf16 are ~6x slower on CPU
+        return cuda_auto if device.startswith("cuda") else torch.float32  # fp16/bf16 are ~6x slower on CPU
     if dtype not in _DTYPES:
         raise PVError(f"backbone.options.dtype must be auto, {', '.join(_DTYPES)}; got {dtype!r}")
     return _DTYPES[dtype]

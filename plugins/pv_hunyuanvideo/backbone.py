@@ -293,7 +293,7 @@ class HunyuanVideoOptions(SpeedOptions):
 def make_hunyuanvideo(options: dict | None = None, device: str | None = None) -> HunyuanVideoBackbone:
     opts = validate_options(HunyuanVideoOptions, options or {}, "backbone.options")
     dev = resolve_device(device)
-    dtype = torch.bfloat16 if opts.dtype == "auto" and dev.startswith("cuda") else resolve_dtype(opts.dtype, dev)
+    dtype = resolve_dtype(opts.dtype, dev, cuda_auto=torch.bfloat16)
     quiet_libraries()
     from diffusers import HunyuanVideoPipeline
     from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE

@@ -330,7 +330,7 @@ class WanOptions(SpeedOptions):
 def make_wan(options: dict | None = None, device: str | None = None) -> WanBackbone:
     opts = validate_options(WanOptions, options or {}, "backbone.options")
     dev = resolve_device(device)
-    dtype = torch.bfloat16 if opts.dtype == "auto" and dev.startswith("cuda") else resolve_dtype(opts.dtype, dev)
+    dtype = resolve_dtype(opts.dtype, dev, cuda_auto=torch.bfloat16)
     quiet_libraries()
     from diffusers import WanPipeline
 
