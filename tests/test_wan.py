@@ -222,7 +222,8 @@ def test_diffusers_and_comfy_exports_load_into_wanpipeline_and_render_pv_latents
         assert (theirs() - ours).abs().max() < 1e-4, fmt
         pipe.delete_adapters(fmt)
     r = run("export", "w", "--format", "kohya", "-o", tmp_path / "k.safetensors")
-    assert r.exit_code == 1 and "--format diffusers" in r.stderr  # kohya keys are UNet keys: refused, not wrong
+    assert r.exit_code == 1 and "--format kohya writes UNet LoRA keys" in r.stderr  # refused, not wrong
+    assert "export it with --format diffusers or --format comfy" in r.stderr  # what this identity can be
 
 
 @pytest.mark.parametrize("profile,params,placement", [

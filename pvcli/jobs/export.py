@@ -135,6 +135,10 @@ def lora_writer(ctx: Context, meta: dict, fmt: str):
     if fmt in own:
         return fmt, own[fmt]
     kind = check_format(fmt)
+    if kind == "kohya" and component(meta) != COMPONENT:
+        offered = " or ".join(f"--format {f}" for f in ["diffusers", *sorted(own)])
+        raise PVError(f"--format {fmt} writes UNet LoRA keys; this identity's adapter is on the {component(meta)} of "
+                      f"a {meta.get('backbone', 'non-UNet')} backbone", f"export it with {offered}")
     return kind, diffusers_lora if kind == "diffusers" else kohya_lora
 
 
