@@ -44,13 +44,15 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "gpu_results.json"
 RATIOS = HERE / "ratios.json"  # bench/ratios.py --real: the CPU-derived SD 1.5 512x512x16 estimate
 WAN_SIZE = HERE / "wan_size.json"  # bench/wan_size.py: the CPU-derived Wan 2.1 1.3B estimates
+# the transformer families' CPU-derived estimates per profile (bench/wan_size.py, bench/hunyuan_size.py)
+SIZE_FILES = {"wan2.1-1.3b": WAN_SIZE, "wan2.2-5b": HERE / "wan_size_5b.json", "hunyuanvideo": HERE / "hunyuan_size.json"}
 
 # family -> its default real profiles (`--profile` takes any real profile, e.g. animatelcm)
 FAMILIES = {"animatediff": ("animatediff",), "animatediff-sdxl": ("animatediff-sdxl",),
-            "wan": ("wan2.1-1.3b", "wan2.1-14b")}
-REAL_BACKBONES = ("animatediff", "animatediff-sdxl", "wan")
+            "wan": ("wan2.1-1.3b", "wan2.2-5b", "wan2.1-14b"), "hunyuanvideo": ("hunyuanvideo",)}
+REAL_BACKBONES = ("animatediff", "animatediff-sdxl", "wan", "hunyuanvideo")
 # --tiny: each real profile's offline stand-in (same family, tiny config)
-TINY = {"animatediff": "tiny", "animatediff-sdxl": "tiny-sdxl", "wan": "tiny-wan"}
+TINY = {"animatediff": "tiny", "animatediff-sdxl": "tiny-sdxl", "wan": "tiny-wan", "hunyuanvideo": "tiny-hunyuan"}
 TINY_SAMPLER = {"euler-trailing": "tiny-lightning"}
 # the setting bench/ratios.py's real_size() estimates: the default profile's step and adapter
 ESTIMATED = {"frames": 16, "height": 512, "width": 512, "grad_steps": 2, "supervised_frames": 4, "cfg": True,
@@ -144,21 +146,21 @@ def build_wan(profile: str, options: dict, device: str):
     from pv_animatediff.backbone import quiet_libraries, resolve_dtype
     from pv_tiny import char_tokenizer
     from pv_wan.backbone import WanBackbone, WanOptions
-    from pv_wan.configs import TRANSFORMERS
+    from pv_wan.configs import TRANSFORMERS, VAES
     from transformers import UMT5Config, UMT5EncoderModel
 
     from pvcli.settings import validate_options
 
     quiet_libraries()
     opts = validate_options(WanOptions, options, "backbone.options")
-    dtype = torch.bfloat16 if opts.dtype == "auto" and device.startswith("cuda") else resolve_dtype(opts.dtype, device)
+    dtype = resolve_dtype(opts.dtype, device, cuda_auto=torch.bfloat16)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         with constructing(device, dtype):
             transformer = WanTransformer3DModel(**TRANSFORMERS[profile])
             text_encoder = UMT5EncoderModel(UMT5Config(**UMT5_XXL))
         with constructing(device):
-            vae = AutoencoderKLWan()  # diffusers' defaults are Wan 2.1's VAE
+            vae = AutoencoderKLWan(**VAES.get(profile, {}))  # diffusers' defaults are Wan 2.1's VAE
     # the repos' scheduler (UniPC on flow sigmas), with the profile's shift
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                         flow_shift=opts.flow_shift or 3.0)
@@ -168,7 +170,51 @@ def build_wan(profile: str, options: dict, device: str):
                        info, device, dtype, max_sequence_length=opts.max_sequence_length, random_weights=True)
 
 
-BUILDERS = {"animatediff": build_sd15, "animatediff-sdxl": build_sdxl, "wan": build_wan}
+# llava-llama-3-8b's LlamaModel and CLIP ViT-L/14's text model: HunyuanVideo's two text encoders
+LLAVA_LLAMA3_8B = dict(vocab_size=128320, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192)
+CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                   projection_dim=768)
+
+
+def build_hunyuanvideo(profile: str, options: dict, device: str):
+    import torch
+    from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
+    from pv_animatediff.backbone import quiet_libraries, resolve_dtype
+    from pv_hunyuanvideo.backbone import (
+        HunyuanFlowScheduler,
+        HunyuanVideoBackbone,
+        HunyuanVideoOptions,
+        tiny_prompt_template,
+    )
+    from pv_hunyuanvideo.configs import TRANSFORMERS
+    from pv_tiny import char_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    from pvcli.settings import validate_options
+
+    quiet_libraries()
+    opts = validate_options(HunyuanVideoOptions, options, "backbone.options")
+    dtype = resolve_dtype(opts.dtype, device, cuda_auto=torch.bfloat16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        with constructing(device, dtype):
+            transformer = HunyuanVideoTransformer3DModel(**TRANSFORMERS[profile])
+            text_encoder = LlamaModel(LlamaConfig(**LLAVA_LLAMA3_8B))
+            text_encoder_2 = CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT))
+        with constructing(device):
+            vae = AutoencoderKLHunyuanVideo()  # diffusers' defaults are HunyuanVideo's VAE
+    scheduler = HunyuanFlowScheduler(shift=opts.flow_shift or 7.0)  # the repo's shift
+    info = {"base_model": f"random({profile} configs)", "scheduler": type(scheduler).__name__}
+    # prompts go through pv's offline character tokenizer (the template's crop counted for it)
+    tokenizer = char_tokenizer(max_length=1024)
+    return HunyuanVideoBackbone("hunyuanvideo", transformer, vae, text_encoder, tokenizer, text_encoder_2,
+                                char_tokenizer(), scheduler, info, device, dtype, tiny_prompt_template(tokenizer),
+                                max_sequence_length=opts.max_sequence_length, random_weights=True)
+
+
+BUILDERS = {"animatediff": build_sd15, "animatediff-sdxl": build_sdxl, "wan": build_wan,
+            "hunyuanvideo": build_hunyuanvideo}
 
 
 def _config(path: Path) -> dict:
@@ -291,15 +337,16 @@ def cpu_estimates(profile: str, s) -> tuple[dict[bool, float], str | None]:
         est = (json.loads(RATIOS.read_text()).get("real_size") or {}).get("estimate_512x512x16_fp16") or {}
         if setting == ESTIMATED and est:
             return _totals(est), "bench/ratios.py --real (bench/ratios.json)"
-    if s.backbone.name == "wan" and WAN_SIZE.is_file():
-        m = json.loads(WAN_SIZE.read_text())
+    size_file = SIZE_FILES.get(profile)
+    if size_file is not None and size_file.is_file():
+        m = json.loads(size_file.read_text())
         step = m.get("tuning_step") or {}
         same = (m.get("profile") == profile and m.get("targets") == a.targets and m.get("rank") == a.rank
-                and (step.get("cfg"), step.get("grad_steps"), step.get("supervised_frames"))
-                == (t.guidance_scale > 1, t.grad_steps, t.supervised_frames))
+                and (step.get("grad_steps"), step.get("supervised_frames")) == (t.grad_steps, t.supervised_frames)
+                and step.get("cfg", t.guidance_scale > 1) == (t.guidance_scale > 1))  # no cfg key: no CFG batch
         est = (m.get("estimates_bf16") or {}).get(f"{t.frames}x{t.height}x{t.width}")
         if same and est:
-            return _totals(est), "bench/wan_size.py (bench/wan_size.json)"
+            return _totals(est), f"bench/{size_file.stem.split('_')[0]}_size.py (bench/{size_file.name})"
     return {}, None
 
 

@@ -52,7 +52,8 @@ def test_cpu_tiny_run_measures_every_family_with_nothing_but_the_bare_box_packag
 
     r = json.loads(out.read_text())
     assert [(p["profile"], p["measures"]) for p in r["profiles"]] == [
-        ("tiny", "animatediff"), ("tiny-sdxl", "animatediff-sdxl"), ("tiny-wan", "wan2.1-1.3b")]
+        ("tiny", "animatediff"), ("tiny-sdxl", "animatediff-sdxl"), ("tiny-wan", "wan2.1-1.3b"),
+        ("tiny-hunyuan", "hunyuanvideo")]
     assert "random-weight FaceNet Inception-ResNet-v1 (23,469,360 weights" in r["identity_network"]
     assert r["environment"]["device"] == "cpu" and r["environment"]["tiny"] is True
     assert r["settings_overrides"] == ["tune.supervised_frames=2"]
@@ -76,7 +77,7 @@ def test_cpu_tiny_run_measures_every_family_with_nothing_but_the_bare_box_packag
     md = out.with_suffix(".md").read_text()
     assert "| profile | dtype | tuning clip | gradient checkpointing | tuning step | max allocated |" in md
     assert "| tiny-wan | float32 | 9x64x64, 4 steps (2 under grad), CFG 1, 2 supervised | off (profile default) |" in md
-    assert md.count("n/a (CPU)") == 3 * 2 * 2 + 3
+    assert md.count("n/a (CPU)") == 4 * 2 * 2 + 4  # 4 families: allocated and reserved x 2 tunings, + generation
 
 
 def _port_weights(port) -> list[torch.Tensor]:
@@ -138,6 +139,8 @@ def test_real_size_builders_build_the_shipped_configs_at_full_size(gpu):
         "animatediff-sdxl": (2804.2, 123.1, 83.7, 560),  # SDXL UNet + the sdxl-beta motion modules
         "wan2.1-1.3b": (1419.0, 5680.9, 126.9, 120),  # pv_wan.configs' counts; UMT5-XXL's encoder
         "wan2.1-14b": (14288.5, 5680.9, 126.9, 160),
+        "wan2.2-5b": (4999.8, 5680.9, 704.7, 120),  # its own 16x VAE (pv_wan.configs.VAES)
+        "hunyuanvideo": (12821.0, 7505.2, 246.5, 80),  # llava-llama-3-8b's LlamaModel (+ CLIP-L, below)
     }
     for profile, (denoiser, text, vae, layers) in expected.items():
         _, s = resolve(profile)
@@ -146,7 +149,9 @@ def test_real_size_builders_build_the_shipped_configs_at_full_size(gpu):
         assert add_adapter(bb, s.adapter.targets, s.adapter.rank, s.adapter.alpha) and len(
             [n for n, _ in bb.denoiser.named_modules() if n.endswith("pv_identity") and "lora_A" in n]) == layers
         assert (millions(bb.denoiser), millions(bb.text_encoder), millions(bb.vae)) == (denoiser, text, vae)
-    assert type(bb.scheduler).__name__ == "UniPCMultistepScheduler" and bb.scheduler.config.flow_shift == 3.0
+        if profile.startswith("wan2.1"):
+            assert type(bb.scheduler).__name__ == "UniPCMultistepScheduler" and bb.scheduler.config.flow_shift == 3.0
+    assert millions(bb.text_encoder_2) == 123.1 and bb.scheduler.config.shift == 7.0  # HunyuanVideo's CLIP-L, shift
 
 
 def test_measured_memory_sits_beside_the_cpu_estimate_of_the_same_setting_only(gpu):
@@ -168,6 +173,13 @@ def test_measured_memory_sits_beside_the_cpu_estimate_of_the_same_setting_only(g
     assert estimate("wan2.1-1.3b", "tune.frames=17", "tune.height=320", "tune.width=576")[0] == {
         False: wan["estimates_bf16"]["17x320x576"]["without_checkpointing"]["total_gb"],
         True: wan["estimates_bf16"]["17x320x576"]["with_checkpointing"]["total_gb"]}
+    for profile, name in (("wan2.2-5b", "wan_size_5b.json"), ("hunyuanvideo", "hunyuan_size.json")):
+        own = json.loads((BENCH / name).read_text())
+        _, s = resolve(profile)
+        size = own["estimates_bf16"][f"{s.tune.frames}x{s.tune.height}x{s.tune.width}"]
+        assert estimate(profile) == ({False: size["without_checkpointing"]["total_gb"],
+                                      True: size["with_checkpointing"]["total_gb"]},
+                                     f"bench/{name.split('_')[0]}_size.py (bench/{name})")
     # another setting than the one estimated: no estimate beside it
     assert estimate("animatediff", "tune.frames=8") == ({}, None)
     assert estimate("animatediff", "tune.grad_steps=1") == ({}, None)
