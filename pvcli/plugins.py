@@ -36,6 +36,9 @@ class Entry:
     # `pv export --format` name: writer(state, meta) -> (tensors, header); they take precedence
     # over pv's built-in diffusers/kohya writers for identities tuned on this backbone
     lora_formats: dict[str, Callable] = field(default_factory=dict)
+    # backbones: the add-on kinds it takes (Backbone.accepts), so a --video or --control it cannot
+    # take is refused before it loads; None: the plugin did not say (refused after loading)
+    accepts: frozenset | None = None
 
 
 @dataclass
@@ -63,13 +66,15 @@ class Registry:
             plugin = self.pm.get_name(impl.plugin) or str(impl.plugin)
 
             def register(name: str, factory: Callable, description: str = "", frames: Callable | None = None,
-                         lora_formats: dict[str, Callable] | None = None, _plugin: str = plugin) -> None:
+                         lora_formats: dict[str, Callable] | None = None, accepts: frozenset | None = None,
+                         _plugin: str = plugin) -> None:
                 table = self.entries[kind]
                 if name in table:
                     warn(f"plugin {_plugin!r} registers {_SINGULAR[kind]} {name!r}, already registered by "
                          f"{table[name].plugin!r}: ignored")
                     return
-                table[name] = Entry(name, factory, _plugin, description, frames, dict(lora_formats or {}))
+                table[name] = Entry(name, factory, _plugin, description, frames, dict(lora_formats or {}),
+                                    None if accepts is None else frozenset(accepts))
                 self.plugins.setdefault(_plugin, PluginInfo(_plugin, None)).registered.setdefault(kind, []).append(name)
 
             try:

@@ -65,6 +65,9 @@ class ControlNetConditioner(Conditioner):
         from pvcli.video import probe_source
 
         o = self.opts
+        accepts = (target or {}).get("accepts")
+        if accepts is not None and not accepts & {"controlnet", "control_maps"}:
+            raise no_control(target["backbone"])
         if not o.source:
             raise PVError("a ControlNet needs a source", "e.g. --control canny=clip.mp4")
         probe_source(o.source, self.flag)
@@ -76,8 +79,7 @@ class ControlNetConditioner(Conditioner):
     def apply(self, backbone: Backbone, plan: GenerationPlan) -> None:
         own_model = "control_maps" in backbone.accepts  # the backbone drives its own control model
         if "controlnet" not in backbone.accepts and not own_model:
-            raise PVError(f"--control is not available on the {backbone.name} backbone (it takes no ControlNet)",
-                          "generate without --control, or with a profile of a family that has ControlNets")
+            raise no_control(backbone.name)
         from pvcli.video import read_source, resample
 
         o = self.opts
@@ -132,6 +134,12 @@ def make_controlnet(options: dict | None = None, device: str | None = None) -> C
 
 def _valid_type(kind: str, raw: bool) -> bool:
     return raw or kind in PREPROCESSORS
+
+
+def no_control(backbone: str) -> PVError:
+    return PVError(f"--control is not available on the {backbone} backbone: it has no ControlNet pipeline "
+                   "(it takes no control maps)", "generate without --control, or with a profile of a family that has "
+                   "ControlNets (pv profiles)")
 
 
 def check_model_path(ref: str, kind: str) -> None:

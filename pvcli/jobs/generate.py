@@ -195,11 +195,18 @@ def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddO
     if video is not None:
         probe_source(video, "--video")
     info = ctx.store.load_info(name)
+    accepts = None
     if info.get("backbone"):
         ctx.registry.check_frames(info["backbone"], g.frames, "--frames")
+        accepts = ctx.registry.get("backbones", info["backbone"]).accepts
+    if video is not None and accepts is not None and "video" not in accepts:
+        raise PVError(f"--video is not available on the {info['backbone']} backbone: it has no video-to-video pipeline",
+                      "generate from text, or use a profile whose backbone restyles clips (pv profiles)")
     if not addons:
         return
     target = {k: str(info[k]) for k in ("backbone", "base_model", "base_model_version", "architecture") if info.get(k)}
+    if accepts is not None:
+        target["accepts"] = accepts  # what the backbone takes, for the add-on to refuse what it cannot
     for addon in addons:
         options = {**g.conditioners.get(addon.name, {}), **addon.options}
         conditioner = ctx.registry.create("conditioners", addon.name, options=options, device=ctx.device)
