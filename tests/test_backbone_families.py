@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import NO_HELD_OUT, run
+from conftest import NO_HELD_OUT, copy_home, run, use_home
 
 from pvcli.contracts import GenerationPlan
 from pvcli.engine.adapter import add_adapter
@@ -141,3 +141,16 @@ def test_no_profile_means_the_default_profile_and_an_empty_backbone_is_an_error(
         resolve(str(mine))
     with pytest.raises(PVError, match="no backbone is set"):
         resolve("tiny", [{"backbone": {"name": ""}}])
+
+
+def test_an_add_on_the_backbone_cannot_take_is_refused_before_it_loads(tuned_alice, monkeypatch, tmp_path, astronaut):
+    """The backbone registers what it takes (`accepts`): --video or --control on one without them
+    is one line before minutes of model loading (here an identity recorded on the SDXL backbone)."""
+    home = use_home(monkeypatch, copy_home(tuned_alice, tmp_path / "home"))
+    record = home / "identities" / "alice" / "identity.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "backbone": "animatediff-sdxl-tiny"}))
+    for flag, value, says in (("--video", astronaut, "--video is not available on the animatediff-sdxl-tiny backbone"),
+                              ("--control", f"canny={astronaut}", "has no ControlNet pipeline")):
+        r = run("generate", "alice", "surfing", flag, value, "-o", tmp_path / "a.mp4")
+        assert r.exit_code == 1 and says in r.stderr, r.stderr
+        assert "loading backbone" not in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "a.mp4").exists()

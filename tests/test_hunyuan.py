@@ -65,6 +65,7 @@ def test_tiny_hunyuan_tunes_and_generates_through_the_cli(hy_home, astronaut, pv
         r = run("generate", "h", "surfing", flag, value, "-o", tmp_path / "c.mp4")
         assert r.exit_code == 1 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert sum("not available" in line for line in r.stderr.splitlines()) == 1 and not (tmp_path / "c.mp4").exists()
+        assert "loading backbone" not in r.stderr  # refused from the registration, before the model loads
 
 
 def test_tuning_leaves_queries_keys_text_encoders_and_vae_bit_identical(hy, encoder, reference, hy_settings):

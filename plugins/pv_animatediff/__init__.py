@@ -22,7 +22,13 @@ def animatediff_tiny(**kwargs):
     return make_tiny(**kwargs)
 
 
+# ControlNet, video-to-video and style LoRAs through diffusers' AnimateDiff pipelines
+ACCEPTS = frozenset({"controlnet", "video", "lora"})
+
+
 @hookimpl
 def register_backbones(register):
-    register("animatediff", animatediff, description="AnimateDiff (SD 1.5 + motion adapter), real weights")
-    register("animatediff-tiny", animatediff_tiny, description="tiny AnimateDiff built in-process, random weights (offline)")
+    register("animatediff", animatediff, description="AnimateDiff (SD 1.5 + motion adapter), real weights",
+             accepts=ACCEPTS)
+    register("animatediff-tiny", animatediff_tiny,
+             description="tiny AnimateDiff built in-process, random weights (offline)", accepts=ACCEPTS)

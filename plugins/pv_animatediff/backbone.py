@@ -15,6 +15,7 @@ from pvcli.errors import PVError
 from pvcli.hub import explain, load_pretrained
 from pvcli.settings import validate_options
 
+from . import ACCEPTS
 from .schedulers import make_scheduler
 
 _BLOCKS = r"(down_blocks\.\d+|up_blocks\.\d+|mid_block)"
@@ -46,6 +47,7 @@ def quiet_libraries() -> None:
 
 
 class AnimateDiffBackbone(Backbone):
+    accepts = ACCEPTS  # what it takes: the package's ACCEPTS, registered with it
     target_sets = TARGETS
     frame_mixing = "motion_modules"
     def __init__(self, name, unet, vae, text_encoder, tokenizer, scheduler, info: dict, device, dtype,

@@ -23,8 +23,13 @@ def animatediff_sdxl_tiny(**kwargs):
     return make_tiny_sdxl(**kwargs)
 
 
+# diffusers has no ControlNet or video-to-video variant of the SDXL AnimateDiff pipeline
+ACCEPTS = frozenset({"lora"})
+
+
 @hookimpl
 def register_backbones(register):
-    register("animatediff-sdxl", animatediff_sdxl, description="AnimateDiff-SDXL (SDXL + SDXL motion adapter), real weights")
+    register("animatediff-sdxl", animatediff_sdxl,
+             description="AnimateDiff-SDXL (SDXL + SDXL motion adapter), real weights", accepts=ACCEPTS)
     register("animatediff-sdxl-tiny", animatediff_sdxl_tiny,
-             description="tiny SDXL-shaped AnimateDiff built in-process, random weights (offline)")
+             description="tiny SDXL-shaped AnimateDiff built in-process, random weights (offline)", accepts=ACCEPTS)

@@ -19,6 +19,8 @@ from pv_animatediff.schedulers import make_scheduler
 from pvcli.errors import PVError
 from pvcli.settings import validate_options
 
+from . import ACCEPTS
+
 SDXL = Family("AnimateDiffSDXLPipeline", "StableDiffusionXLPipeline",
               ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"), "sdxl",
               {"tokenizer": "<|endoftext|>", "tokenizer_2": "!"})
@@ -27,6 +29,7 @@ SDXL = Family("AnimateDiffSDXLPipeline", "StableDiffusionXLPipeline",
 class AnimateDiffSDXLBackbone(AnimateDiffBackbone):
     """SDXL conditions on two text encoders' penultimate hidden states (concatenated), the second
     encoder's pooled projection, and time ids (original size, crop corner, target size)."""
+    accepts = ACCEPTS  # what it takes: the package's ACCEPTS, registered with it
 
     long_videos = False  # diffusers' SDXL AnimateDiff pipeline has no FreeNoise
 

@@ -39,10 +39,14 @@ def comfy_lora(state, meta):
 LORA_FORMATS = {"comfy": comfy_lora}
 
 
+# diffusers has no HunyuanVideo ControlNet or video-to-video pipeline
+ACCEPTS = frozenset({"lora"})
+
+
 @hookimpl
 def register_backbones(register):
     register("hunyuanvideo", hunyuanvideo,
              description="HunyuanVideo text-to-video (13B dual/single-stream diffusion transformer), real weights",
-             frames=check_frames, lora_formats=LORA_FORMATS)
+             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS)
     register("hunyuanvideo-tiny", hunyuanvideo_tiny, description="tiny HunyuanVideo built in-process, random weights (offline)",
-             frames=check_frames, lora_formats=LORA_FORMATS)
+             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS)

@@ -46,6 +46,8 @@ from pvcli.settings import validate_options
 quiet_libraries()
 from diffusers import FlowMatchEulerDiscreteScheduler  # noqa: E402  (after quiet_libraries)
 
+from . import ACCEPTS  # noqa: E402
+
 _DOUBLE = r"transformer_blocks\.\d+"
 _SINGLE = r"single_transformer_blocks\.\d+"
 _ATTENTION = rf"{_DOUBLE}\.attn\.(to_v|to_out\.0|add_k_proj|add_v_proj)"
@@ -74,11 +76,11 @@ class HunyuanFlowScheduler(FlowMatchEulerDiscreteScheduler):
 
 
 class HunyuanVideoBackbone(Backbone):
+    accepts = ACCEPTS  # what it takes: the package's ACCEPTS, registered with it
     long_videos = False
     target_sets = TARGETS
     component = "transformer"
     embedded_guidance = True  # guidance-distilled: the scale goes into the transformer, no true CFG
-    accepts = frozenset({"lora"})  # diffusers has no HunyuanVideo ControlNet or video-to-video pipeline
     frozen_parts = ("text_encoder", "text_encoder_2", "vae")
     text_encoders = ("text_encoder", "text_encoder_2")
     frame_mixing = "to_q|to_k"  # of the video tokens' attention: see MIXING and the module docstring

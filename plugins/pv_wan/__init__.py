@@ -39,9 +39,13 @@ def comfy_lora(state, meta):
 LORA_FORMATS = {"comfy": comfy_lora}
 
 
+# video-to-video: WanVideoToVideoPipeline; control maps: its own VACE model
+ACCEPTS = frozenset({"lora", "video", "control_maps"})
+
+
 @hookimpl
 def register_backbones(register):
     register("wan", wan, description="Wan 2.1 text-to-video (diffusion transformer, flow matching), real weights",
-             frames=check_frames, lora_formats=LORA_FORMATS)
+             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS)
     register("wan-tiny", wan_tiny, description="tiny Wan built in-process, random weights (offline)",
-             frames=check_frames, lora_formats=LORA_FORMATS)
+             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS)

@@ -25,6 +25,7 @@ from pvcli.errors import PVError
 from pvcli.hub import load_pretrained
 from pvcli.settings import validate_options
 
+from . import ACCEPTS
 from .vace import VACE_MODELS
 
 _BLOCK = r"blocks\.\d+"
@@ -38,13 +39,13 @@ def latent_frames(frames: int) -> int:
 
 
 class WanBackbone(Backbone):
+    accepts = ACCEPTS  # what it takes: the package's ACCEPTS, registered with it
     long_videos = False
     target_sets = TARGETS
     frame_mixing = "attn1"  # the only op that mixes frames
     component = "transformer"
     # video-to-video: WanVideoToVideoPipeline; control maps (--control): WanVACEPipeline, whose
     # VACE transformer is built around the denoiser (vace.py), so the control model is the backbone's own
-    accepts = frozenset({"lora", "video", "control_maps"})
 
     def __init__(self, name, transformer, vae, text_encoder, tokenizer, scheduler, info: dict, device, dtype,
                  max_sequence_length: int = 512, random_weights: bool = False, transformer_2=None,
