@@ -41,7 +41,8 @@ GATING_NOTE = ("tuned with the adapter active only in the last {pct}% of denoisi
 
 def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
-        raise PVError(f"unknown export format {fmt!r}", f"choose {', '.join(FORMATS)} (comfy and a1111 = kohya)")
+        raise PVError(f"unknown export format {fmt!r}", f"choose {', '.join(FORMATS)} (comfy and a1111 = kohya for UNet "
+                      "identities; a transformer family's own layout for its identities)")
     return FORMATS[fmt]
 
 
