@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from wan_size import GB, _mb, measured, sizes_main  # noqa: E402  (the same saved-activation counter and command line)
+from wan_size import _mb, measured, sizes_main, with_weights  # noqa: E402  (the same saved-activation counter and command line)
 
 TEXT_TOKENS = 256  # max_sequence_length of the LLaMA states
 
@@ -130,16 +130,7 @@ def estimate(m: dict, frames: int, height: int, width: int, grad_steps: int, blo
             "transformer_growth_exponent": round(growth, 2), "transformer_activations_gb": round(transformer_gb, 2),
             "vae_decoder_growth_exponent": round(ev, 2), "vae_decoder_activations_gb": round(vae_gb, 2),
             "face_network_gb": round(4 * m["face_network_mb_per_crop"] / 1024, 2)}
-    weights = {"transformer_bf16_gb": m["transformer_params_m"] * 1e6 * 2 / GB,
-               "text_encoder_bf16_gb": (m["llama_params_m"] + m["clip_params_m"]) * 1e6 * 2 / GB,
-               "vae_fp32_gb": m["vae_params_m"] * 1e6 * 4 / GB,
-               "adapter_fp32_with_grads_and_adamw_gb": m["adapter_params_m"] * 1e6 * 16 / GB}
-    est["weights"] = {k: round(v, 2) for k, v in weights.items()}
-    for k in ("without_checkpointing", "with_checkpointing"):
-        act = sum(v for n, v in est[k].items() if n.endswith("_gb"))
-        est[k]["total_gb"] = round(sum(weights.values()) + act, 1)
-        est[k]["total_without_text_encoder_gb"] = round(sum(weights.values()) - weights["text_encoder_bf16_gb"] + act, 1)
-    return est
+    return with_weights(est, m, m["llama_params_m"] + m["clip_params_m"])
 
 
 def main() -> None:

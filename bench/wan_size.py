@@ -146,8 +146,15 @@ def estimate(m: dict, frames: int, height: int, width: int, guidance: bool, grad
             "transformer_growth_exponent": round(growth, 2), "transformer_activations_gb": round(transformer_gb, 2),
             "vae_decoder_growth_exponent": round(ev, 2), "vae_decoder_activations_gb": round(vae_gb, 2),
             "vae_checkpointed": key, "face_network_gb": round(face_gb, 2)}
+    return with_weights(est, m, m["text_encoder_params_m"])
+
+
+def with_weights(est: dict, m: dict, text_encoder_params_m: float) -> dict:
+    """The weights beside the activations, and the totals with and without the text encoder(s) on the
+    GPU: transformer and text encoders bf16, VAE fp32, the adapter fp32 with its grads and AdamW's two
+    moments."""
     weights = {"transformer_bf16_gb": m["transformer_params_m"] * 1e6 * 2 / GB,
-               "text_encoder_bf16_gb": m["text_encoder_params_m"] * 1e6 * 2 / GB,
+               "text_encoder_bf16_gb": text_encoder_params_m * 1e6 * 2 / GB,
                "vae_fp32_gb": m["vae_params_m"] * 1e6 * 4 / GB,
                "adapter_fp32_with_grads_and_adamw_gb": m["adapter_params_m"] * 1e6 * 16 / GB}
     est["weights"] = {k: round(v, 2) for k, v in weights.items()}
