@@ -191,10 +191,13 @@ def sizes_main(profile: str, out_name: str, sizes: list[str], measure_fn, estima
     ap.add_argument("--reuse", action="store_true", help="recompute the estimates from --out's measurements")
     ap.add_argument("--sizes", nargs="*", default=sizes,
                     help="tuning sizes FRAMESxHEIGHTxWIDTH to estimate (the profile's own first)")
+    ap.add_argument("--supervised-window", type=int, default=None,
+                    help="tune.supervised_window for the estimates (default: the profile's)")
     args = ap.parse_args()
     from pvcli.settings import resolve
 
-    _, s = resolve(args.profile)
+    window = [] if args.supervised_window is None else [{"tune": {"supervised_window": args.supervised_window}}]
+    _, s = resolve(args.profile, window)
     t = s.tune
     if args.reuse:
         m = {k: v for k, v in json.loads(Path(args.out).read_text()).items() if not k.startswith("estimate")}
@@ -207,7 +210,7 @@ def sizes_main(profile: str, out_name: str, sizes: list[str], measure_fn, estima
         f, h, w = (int(x) for x in size.split("x"))
         estimates[size] = estimate_fn(m, f, h, w, s)
     step = {"frames": t.frames, "height": t.height, "width": t.width, "grad_steps": t.grad_steps,
-            "supervised_frames": t.supervised_frames}
+            "supervised_frames": t.supervised_frames, "supervised_window": t.supervised_window}
     if cfg:  # a family with classifier-free guidance runs the denoiser on a batch of 2
         step["cfg"] = t.guidance_scale > 1
     result = {"profile": args.profile, **m, "tuning_step": step, "estimates_bf16": estimates}
@@ -223,8 +226,9 @@ def main() -> None:
 
     sizes_main("wan2.1-1.3b", "wan_size.json", ["17x320x576", "9x320x576", "5x320x576", "5x256x448"],
                lambda profile, s: measure(profile, s.adapter.targets),
-               # worst case for the causal decoder: the last frame is supervised
-               lambda m, f, h, w, s: estimate(m, f, h, w, s.tune.guidance_scale > 1, s.tune.grad_steps, f - 1),
+               # worst case for the causal decoder: the last frame it may supervise is supervised
+               lambda m, f, h, w, s: estimate(m, f, h, w, s.tune.guidance_scale > 1, s.tune.grad_steps,
+                                              min(f, s.tune.supervised_window or f) - 1),
                reuse)
 
 

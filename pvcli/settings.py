@@ -58,6 +58,10 @@ class TuneSettings:
     grad_steps: int = 2
     guidance_scale: float = 7.5
     supervised_frames: int = 4
+    # draw the supervised (and SCR) frames from the clip's first N frames only (0 = the whole
+    # clip): with a causal video VAE, which decodes every frame up to the last supervised one under
+    # gradient, this bounds the decoder's memory whatever tune.frames is
+    supervised_window: int = 0
     # clips sampled (and gradients accumulated) per optimizer step: the effective batch on one
     # device; N processes with --processes multiply it by N
     clips_per_step: int = 1
@@ -132,7 +136,7 @@ _RANGES = {
     "tune.warmup_steps": (0, None), "tune.weight_decay": (0.0, None), "adapter.active_fraction": (1e-6, 1.0),
     "tune.scr_weight": (0.0, None), "tune.scr_frames": (2, None), "tune.checkpoint_every": (0, None),
     "tune.keep_checkpoints": (1, None), "tune.sample_every": (0, None),
-    "tune.held_out": (0, None),
+    "tune.held_out": (0, None), "tune.supervised_window": (0, None),
     "generate.frames": (1, None), "generate.fps": (1, 240), "generate.height": (8, None),
     "generate.width": (8, None), "generate.steps": (1, 1000), "generate.guidance_scale": (0.0, None),
     "generate.adapter_scale": (0.0, None), "generate.context_length": (0, None), "generate.context_stride": (1, None),
@@ -233,6 +237,15 @@ def _validate(s: Settings) -> None:
                       f"({s.tune.num_inference_steps})")
     if s.tune.supervised_frames > s.tune.frames:
         raise PVError(f"tune.supervised_frames ({s.tune.supervised_frames}) cannot exceed tune.frames ({s.tune.frames})")
+    window = s.tune.supervised_window
+    if window:
+        if window > s.tune.frames:
+            raise PVError(f"tune.supervised_window ({window}) cannot exceed tune.frames ({s.tune.frames})",
+                          "0 draws from the whole clip")
+        drawn = max(s.tune.supervised_frames, s.tune.scr_frames if s.tune.scr_weight > 0 else 0)
+        if drawn > window:
+            raise PVError(f"tune.supervised_window ({window}) is smaller than the {drawn} frames drawn from it",
+                          "raise it, or lower tune.supervised_frames / tune.scr_frames")
 
 
 def shipped_profiles() -> dict[str, Path]:

@@ -5,6 +5,7 @@ pv's sampler is WanPipeline's, late-step gating, the causal decoder, 4k+1 frames
 `--control` through Wan VACE (a VACE transformer assembled around the tiny transformer)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -412,3 +413,30 @@ def test_real_size_vace_adds_only_its_control_branch(profile, total, branch):
     assert {n for n in params if not n.startswith("vace_")} == {n for n, _ in t2v.named_parameters()}
     for targets in TARGETS.values():
         assert not any(re.fullmatch(targets, n) for n, _ in vace.named_modules() if n.startswith("vace_"))
+
+
+def test_a_supervised_window_bounds_what_the_causal_decoder_decodes(encoder, reference, wan_settings, monkeypatch):
+    """tune.supervised_window=5 on a 13-frame clip: the losses read frames 0-4 only, so the causal VAE
+    decodes 2 latent frames under gradient instead of up to all 4; bad windows are one line."""
+    from pv_wan.backbone import WanBackbone, make_tiny_wan
+
+    from pvcli.errors import PVError
+    from pvcli.settings import from_dict, parse_set
+
+    decoded = []
+    real = WanBackbone.decode
+
+    def decode(self, latents):
+        decoded.append(latents.shape[2])
+        return real(self, latents)
+
+    monkeypatch.setattr(WanBackbone, "decode", decode)
+    s = from_dict(wan_settings.to_dict(), [parse_set(["tune.frames=13", "tune.supervised_window=5"])])
+    tuner = Tuner(make_tiny_wan(), encoder, s, reference)
+    for _ in range(3):
+        assert tuner.step().frames == 4
+    assert decoded == [2, 2, 2]  # frames 0..4 are latent frames 0 and 1 of 4
+    for sets, says in ((["tune.supervised_window=20"], "cannot exceed tune.frames (9)"),
+                       (["tune.supervised_window=3"], "smaller than the 4 frames drawn from it")):
+        with pytest.raises(PVError, match=re.escape(says)):
+            from_dict(wan_settings.to_dict(), [parse_set(sets)])

@@ -231,8 +231,9 @@ class Tuner:
         else:
             prompt, start = self.prompts(), 0
             latents = initial_latents(self.bb, t.frames, t.height, t.width, self.noise)
-        idx = sorted(self.frame_rng.sample(range(t.frames), t.supervised_frames))
-        scr_idx = sorted(self.frame_rng.sample(range(t.frames), t.scr_frames)) if t.scr_weight > 0 else []
+        window = range(t.supervised_window or t.frames)  # the frames the losses may read
+        idx = sorted(self.frame_rng.sample(window, t.supervised_frames))
+        scr_idx = sorted(self.frame_rng.sample(window, t.scr_frames)) if t.scr_weight > 0 else []
         decoded_idx = sorted(set(idx) | set(scr_idx))
         noise_state = self.noise.get_state()  # the frozen clip draws the same step noise (LCM)
         final = self._final(prompt, latents, grad=True, start=start, generator=self.noise)
