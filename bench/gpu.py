@@ -424,6 +424,10 @@ def measure_profile(profile: str, real_profile: str, sets: list[str], dev: Devic
         dev.release()
         rec["tuning"].append(entry)
 
+    # tuning moved the text encoders off the GPU (tune.offload_text_encoder); generation encodes its prompts
+    from pvcli.engine.offload import move_text_encoders
+
+    move_text_encoders(bb, bb.device)
     g = dataclasses.replace(s.generate, frames=t.frames, height=t.height, width=t.width, steps=t.num_inference_steps,
                             guidance_scale=t.guidance_scale, seed=0)
     prompt = tuner.prompts.prompts[0]

@@ -167,6 +167,17 @@ def test_two_experts_the_adapter_lives_on_the_low_noise_expert(encoder, referenc
     for i in range(high):
         assert torch.equal(seen[i], base_seen[i]), i  # the high-noise expert has no adapter
     assert (seen[-1] - base_seen[-1]).abs().max() > 1e-3
+    # what diffusers' Wan pipelines cannot do with two experts is one line, not a wrong clip
+    from pvcli.contracts import GenerationPlan
+    from pvcli.errors import PVError
+
+    plan = GenerationPlan(g.frames, g.height, g.width)
+    plan.video = torch.rand(g.frames, 3, g.height, g.width)
+    with pytest.raises(PVError, match="--video is not available on Wan 2.2"):
+        wan.pipeline_call(plan, prompt=prompt, negative_prompt="", num_inference_steps=2, guidance_scale=1.0,
+                          generator=torch.Generator().manual_seed(0))
+    with pytest.raises(PVError, match="style LoRAs on Wan 2.2 A14B"):
+        wan.load_lora("style.safetensors", "style")
 
 
 def test_decoding_the_frames_a_loss_reads_matches_decoding_the_whole_clip(wan):

@@ -177,6 +177,13 @@ class WanBackbone(Backbone):
                                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                    generator=generator, callback_on_step_end=callback_on_step_end)
         video = plan.video is not None
+        if video and (self.high_noise is not None or self.expand_timesteps):
+            # diffusers' WanVideoToVideoPipeline has no transformer_2 (A14B's low-noise expert, where the
+            # identity lives) and no 16x VAE / expand_timesteps (TI2V-5B): it would run the wrong model
+            kind = "A14B, two experts" if self.high_noise is not None else "TI2V-5B"
+            raise PVError(f"--video is not available on Wan 2.2 ({kind}): diffusers' Wan video-to-video pipeline "
+                          "drives only Wan 2.1's single transformer and VAE",
+                          "use a Wan 2.1 profile (wan2.1-1.3b, wan2.1-14b) for --video")
         pipe = self.pipeline(video=video)
         pipe.scheduler = self.new_scheduler()
         kwargs = dict(plan.call_kwargs)
@@ -249,6 +256,11 @@ class WanBackbone(Backbone):
             return PVError(f"--lora {source}: not a LoRA this Wan model can load ({str(exc).splitlines()[0][:200]})",
                            "use a Wan 2.1 LoRA of the same size (diffusers, ComfyUI or musubi-tuner keys)")
 
+        if self.high_noise is not None:
+            # diffusers' loader would put it on `transformer` (the high-noise expert), outside the
+            # modules whose LoRA weights pv sets (lora_modules): its :WEIGHT would be ignored
+            raise PVError(f"--lora {source}: style LoRAs on Wan 2.2 A14B's two experts are not supported yet",
+                          "use a Wan 2.1 or Wan 2.2 TI2V-5B profile with --lora")
         load_pipeline_lora(self.pipeline(), source, name, error)
 
     def lora_modules(self) -> list[torch.nn.Module]:
