@@ -43,8 +43,8 @@ def test_core_names_no_backbone_family_pipeline_class_or_model_id():
     for path in sorted(CORE.rglob("*.py")):
         text = path.read_text()
         low = text.lower()
-        # a family word as a word of its own ("wan2.1" yes, "wandb" no)
-        hits += [f"{path.relative_to(CORE)}: {w!r}" for w in sorted(words)
-                 if re.search(rf"(?<![a-z]){re.escape(w)}(?![a-z])", low)]
+        # anywhere, class names included (WanTransformer3DModel); the tracker wandb is not the family wan
+        low = low.replace("wandb", "")
+        hits += [f"{path.relative_to(CORE)}: {w!r}" for w in sorted(words) if w in low]
         hits += [f"{path.relative_to(CORE)}: {m!r}" for m in PIPELINE_CLASS.findall(text)]
     assert not hits, "the core names backbone specifics:\n" + "\n".join(hits)
