@@ -226,3 +226,19 @@ def test_a_judge_that_cannot_run_is_a_note(astronaut):
     ev = Evaluator(registry, [astronaut], ["facenet"], "clip-tiny", {}, "farneback", "cpu", Reporter(),
                    judges=["nobody"])
     assert ev.judge is None and "no independent judge could run: nobody: unknown encoder 'nobody'" in ev.judge_note
+
+
+def test_videos_against_an_identity_are_scored_with_the_encoder_it_was_tuned_with(clips, tuned_alice, monkeypatch,
+                                                                                   tmp_path):
+    """`pv eval VIDEOS --ref IDENTITY`: the clips are scored with the identity's own encoder (here an
+    identity recorded as tuned against dlib) and judged by another, both named."""
+    from conftest import copy_home, use_home
+
+    home = use_home(monkeypatch, copy_home(tuned_alice, tmp_path / "home"))
+    record = home / "identities" / "alice" / "identity.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "encoder": "dlib"}))
+    r = run("eval", clips / "same.mp4", "--ref", "alice", "--scorer", "clip-tiny", "--json")
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["tuned_with"] == "dlib" and out["judge"] not in (None, "dlib")
+    assert set(out["videos"][0]["face_sim"]) == {"dlib", out["judge"]}  # the tuning encoder's score is there

@@ -67,8 +67,9 @@ def evaluate(ctx: Context, req: EvalRequest) -> dict:
         if not refs:
             raise PVError("no reference: pass --ref PHOTO or --ref IDENTITY")
     refs = refs or [identity]
-    encoders = list(req.encoders) or [(store.load_info(identity).get("encoder") if identity else None) or "facenet"]
     tuned_with = ev.tuned_encoder(store, [identity] if identity else refs)  # None: photos, or nothing recorded
+    # by default the clips are scored with the encoder the reference identity was tuned with (and a judge)
+    encoders = list(req.encoders) or [tuned_with or "facenet"]
     judges = ev.judge_candidates(ctx.registry, tuned_with) if tuned_with and not req.encoders else []
     evaluator = ev.Evaluator(ctx.registry, ev.reference_photos(store, refs), encoders, req.scorer,
                              req.scorer_options, req.flow, ctx.device or "cpu", ctx.reporter, req.no_face, store,
