@@ -562,8 +562,11 @@ def write(result: dict, out: Path) -> Path:
     md = out.with_suffix(".md")
     for path, text in ((out, json.dumps(result, indent=2) + "\n"), (md, markdown(result))):
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        try:
+            tmp.write_text(text)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed write leaves nothing beside the results
     return md
 
 

@@ -58,6 +58,7 @@ def register(app: typer.Typer, state: AppState) -> None:
 
 
 def _table(result: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     groups = [g for g in ("aggregate", "tuned", "base", "delta") if g in result]
@@ -85,7 +86,7 @@ def _table(result: dict) -> None:
                   f"{result['tuned_with']}); each encoder has its own scale: compare its scores with its own "
                   "(tuned against base, --compare-base), not across encoders", soft_wrap=True)
     elif result.get("judge_note"):
-        err.print(f"judge: none ({result['judge_note']})", soft_wrap=True)
+        err.print(f"judge: none ({escape(result['judge_note'])})", soft_wrap=True)
     notes = {k: v for r in result["videos"] for k, v in r["notes"].items()}
     for k, v in notes.items():
-        err.print(f"[dim]{k}: {v}[/dim]", soft_wrap=True)
+        err.print(f"[dim]{escape(k)}: {escape(str(v))}[/dim]", soft_wrap=True)

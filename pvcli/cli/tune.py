@@ -60,7 +60,7 @@ def register(app: typer.Typer, state: AppState) -> None:
                                            help="Clips per optimizer step, gradients accumulated (the one-device "
                                                 "equivalent of --processes)."),
         report_to: str = typer.Option(None, "--report-to", help="Log every step's scalars, the samples and the "
-                                      "settings to tensorboard or wandb (pip install \"pv[tracking]\"), or none."),
+                                      "settings to tensorboard or wandb (pip install \"pv\\[tracking]\"), or none."),
         force: bool = FORCE_OPT,
         device: str = DEVICE_OPT,
         as_json: bool = JSON_OPT,

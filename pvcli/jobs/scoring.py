@@ -150,10 +150,10 @@ class Evaluator:
             try:
                 enc = registry.create("encoders", name, options={}, device=device)
                 refs = reference_faces(enc, ref_paths, warn=reporter.warn)
-            except PVError as exc:
+            except Exception as exc:  # noqa: BLE001 - an optional judge that cannot load is skipped, said why
                 if name in encoders:
                     raise
-                failed.append(f"{name}: {exc}")
+                failed.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
                 continue
             self.encoders[name] = enc
             self.references[name] = mean_embedding(embed_crops(enc, [r.crop for r in refs]))

@@ -211,9 +211,13 @@ class WandbTracker(Tracker):
         if path is not None and Path(path).is_file():
             media = wandb.Video(str(path), caption=caption or None, format=Path(path).suffix.lstrip("."))
         else:  # W&B encodes arrays with moviepy; a GIF of our own needs nothing more
-            gif = self.log_dir / f".{tag}_{step}.gif"
-            gif.write_bytes(gif_bytes(frames, fps))
-            media = wandb.Video(str(gif), caption=caption or None, format="gif")
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:  # W&B copies the file into its run when logged
+                gif = Path(tmp) / f"{tag}_{step}.gif"
+                gif.write_bytes(gif_bytes(frames, fps))
+                self.run.log({tag: wandb.Video(str(gif), caption=caption or None, format="gif")}, step=step)
+            return
         self.run.log({tag: media}, step=step)
 
     def summary(self, values: dict) -> None:

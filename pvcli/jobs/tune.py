@@ -277,9 +277,10 @@ def _setup(ctx: Context, run, r: _RunInputs, dp, resume_from: dict | None, progr
         from .trackers import open_tracker
 
         tracker = open_tracker(run, name, t.report_to, t.logging_dir, (run.saved_step() or 0) if r.resume else 0)
-        tracker.hyperparameters(settings.to_dict())
-        reporter.status(f"logging to {tracker.where()}")
     try:
+        if tracker is not None:
+            tracker.hyperparameters(settings.to_dict())
+            reporter.status(f"logging to {tracker.where()}")
         session = _setup_models(ctx, run, r, dp, resume_from, progress)
     except BaseException:
         if tracker is not None:
@@ -492,7 +493,8 @@ def _write_sample(backbone, settings: Settings, tuner, run, step: int):
         frames = generate_frames(backbone, prompt, g,
                                  adapter_steps=adapted_steps(g.steps, settings.adapter.active_fraction))
     stem = run.samples / f"step_{step:07d}"
-    write_mp4(frames.numpy(), stem.with_suffix(".mp4"), g.fps, metadata={"step": step, "prompt": prompt, "seed": g.seed})
+    write_mp4(frames.numpy(), stem.with_suffix(".mp4"), g.fps, metadata={"step": step, "prompt": prompt, "seed": g.seed,
+                                                                           "fps": g.fps})
     cv2.imwrite(str(stem.with_suffix(".png")), cv2.cvtColor(frames[0].numpy(), cv2.COLOR_RGB2BGR))
     return frames.numpy(), stem.with_suffix(".mp4"), prompt
 
