@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from wan_targets import main  # noqa: E402  (the same measurement and command line)
+from wan_targets import comparison_sets, main  # noqa: E402  (the same measurement and command line)
 
 ALL_ATTENTION = (r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
                  r"|single_transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v)")
@@ -24,11 +24,7 @@ ALL_ATTENTION = (r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_
 def backbone(targets: str):
     from pv_hunyuanvideo.backbone import make_tiny_hunyuanvideo
 
-    bb = make_tiny_hunyuanvideo()
-    if targets == "all-attention":  # measurement only: lift the frame-mixing guard for this one instance
-        bb.target_sets = {**bb.target_sets, "all-attention": ALL_ATTENTION}
-        bb.mixing = "no-such-module"
-    return bb
+    return comparison_sets(make_tiny_hunyuanvideo(), targets, ALL_ATTENTION, "mixing")
 
 
 if __name__ == "__main__":

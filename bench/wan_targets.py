@@ -26,14 +26,19 @@ ALL_ATTENTION = r"blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)"
 PROMPTS = ["{id} walking on a beach", "{id} dancing in a studio", "{id} riding a bicycle"]
 
 
+def comparison_sets(bb, targets: str, all_attention: str, guard: str):
+    """`bb` as it is, or for "all-attention" with the frame-mixing guard (attribute `guard`) lifted on
+    this one instance and that set added: a measurement only, never something pv offers."""
+    if targets == "all-attention":
+        bb.target_sets = {**bb.target_sets, "all-attention": all_attention}
+        setattr(bb, guard, "no-such-module")
+    return bb
+
+
 def backbone(targets: str):
     from pv_wan.backbone import make_tiny_wan
 
-    bb = make_tiny_wan()
-    if targets == "all-attention":  # measurement only: lift the frame-mixing guard for this one instance
-        bb.target_sets = {**bb.target_sets, "all-attention": ALL_ATTENTION}
-        bb.frame_mixing = "no-such-module"
-    return bb
+    return comparison_sets(make_tiny_wan(), targets, ALL_ATTENTION, "frame_mixing")
 
 
 def motion_stats(frames) -> tuple[float, float]:
