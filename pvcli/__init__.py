@@ -17,7 +17,7 @@ moved.install()  # old module names of pv 0.1 still import, with a DeprecationWa
 hookimpl = pluggy.HookimplMarker("pv")
 """Decorator for plugin hook implementations: `from pvcli import hookimpl`."""
 
-_API = {"AddOn", "ClipRequest", "tune", "resume", "Identity", "evaluate", "list_identities", "export", "import_identity", "Video",
+_API = {"AddOn", "ClipRequest", "tune", "resume", "Identity", "evaluate", "evaluate_identities", "list_identities", "export", "import_identity", "Video",
         "ProgressEvent", "PVError", "Context"}
 __all__ = ["__version__", "hookimpl", *sorted(_API)]
 

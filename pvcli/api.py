@@ -27,7 +27,7 @@ from .reporting import ProgressEvent, Reporter, reporter_for
 from .settings import overlay
 from .store import Store
 
-__all__ = ["AddOn", "ClipRequest", "Context", "Identity", "PVError", "ProgressEvent", "Video", "evaluate", "export", "import_identity",
+__all__ = ["AddOn", "ClipRequest", "Context", "Identity", "PVError", "ProgressEvent", "Video", "evaluate", "evaluate_identities", "export", "import_identity",
            "identity_report", "list_identities", "resume", "tune",
            # The CLI's door (pvcli.cli imports only this module, settings and console): the API above,
            # plus what a front end needs to build a context, launch processes and list things.
@@ -343,6 +343,22 @@ def evaluate(target: str | Path, *, refs: Iterable[str] | None = None, prompts: 
                       Path(sheets) if sheets else None)
     req.report = Path(report) if report else None
     return evaluate_job(_context(context, device, progress), req)
+
+
+def evaluate_identities(target: str | Path, ids: Iterable[str], *, encoders: Iterable[str] | None = None,
+                        layout: str = "left-right", per_frame: bool = False, device: str | None = None,
+                        progress: Progress = None, context: Context | None = None) -> dict:
+    """Several people in one clip (`pv eval VIDEOS --id A --id B`): each item of `ids` is one person,
+    an identity name or photos of that person. Each sampled frame's faces are assigned one to one to
+    the people (Hungarian), and each person gets own-identity similarity, the margin to the best other
+    person (small for a blended face), the swap rate (faces outside the person's region: the clip's
+    recorded regions, else `layout` strips in order) and presence; each clip its exactly-N-faces rate.
+    Returns what `pv eval --id ... --json` prints."""
+    from .jobs.evaluate_identities import IdentitiesRequest
+    from .jobs.evaluate_identities import evaluate_identities as job
+
+    req = IdentitiesRequest(str(target), list(ids), list(encoders or []), layout, per_frame)
+    return job(_context(context, device, progress), req)
 
 
 def identity_report(name: str, output: str | Path | None = None, *, progress: Progress = None,

@@ -16,6 +16,13 @@ def register(app: typer.Typer, state: AppState) -> None:
     def eval_(
         target: str = typer.Argument(..., help="A video, a folder of videos, or an identity name (clips are generated)."),
         refs: list[str] = typer.Option(None, "--ref", help="Reference photo(s) or identity name (repeatable)."),
+        ids: list[str] = typer.Option(None, "--id", help="Several people in one clip: one person per --id, an "
+                                      "identity name or photo(s) of that person (repeatable); faces are assigned "
+                                      "one to one and checked against each person's region."),
+        layout: str = typer.Option("left-right", "--layout", help="With --id, for clips without pv's record of "
+                                   "where each person stands: left-right or top-bottom strips, in --id order."),
+        per_frame: bool = typer.Option(False, "--per-frame", help="With --id and --json: every sampled frame's "
+                                       "faces, boxes, similarities and assignment."),
         prompts: list[str] = typer.Option(None, "--prompt", help="Prompt(s): the text for CLIP-T; for an identity, "
                                           "what to generate (repeatable)."),
         seeds: list[int] = typer.Option(None, "--seed", help="Seeds to generate with, for an identity (repeatable)."),
@@ -43,6 +50,19 @@ def register(app: typer.Typer, state: AppState) -> None:
         from ..api import PVError
         from ..settings import parse_set
 
+        if ids:
+            for flag, given in (("--ref", refs), ("--prompt", prompts), ("--seed", seeds), ("--compare-base", compare_base),
+                                ("--csv", csv_path), ("--sheets", sheets), ("--report", report),
+                                ("--out-dir", out_dir), ("--scorer-option", scorer_opts)):
+                if given:
+                    raise PVError(f"{flag} does not go with --id", "--id scores who is where in videos: give one "
+                                  "--id per person (an identity or photos of that person)")
+            result = api.evaluate_identities(target, ids, encoders=encoders, layout=layout, per_frame=per_frame,
+                                             context=state.context(quiet or as_json, device))
+            if not (quiet or as_json):
+                _identities_table(result)
+            emit(result if as_json else "\n".join(r["video"] for r in result["videos"]), as_json)
+            return
         for item in scorer_opts or []:
             if "=" not in item or not item.partition("=")[0].strip():
                 raise PVError(f"--scorer-option expects key=value, got {item!r}", "e.g. --scorer-option model=PATH")
@@ -90,3 +110,25 @@ def _table(result: dict) -> None:
     notes = {k: v for r in result["videos"] for k, v in r["notes"].items()}
     for k, v in notes.items():
         err.print(f"[dim]{escape(k)}: {escape(str(v))}[/dim]", soft_wrap=True)
+
+
+def _identities_table(result: dict) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    for row in result["videos"]:
+        table = Table(title=f"pv eval --id: {escape(row['video'])} (regions: {escape(row['regions_from'])})",
+                      title_justify="left")
+        for col in ("person", "encoder", "own_sim", "margin", "swap_rate", "presence"):
+            table.add_column(col, justify="left" if col in ("person", "encoder") else "right")
+        for enc, scores in row["scores"].items():
+            role = " (judge)" if enc == result.get("judge") else ""
+            for person, s in scores["identities"].items():
+                table.add_row(escape(person), escape(enc) + role,
+                              *("-" if s[k] is None else f"{s[k]:.4f}" for k in ("own_sim", "margin", "swap_rate", "presence")))
+        err.print(table)
+        first = next(iter(row["scores"].values()))
+        err.print(f"exactly {len(result['ids'])} faces in {first['exact_count_rate']:.0%} of the sampled frames; "
+                  f"swap rate {first['swap_rate']:.0%}", soft_wrap=True)
+        for w in row["warnings"]:
+            err.print(f"[yellow]warning:[/yellow] {escape(w)}", soft_wrap=True)

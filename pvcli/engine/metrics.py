@@ -54,9 +54,9 @@ def _to_tensor(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255
 
 
-def detect_largest(encoder: IdentityEncoder, frame: np.ndarray) -> Face | None:
-    """The largest face; if none, retry on the frame with a grey (128) border of 25% of its height
-    and width on every side, as ConsisID's eval does, and map the face back to the frame."""
+def detect_faces(encoder: IdentityEncoder, frame: np.ndarray) -> list[Face]:
+    """Every face the encoder's detector finds; if none, retry on the frame with a grey (128) border
+    of 25% of its height and width on every side, as ConsisID's eval does, and map the faces back."""
     faces = encoder.detect(frame)
     if not faces:
         h, w = frame.shape[:2]
@@ -67,6 +67,12 @@ def detect_largest(encoder: IdentityEncoder, frame: np.ndarray) -> Face | None:
             x1, y1, x2, y2 = f.box
             f.box = (x1 - pw, y1 - ph, x2 - pw, y2 - ph)
             f.landmarks = f.landmarks - np.array([pw, ph])
+    return faces
+
+
+def detect_largest(encoder: IdentityEncoder, frame: np.ndarray) -> Face | None:
+    """The largest face of `detect_faces` (ConsisID's Face Sim scores the largest face)."""
+    faces = detect_faces(encoder, frame)
     return max(faces, key=lambda f: f.area) if faces else None
 
 

@@ -136,33 +136,52 @@ def _mean(values):
     return round(float(np.mean(vals)), 4) if vals else None
 
 
+@dataclass
+class LoadedEncoders:
+    encoders: dict  # name -> IdentityEncoder
+    references: dict  # encoder name -> {reference set: (unit embedding, first aligned crop)}
+    judge: str | None = None
+    judge_note: str | None = None
+
+
+def load_encoders(registry: Registry, encoders: list[str], judges: list[str], device: str,
+                  ref_sets: dict[str, list[Path]], warn) -> LoadedEncoders:
+    """`encoders` must all load and find every reference set's face; of `judges` (candidates,
+    preferred first) the first that does is added as `judge`, else `judge_note` says why none could."""
+    from ..engine.face_crops import embed_crops, mean_embedding, reference_faces
+
+    out = LoadedEncoders({}, {})
+    failed = []
+    for name in [*encoders, *judges]:
+        try:
+            enc = registry.create("encoders", name, options={}, device=device)
+            refs = {key: reference_faces(enc, paths, warn=warn) for key, paths in ref_sets.items()}
+        except Exception as exc:  # noqa: BLE001 - an optional judge that cannot load is skipped, said why
+            if name in encoders:
+                raise
+            failed.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            continue
+        out.encoders[name] = enc
+        out.references[name] = {key: (mean_embedding(embed_crops(enc, [r.crop for r in found])), found[0].crop)
+                                for key, found in refs.items()}
+        if name in judges:
+            out.judge = name
+            break
+    if judges and out.judge is None:
+        out.judge_note = "no independent judge could run: " + "; ".join(failed)
+    return out
+
+
 class Evaluator:
     def __init__(self, registry: Registry, ref_paths: list[Path], encoders: list[str], scorer: str,
                  scorer_options: dict, flow: str, device: str, reporter: Reporter, no_face: str = "skip",
                  store: Store | None = None, judges: list[str] = ()):
         """`encoders` must all load; of `judges` (candidates, preferred first) the first that loads
         and finds the reference face is added as `judge`, else `judge_note` says why none could."""
-        from ..engine.face_crops import embed_crops, mean_embedding, reference_faces
-
-        self.encoders, self.references, self.ref_crops = {}, {}, {}
-        self.judge, self.judge_note, failed = None, None, []
-        for name in [*encoders, *judges]:
-            try:
-                enc = registry.create("encoders", name, options={}, device=device)
-                refs = reference_faces(enc, ref_paths, warn=reporter.warn)
-            except Exception as exc:  # noqa: BLE001 - an optional judge that cannot load is skipped, said why
-                if name in encoders:
-                    raise
-                failed.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-                continue
-            self.encoders[name] = enc
-            self.references[name] = mean_embedding(embed_crops(enc, [r.crop for r in refs]))
-            self.ref_crops[name] = refs[0].crop
-            if name in judges:
-                self.judge = name
-                break
-        if judges and self.judge is None:
-            self.judge_note = "no independent judge could run: " + "; ".join(failed)
+        loaded = load_encoders(registry, encoders, judges, device, {"ref": ref_paths}, reporter.warn)
+        self.encoders, self.judge, self.judge_note = loaded.encoders, loaded.judge, loaded.judge_note
+        self.references = {n: refs["ref"][0] for n, refs in loaded.references.items()}
+        self.ref_crops = {n: refs["ref"][1] for n, refs in loaded.references.items()}
         self.scorer, self.scorer_note = None, None
         try:
             self.scorer = registry.create("scorers", scorer, options=scorer_options, device=device)
