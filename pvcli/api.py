@@ -107,6 +107,13 @@ def _context(context: Context | None, device: str | None, progress: Progress) ->
     return Context(store=Store(), reporter=reporter_for(progress), device=device)
 
 
+def _extras(controls, loras, addons) -> list[AddOn]:
+    """Generation add-ons from the API's shorthands: ControlNet dicts, "file:weight" LoRAs, AddOns."""
+    return [*(AddOn("controlnet", dict(c)) for c in controls or []),
+            *(AddOn("lora", {"source": src, "weight": w}) for src, w in map(lora_spec, loras or [])),
+            *(addons or [])]
+
+
 def _overlays(aliases: dict[str, str], values: dict[str, Any], overrides: Overrides) -> list[dict]:
     """Overrides (dotted keys or "a.b=v" strings), then keyword settings (which win)."""
     from .settings import parse_set
@@ -256,13 +263,10 @@ class Identity:
                 self._renderer = IdentityRenderer(self.context, self.name, resolved)
             return self._renderer
 
-        extras = [*(AddOn("controlnet", dict(c)) for c in controls or []),
-                  *(AddOn("lora", {"source": src, "weight": w}) for src, w in map(lora_spec, loras or [])),
-                  *(addons or [])]
         items = [requests] if isinstance(requests, (str, ClipRequest)) else requests
         return render_batch(self.context, self.name, renderer, resolved.generate, items, output=output,
-                            seeds=list(seeds) if seeds is not None else None, adapter=adapter, addons=extras,
-                            video=video, one_bar=not _single)
+                            seeds=list(seeds) if seeds is not None else None, adapter=adapter,
+                            addons=_extras(controls, loras, addons), video=video, one_bar=not _single)
 
     def evaluate(self, **kwargs: Any) -> dict:
         """`pv eval NAME`: generate clips of this identity and score them (see `evaluate`)."""
@@ -278,25 +282,84 @@ class Identity:
         return remove_job(self.context, self.name)
 
 
-def generate_clips(name: str, prompt: str | None = None, *, prompts_file: str | Path | None = None, stdin=None,
+@dataclass
+class _Group(Identity):
+    """Several identities rendered together, each in its region (see `generate_clips(identities=...)`)."""
+
+    members: list = field(default_factory=list)
+    boxes: list = field(default_factory=list)
+    feather: float | None = None
+
+    @classmethod
+    def load(cls, specs: list, layout: str, region_mode: str, feather: float | None, *, profile: str | None = None,
+             overrides: Overrides = None, device: str | None = None, progress: Progress = None,
+             context: Context | None = None) -> _Group:
+        from .jobs.generate_identities import Member, check_group, parse_member
+
+        ctx = _context(context, device, progress)
+        members = [s if isinstance(s, Member) else parse_member(s) for s in specs]
+        boxes = check_group(ctx, members, layout, region_mode)
+        if feather is not None and not (0 <= feather <= 0.5):
+            raise PVError(f"feather must be between 0 and 0.5 (a fraction of the frame), got {feather}")
+        group = cls(members[0].name, ctx.store.load_info(members[0].name), ctx, profile, overrides)
+        group.members, group.boxes, group.feather = members, boxes, feather
+        return group
+
+    def generate_many(self, requests, *, output=None, seeds=None, adapter=True, controls=None, loras=None,
+                      addons=None, video=None, _single=False, **settings):
+        from .jobs.generate import render_batch
+        from .jobs.generate_identities import GroupRenderer
+
+        resolved = self.settings(**settings)
+        name = "+".join(m.name for m in self.members)
+
+        def renderer() -> GroupRenderer:
+            if self._renderer is None:
+                self._renderer = GroupRenderer(self.context, self.members, resolved, self.boxes, self.feather)
+            return self._renderer
+
+        items = [requests] if isinstance(requests, (str, ClipRequest)) else requests
+        return render_batch(self.context, name, renderer, resolved.generate, items, output=output,
+                            seeds=list(seeds) if seeds is not None else None, adapter=adapter,
+                            addons=_extras(controls, loras, addons), video=video, one_bar=not _single,
+                            check_name=self.name)
+
+
+def generate_clips(name: str | None, prompt: str | None = None, *, prompts_file: str | Path | None = None, stdin=None,
                    output: str | None = None, seeds: Iterable[int] | None = None, num: int | None = None,
                    adapter: bool = True, controls: Iterable[dict] = (), loras: Iterable[str] = (),
                    addons: Iterable[AddOn] = (), video: str | Path | None = None, profile: str | None = None,
                    overrides: Overrides = None, device: str | None = None, progress: Progress = None,
-                   context: Context | None = None, **settings: Any) -> Iterator[Video]:
+                   context: Context | None = None, identities: Iterable[str] | None = None,
+                   layout: str = "left-right", region_mode: str = "latent", feather: float | None = None,
+                   **settings: Any) -> Iterator[Video]:
     """`pv generate` in full: one `prompt`, or many ("-" reads `stdin`; `prompts_file`), each once per
     seed (`num` seeds counting up from each of `seeds`; default generate.seed), one model load.
     Several clips need an output template ({name} {slug} {seed} {index}). Yields each clip once its
-    file is written."""
+    file is written.
+    `identities=["alice", "bob"]` (with `name=None`) puts several identities in one clip, each in its
+    region: `layout` strips in order (left-right, top-bottom) or boxes in the items ("alice=box:0,0,0.5,1",
+    "alice:0.8" for a weight); names in the prompt become each identity's phrase."""
     from .jobs.generate import parse_prompt_lines
     from .paths import read_text
 
+    group = list(identities or [])
+    if group and name is not None:
+        raise PVError("give one identity name or several identities, not both",
+                      'e.g. pv generate "alice and bob talking" --id alice --id bob')
+    if not group and name is None:
+        raise PVError("generate needs an identity name (or several identities)")
     if prompt is not None and prompts_file is not None:
         raise PVError("give a prompt or --prompts FILE, not both")
     if prompt is None and prompts_file is None:
-        raise PVError("generate needs a prompt", f'e.g. pv generate {name} "surfing at sunset", or - for stdin')
-    identity = Identity.load(name, profile=profile, overrides=overrides, device=device, progress=progress,
-                             context=context)
+        raise PVError("generate needs a prompt", f'e.g. pv generate {name or "--id alice --id bob"} "surfing at sunset", '
+                      "or - for stdin")
+    if group:
+        identity = _Group.load(group, layout, region_mode, feather, profile=profile, overrides=overrides,
+                               device=device, progress=progress, context=context)
+    else:
+        identity = Identity.load(name, profile=profile, overrides=overrides, device=device, progress=progress,
+                                 context=context)
     base = list(seeds or []) or [identity.settings(**settings).generate.seed]
     seed_list = [s + i for s in base for i in range(num or 1)]
     if prompt == "-":

@@ -16,7 +16,7 @@ def register(app: typer.Typer, state: AppState) -> None:
     @app.command()
     @handle_errors
     def generate(
-        name: str = typer.Argument(..., help="Identity name (see `pv list`)."),
+        name: str = typer.Argument(..., help="Identity name (see `pv list`); with --id, the prompt."),
         prompt: str = typer.Argument(None, help="What the person does; the identity phrase is added unless {id} is "
                                      "used. '-' reads prompts from stdin: one per line, or JSON lines with prompt, "
                                      "seed, negative, output."),
@@ -57,12 +57,25 @@ def register(app: typer.Typer, state: AppState) -> None:
                                        "kohya/A1111 keys; repeatable)."),
         addon: list[str] = typer.Option(None, "--addon", help="Any conditioner plugin: NAME:key=value,key=value "
                                         "(see `pv plugins`; repeatable)."),
+        ids: list[str] = typer.Option(None, "--id", help="Several identities in one clip: pv generate PROMPT --id "
+                                      "alice --id bob (NAME, NAME:WEIGHT, NAME=box:x1,y1,x2,y2 in fractions of the "
+                                      "frame); names in the prompt become each identity's phrase."),
+        layout: str = typer.Option("left-right", "--layout", help="With --id and no boxes: left-right or top-bottom "
+                                   "regions, in --id order."),
+        region_mode: str = typer.Option("latent", "--region-mode", help="With --id: latent (each identity's "
+                                        "prediction in its region of the latent grid)."),
         device: str = DEVICE_OPT,
         as_json: bool = JSON_OPT,
         quiet: bool = QUIET_OPT,
     ):
         """Generate clips of an identity; prints each output path (or JSON record) as it is written."""
         from .. import api
+
+        if ids:
+            if prompt is not None:
+                raise PVError(f"with --id the prompt comes first and alone; got {name!r} and {prompt!r}",
+                              'e.g. pv generate "alice and bob shaking hands" --id alice --id bob')
+            name, prompt = None, name
 
         controls = control_specs(control or [], control_raw or [], control_scale or [], control_start or [],
                                  control_end or [], control_model or [])
@@ -71,7 +84,8 @@ def register(app: typer.Typer, state: AppState) -> None:
             controls=controls, loras=lora or [], addons=[addon_spec(a) for a in addon or []], video=video,
             profile=profile, overrides=sets, context=state.context(quiet or as_json, device), steps=steps,
             frames=frames, fps=fps, height=height, width=width, guidance=guidance, negative=negative,
-            adapter_scale=adapter_scale, strength=strength)
+            adapter_scale=adapter_scale, strength=strength, identities=ids or None, layout=layout,
+            region_mode=region_mode)
         for clip in clips:  # each result on stdout as soon as its file exists: `| xargs` streams
             record = {"path": str(clip.path), **clip.record}
             emit(record if as_json else record["path"], as_json)

@@ -19,14 +19,15 @@ def lora_layers(model: torch.nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
 
 
-def add_adapter(backbone: Backbone, targets: str, rank: int, alpha: float) -> list[str]:
-    """Inject the adapter into backbone.denoiser, freeze everything else, return adapted layer names."""
+def add_adapter(backbone: Backbone, targets: str, rank: int, alpha: float, adapter_name: str = ADAPTER_NAME) -> list[str]:
+    """Inject the adapter into backbone.denoiser, freeze everything else, return adapted layer names.
+    Several identities in one clip each get their own `adapter_name`."""
     from peft import LoraConfig, inject_adapter_in_model
 
     pattern = backbone.adapter_targets(targets)
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=pattern)
     try:
-        inject_adapter_in_model(config, backbone.denoiser, adapter_name=ADAPTER_NAME)
+        inject_adapter_in_model(config, backbone.denoiser, adapter_name=adapter_name)
     except ValueError as exc:
         raise PVError(f"cannot add the identity adapter ({targets}): {exc}") from None
     names = [n for n, _ in lora_layers(backbone.denoiser)]
@@ -35,7 +36,7 @@ def add_adapter(backbone: Backbone, targets: str, rank: int, alpha: float) -> li
     if leaked:  # a plugin's target regex must never reach the motion modules
         raise PVError(f"adapter target set {targets!r} would touch protected modules: {leaked[:3]}")
     for name, param in backbone.denoiser.named_parameters():
-        is_lora = f".{ADAPTER_NAME}." in name or name.endswith(f".{ADAPTER_NAME}")
+        is_lora = f".{adapter_name}." in name or name.endswith(f".{adapter_name}")
         param.requires_grad_(is_lora)
         if is_lora:
             param.data = param.data.float()  # train the adapter in fp32 even on a fp16 UNet
@@ -53,12 +54,13 @@ def adapter_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER_NAME).items()}
 
 
-def load_adapter_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+def load_adapter_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor],
+                            adapter_name: str = ADAPTER_NAME) -> None:
     from peft.utils import set_peft_model_state_dict
 
-    result = set_peft_model_state_dict(model, state, adapter_name=ADAPTER_NAME)
+    result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
     unexpected = getattr(result, "unexpected_keys", []) or []
-    missing = [k for k in (getattr(result, "missing_keys", []) or []) if ADAPTER_NAME in k]
+    missing = [k for k in (getattr(result, "missing_keys", []) or []) if f".{adapter_name}." in k]
     if unexpected or missing:
         raise PVError("the saved adapter does not fit this backbone "
                       f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")

@@ -6,6 +6,8 @@ frames."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from ..contracts import Backbone, GenerationPlan
@@ -14,11 +16,17 @@ from ..settings import GenerateSettings
 from .adapter import ADAPTER_NAME, activate_adapters, set_adapter_scale
 
 
+def gate_switch(steps: int, adapter_steps: int | None) -> int | None:
+    """The step after which the identity adapter switches on, to act in the last `adapter_steps` of
+    `steps` (None: it acts in every step)."""
+    return None if adapter_steps is None or adapter_steps >= steps else steps - adapter_steps - 1
+
+
 def gate_callback(backbone: Backbone, steps: int, adapter_steps: int | None, scale: float, on_step=None):
     """(initial identity scale, diffusers step callback): the identity adapter is off until the last
     `adapter_steps` steps. The callback runs after step i, so it switches the adapter on after
-    step `steps - adapter_steps - 1`."""
-    switch = None if adapter_steps is None or adapter_steps >= steps else steps - adapter_steps - 1
+    step `gate_switch(steps, adapter_steps)`."""
+    switch = gate_switch(steps, adapter_steps)
 
     def callback(pipe, i, t, kwargs):
         if i == switch:
@@ -52,31 +60,43 @@ def plan_strength(plan: GenerationPlan | None) -> float | None:
 
 @torch.no_grad()
 def render_latents(backbone: Backbone, prompt: str, g: GenerateSettings, adapter_steps: int | None = None,
-                   on_step=None, plan: GenerationPlan | None = None, adapter_scale: float = 1.0) -> torch.Tensor:
+                   on_step=None, plan: GenerationPlan | None = None, adapter_scale: float = 1.0,
+                   regions=None) -> torch.Tensor:
     """The final latents (B, C, F, h, w) of one clip with the settings' seed. The identity adapter
     (if the backbone has one) acts at `adapter_scale` in the last `adapter_steps` steps of the full
     `g.steps` schedule, the timesteps it was tuned on: video-to-video runs only the schedule's tail
     (`strength`), and the adapter acts in the part of that tail inside its window. `plan` carries
-    the add-ons' controls and LoRA weights."""
+    the add-ons' controls and LoRA weights. `regions` (a pvcli.engine.regions.RegionMixer, built
+    for `plan.loras`) puts several identities each in its own region instead; each gates itself."""
     check_frames(backbone, g.frames)
     plan = plan or GenerationPlan(g.frames, g.height, g.width)
     run = denoising_steps(g.steps, plan_strength(plan))
     in_run = None if adapter_steps is None else min(adapter_steps, run)
     initial, callback = gate_callback(backbone, run, in_run, adapter_scale, on_step)
-    activate_adapters(backbone.lora_modules(), {ADAPTER_NAME: initial, **plan.loras})
+    if regions is None:
+        activate_adapters(backbone.lora_modules(), {ADAPTER_NAME: initial, **plan.loras})
+        mixing = nullcontext()
+    else:
+        mixing, gate = regions, callback
+
+        def callback(pipe, i, t, kwargs):  # noqa: F811 - the regions' own step count, then the gate's
+            regions.step = i + 1
+            return gate(pipe, i, t, kwargs)
     try:
-        return backbone.pipeline_call(plan, prompt=prompt, negative_prompt=g.negative_prompt,
-                                      num_inference_steps=g.steps, guidance_scale=g.guidance_scale,
-                                      generator=torch.Generator("cpu").manual_seed(g.seed),
-                                      callback_on_step_end=callback)
+        with mixing:
+            return backbone.pipeline_call(plan, prompt=prompt, negative_prompt=g.negative_prompt,
+                                          num_inference_steps=g.steps, guidance_scale=g.guidance_scale,
+                                          generator=torch.Generator("cpu").manual_seed(g.seed),
+                                          callback_on_step_end=callback)
     finally:
         set_adapter_scale(backbone.denoiser, adapter_scale)
 
 
 def generate_frames(backbone: Backbone, prompt: str, g: GenerateSettings, adapter_steps: int | None = None,
-                    on_step=None, plan: GenerationPlan | None = None, adapter_scale: float = 1.0) -> torch.Tensor:
+                    on_step=None, plan: GenerationPlan | None = None, adapter_scale: float = 1.0,
+                    regions=None) -> torch.Tensor:
     """Frames (F, H, W, 3) uint8 of one clip (see `render_latents`)."""
-    latents = render_latents(backbone, prompt, g, adapter_steps, on_step, plan, adapter_scale)
+    latents = render_latents(backbone, prompt, g, adapter_steps, on_step, plan, adapter_scale, regions)
     with torch.no_grad():
         frames = backbone.decode(latents)[0]
     return (frames.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).cpu()

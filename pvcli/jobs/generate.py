@@ -102,31 +102,42 @@ class IdentityRenderer:
         conditioners (ControlNet, style LoRA, ...); `video` restyles a driving clip
         (video-to-video, `generate.strength`). `advance` (one call per denoising step) replaces
         the clip's own progress bar, for batches that show one bar."""
-        from ..engine.generate import check_frames, denoising_steps, generate_frames, plan_strength
-        from ..engine.prompts import with_identity
-        from ..engine.sampling import adapted_steps
+        from ..engine.generate import check_frames, denoising_steps, plan_strength
         from ..video import write_video
 
         g = generate or self.settings.generate
         check_frames(self.backbone, g.frames)  # before the add-ons do any work
-        scale = g.adapter_scale if adapter else 0.0
         plan = self.plan(g, addons or [], video)
         steps = denoising_steps(g.steps, plan_strength(plan))
-        full_prompt = with_identity(prompt, self.phrase)
+        full_prompt = self.full_prompt(prompt)
         bar = nullcontext(advance) if advance else self.ctx.reporter.progress(f"generating {self.name}", steps)
         with bar as step:
-            frames = generate_frames(self.backbone, full_prompt, g, adapter_steps=adapted_steps(g.steps, self.fraction),
-                                     on_step=lambda i, _: step(), plan=plan, adapter_scale=scale)
+            frames, extra = self.frames(full_prompt, g, plan, adapter, lambda i, _: step())
         record = {
             "identity": self.name, "prompt": full_prompt, "negative_prompt": g.negative_prompt, "seed": g.seed,
             "steps": g.steps, "guidance_scale": g.guidance_scale, "frames": int(frames.shape[0]), "fps": g.fps,
-            "height": g.height, "width": g.width, "adapter_scale": scale, "active_fraction": self.fraction,
-            "backbone": self.backbone.name, "pv_version": __version__, **plan.record,
+            "height": g.height, "width": g.width, **extra, "backbone": self.backbone.name, "pv_version": __version__,
+            **plan.record,
         }
         video = Video(frames.numpy(), record)
         if output is not None:
             video.path = write_video(video.frames, output, g.fps, metadata=record)
         return video
+
+    def full_prompt(self, prompt: str) -> str:
+        from ..engine.prompts import with_identity
+
+        return with_identity(prompt, self.phrase)
+
+    def frames(self, prompt: str, g: GenerateSettings, plan, adapter: bool, on_step):
+        """(frames, what the clip's record adds) of one clip with the identity's adapter (or without)."""
+        from ..engine.generate import generate_frames
+        from ..engine.sampling import adapted_steps
+
+        scale = g.adapter_scale if adapter else 0.0
+        frames = generate_frames(self.backbone, prompt, g, adapter_steps=adapted_steps(g.steps, self.fraction),
+                                 on_step=on_step, plan=plan, adapter_scale=scale)
+        return frames, {"adapter_scale": scale, "active_fraction": self.fraction}
 
 
 DEFAULT_OUTPUT = "{name}_{slug}_s{seed}.mp4"
@@ -217,12 +228,13 @@ def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddO
 
 def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, requests, *, output=None,
                  seeds: list[int] | None = None, adapter: bool = True, addons: list[AddOn] | None = None,
-                 video=None, one_bar: bool = True):
+                 video=None, one_bar: bool = True, check_name: str | None = None):
     """Render every request (a prompt or ClipRequest, read lazily) once per seed (default the
     settings' seed; a request's own seed renders once), yielding each Video as soon as it is
     written. `renderer()` gives the loaded IdentityRenderer; `output` is a file template ({name},
     {slug}, {seed}, {index}; None: no files unless a request names one). `one_bar`: one progress
-    bar for the batch instead of one per clip."""
+    bar for the batch instead of one per clip. `check_name`: the identity whose record the inputs are
+    checked against, when `name` names a group of them."""
     import dataclasses
 
     from ..engine.generate import denoising_steps
@@ -230,7 +242,7 @@ def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, request
 
     if output is not None and one_bar:
         check_video_path(output_path(output, name, "prompt", 0, 0))  # before minutes of work
-    check_inputs(ctx, name, g, addons or [], video)  # a bad file or add-on fails before any model loads
+    check_inputs(ctx, check_name or name, g, addons or [], video)  # a bad file or add-on fails before any model loads
     seed_list = seeds if seeds is not None else [g.seed]
     if not seed_list:
         raise PVError("no seeds to render")

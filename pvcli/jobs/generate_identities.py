@@ -1,0 +1,169 @@
+"""Several tuned identities in one clip (`pv generate PROMPT --id alice --id bob`): each identity's
+adapter loaded under its own name into one backbone, each acting in its own region of the frame
+(pvcli.engine.regions), each gated as in its own clips. The clip's record names the regions, so
+`pv eval CLIP --id alice --id bob` checks each face against them."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+
+from ..context import Context
+from ..errors import PVError
+from ..settings import GenerateSettings
+from .generate import IdentityRenderer, check_backbone_matches
+
+PRESETS = ("left-right", "top-bottom")
+REGION_MODES = ("latent",)
+SPEC_HELP = "--id NAME, NAME:WEIGHT, NAME=box:x1,y1,x2,y2 or NAME:WEIGHT=box:... (fractions of the frame)"
+
+
+@dataclass
+class Member:
+    name: str
+    weight: float = 1.0
+    box: tuple[float, float, float, float] | None = None
+
+
+def parse_member(spec: str) -> Member:
+    """"alice", "alice:0.8", "alice=box:0,0,0.5,1", "alice:0.8=box:0,0,0.5,1"."""
+    import math
+
+    from ..engine.face_assignment import check_regions
+
+    head, sep, region = str(spec).partition("=")
+    name, colon, weight = head.partition(":")
+    name = name.strip()
+    if not name:
+        raise PVError(f"--id {spec!r} names no identity", SPEC_HELP)
+    member = Member(name)
+    if colon:
+        try:
+            member.weight = float(weight)
+        except ValueError:
+            raise PVError(f"--id {spec}: the weight {weight!r} is not a number", SPEC_HELP) from None
+        if not math.isfinite(member.weight) or not 0 <= member.weight <= 4:
+            raise PVError(f"--id {spec}: the weight must be between 0 and 4, got {weight}", SPEC_HELP)
+    if sep:
+        kind, _, numbers = region.partition(":")
+        if kind.strip() != "box":
+            raise PVError(f"--id {spec}: a region is box:x1,y1,x2,y2, got {region!r}", SPEC_HELP)
+        member.box = check_regions([numbers.split(",")], f"--id {name}: box")[0]
+    return member
+
+
+def _overlap(a, b) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return max(0.0, w) * max(0.0, h)
+
+
+def group_boxes(members: list[Member], layout: str) -> list:
+    """Every member's box: the explicit ones (all or none), else the layout preset's strips in order."""
+    from ..engine.face_assignment import layout_regions
+
+    given = [m.box for m in members if m.box is not None]
+    if given and len(given) != len(members):
+        raise PVError("give a box for every --id or for none", "e.g. --id alice=box:0,0,0.5,1 --id bob=box:0.5,0,1,1")
+    if given:
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                if _overlap(a.box, b.box) > 1e-9:
+                    raise PVError(f"the boxes of {a.name} and {b.name} overlap",
+                                  "each person needs a region of their own (boxes may touch)")
+        return given
+    if layout == "auto":
+        raise PVError("--layout auto (find the people in a first pass) is not available yet",
+                      f"use a preset ({', '.join(PRESETS)}) or explicit boxes")
+    if layout not in PRESETS:
+        raise PVError(f"unknown --layout {layout!r}", f"layouts: {', '.join(PRESETS)}, or boxes in --id")
+    return layout_regions(len(members), layout)
+
+
+def check_group(ctx: Context, members: list[Member], layout: str, region_mode: str) -> list:
+    """Before any model loads: known, distinct identities tuned on one backbone, regions that make
+    sense. Returns the boxes."""
+    if region_mode not in REGION_MODES:
+        raise PVError(f"unknown --region-mode {region_mode!r}", f"modes: {', '.join(REGION_MODES)}")
+    seen = set()
+    backbones = {}
+    for m in members:
+        if m.name in seen:
+            raise PVError(f"--id {m.name} is given twice", "one --id per person")
+        seen.add(m.name)
+        if not ctx.store.exists(m.name):
+            raise PVError(f"no identity named {m.name!r}", f"identities: {', '.join(ctx.store.names()) or 'none yet'}")
+        backbones[m.name] = ctx.store.load_info(m.name).get("backbone")
+    if len(set(backbones.values())) > 1:
+        detail = ", ".join(f"{n} on {b}" for n, b in backbones.items())
+        raise PVError(f"the identities were tuned on different backbones ({detail})",
+                      "identities in one clip must share a backbone: re-tune one of them on the other's profile")
+    return group_boxes(members, layout)
+
+
+def group_prompt(prompt: str, phrases: dict[str, str]) -> str:
+    """Each identity's name in the prompt ({alice} or the bare word alice) becomes its phrase; one identity
+    that the prompt does not name gets its phrase as in its own clips."""
+    from ..engine.prompts import with_identity
+
+    text, named = prompt, False
+    for name, phrase in phrases.items():
+        pattern = re.compile(rf"\{{{re.escape(name)}\}}|(?<![\w-]){re.escape(name)}(?![\w-])")
+        text, count = pattern.subn(phrase, text)
+        named = named or count > 0
+    if not named and len(phrases) == 1:
+        return with_identity(prompt, next(iter(phrases.values())))
+    return text
+
+
+class GroupRenderer(IdentityRenderer):
+    """Several identities loaded once into one backbone; renders clips with each in its region."""
+
+    def __init__(self, ctx: Context, members: list[Member], settings, boxes: list, feather: float | None = None):
+        from ..engine.adapter import add_adapter, load_adapter_state_dict
+        from ..engine.prompts import identity_phrase
+        from ..engine.regions import FEATHER
+        from ..identity_files import read_adapter
+        from .resources import build_backbone
+
+        self.ctx, self.settings, self.members, self.boxes = ctx, settings, members, boxes
+        self.feather = FEATHER if feather is None else feather
+        self.name = "+".join(m.name for m in members)
+        for m in members:
+            check_backbone_matches(ctx.store.load_info(m.name), settings.backbone.name, m.name)
+        self.backbone = build_backbone(ctx, settings)
+        self.adapters, self.fractions, self.phrases = [], [], {}
+        for k, m in enumerate(members):
+            state, meta = read_adapter(ctx.store.path(m.name))
+            adapter = f"pv_person{k + 1}"
+            with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                add_adapter(self.backbone, meta.get("targets", settings.adapter.targets), int(meta["rank"]),
+                            float(meta["alpha"]), adapter_name=adapter)
+            load_adapter_state_dict(self.backbone.denoiser, state, adapter)
+            self.adapters.append(adapter)
+            self.fractions.append(float(meta.get("active_fraction", 1.0)))
+            self.phrases[m.name] = identity_phrase(meta.get("token", "sks"), meta.get("class_word", "person"))
+
+    def full_prompt(self, prompt: str) -> str:
+        return group_prompt(prompt, self.phrases)
+
+    def frames(self, prompt: str, g: GenerateSettings, plan, adapter: bool, on_step):
+        from ..engine.generate import denoising_steps, gate_switch, generate_frames, plan_strength
+        from ..engine.regions import Person, RegionMixer
+        from ..engine.sampling import adapted_steps
+
+        run = denoising_steps(g.steps, plan_strength(plan))
+        people = [Person(a, (m.weight * g.adapter_scale) if adapter else 0.0,
+                         gate_switch(run, min(adapted_steps(g.steps, f), run)))
+                  for a, m, f in zip(self.adapters, self.members, self.fractions, strict=True)]
+        mixer = RegionMixer(self.backbone, people, self.boxes, plan.loras, self.feather)
+        frames = generate_frames(self.backbone, prompt, g, on_step=on_step, plan=plan, regions=mixer)
+        if not mixer.calls and any(p.scale for p in people):
+            raise PVError("this backbone's pipeline did not run the identities' regions (it calls another module)",
+                          "generate the identities one at a time")
+        regions = [{"identity": m.name, "box": list(b), "weight": p.scale, "active_fraction": f}
+                   for m, b, p, f in zip(self.members, self.boxes, people, self.fractions, strict=True)]
+        return frames, {"identities": [m.name for m in self.members], "region_mode": "latent",
+                        "feather": self.feather, "regions": regions, "adapter_scale": g.adapter_scale if adapter else 0.0}
