@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -27,7 +28,9 @@ def add_adapter(backbone: Backbone, targets: str, rank: int, alpha: float, adapt
     pattern = backbone.adapter_targets(targets)
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=pattern)
     try:
-        inject_adapter_in_model(config, backbone.denoiser, adapter_name=adapter_name)
+        with warnings.catch_warnings():  # peft warns that a second adapter (several identities) is a second adapter
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            inject_adapter_in_model(config, backbone.denoiser, adapter_name=adapter_name)
     except ValueError as exc:
         raise PVError(f"cannot add the identity adapter ({targets}): {exc}") from None
     names = [n for n, _ in lora_layers(backbone.denoiser)]

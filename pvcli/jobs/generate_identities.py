@@ -6,7 +6,6 @@ adapter loaded under its own name into one backbone, each acting in its own regi
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
 
 from ..context import Context
@@ -137,10 +136,8 @@ class GroupRenderer(IdentityRenderer):
         for k, m in enumerate(members):
             state, meta = read_adapter(ctx.store.path(m.name))
             adapter = f"pv_person{k + 1}"
-            with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
-                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                add_adapter(self.backbone, meta.get("targets", settings.adapter.targets), int(meta["rank"]),
-                            float(meta["alpha"]), adapter_name=adapter)
+            add_adapter(self.backbone, meta.get("targets", settings.adapter.targets), int(meta["rank"]),
+                        float(meta["alpha"]), adapter_name=adapter)
             load_adapter_state_dict(self.backbone.denoiser, state, adapter)
             self.adapters.append(adapter)
             self.fractions.append(float(meta.get("active_fraction", 1.0)))
