@@ -289,6 +289,7 @@ class _Group(Identity):
     members: list = field(default_factory=list)
     boxes: list = field(default_factory=list)
     feather: float | None = None
+    region_mode: str = "latent"
 
     @classmethod
     def load(cls, specs: list, layout: str, region_mode: str, feather: float | None, *, profile: str | None = None,
@@ -302,7 +303,7 @@ class _Group(Identity):
         if feather is not None and not (0 <= feather <= 0.5):
             raise PVError(f"feather must be between 0 and 0.5 (a fraction of the frame), got {feather}")
         group = cls(members[0].name, ctx.store.load_info(members[0].name), ctx, profile, overrides)
-        group.members, group.boxes, group.feather = members, boxes, feather
+        group.members, group.boxes, group.feather, group.region_mode = members, boxes, feather, region_mode
         return group
 
     def generate_many(self, requests, *, output=None, seeds=None, adapter=True, controls=None, loras=None,
@@ -315,7 +316,8 @@ class _Group(Identity):
 
         def renderer() -> GroupRenderer:
             if self._renderer is None:
-                self._renderer = GroupRenderer(self.context, self.members, resolved, self.boxes, self.feather)
+                self._renderer = GroupRenderer(self.context, self.members, resolved, self.boxes, self.feather,
+                                               self.region_mode)
             return self._renderer
 
         items = [requests] if isinstance(requests, (str, ClipRequest)) else requests

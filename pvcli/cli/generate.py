@@ -63,7 +63,8 @@ def register(app: typer.Typer, state: AppState) -> None:
         layout: str = typer.Option("left-right", "--layout", help="With --id and no boxes: left-right or top-bottom "
                                    "regions, in --id order."),
         region_mode: str = typer.Option("latent", "--region-mode", help="With --id: latent (each identity's "
-                                        "prediction in its region of the latent grid)."),
+                                        "prediction in its region of the latent grid; N+1 passes per step) or "
+                                        "layer (one pass, each adapted layer masked per token)."),
         device: str = DEVICE_OPT,
         as_json: bool = JSON_OPT,
         quiet: bool = QUIET_OPT,

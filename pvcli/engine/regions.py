@@ -123,10 +123,7 @@ class RegionMixer:
             activate_adapters(modules, dict(self.loras))
             self._inner = False
         shape = (1,) * (base.dim() - 2) + tuple(base.shape[-2:])  # (..., h, w): the latent grid, every frame
-        m = [masks[k].to(base.device, base.dtype).reshape(shape) for k in active]
-        out = base * (1 - torch.stack(m).sum(0))
-        for mk, pred in zip(m, preds, strict=True):
-            out = out + mk * pred
+        out = _blend(base, preds, [masks[k].to(base.device, base.dtype).reshape(shape) for k in active])
         self.calls += 1
         return _replace_first(output, out)
 
@@ -137,4 +134,141 @@ class RegionMixer:
 
     def __exit__(self, *exc):
         self._handle.remove()
+        return False
+
+
+def _full(output) -> tuple:
+    return tuple(output) if isinstance(output, (tuple, list)) else (output,)
+
+
+def _blend(base: torch.Tensor, preds: list, weights: list) -> torch.Tensor:
+    """(1 - sum w_k) * base + sum w_k * pred_k (weights: tensors broadcasting to base, or numbers)."""
+    total = sum(weights) if not isinstance(weights[0], torch.Tensor) else torch.stack(weights).sum(0)
+    out = base * (1 - total)
+    for w, pred in zip(weights, preds, strict=True):
+        out = out + w * pred
+    return out
+
+
+class LayerMixer:
+    """`layer` region mode: one pass with every identity's adapter on, each adapter's output at every
+    adapted layer multiplied per token by its identity's mask resized to that layer's token grid (a
+    UNet's per-frame h x w grid at each resolution, a transformer's (t, h, w) patch order). Deltas on
+    tokens that are not on the frame's grid (text: cross-attention keys and values, HunyuanVideo's text
+    projections) cannot be masked by position: there the attention runs once more per identity with
+    that identity's text-side deltas alone, and the outputs are blended per query by the masks (the base
+    model's text-side deltas stand where no identity's region is). Identities gate themselves per step
+    as in their own clips."""
+
+    def __init__(self, backbone: Backbone, people: list[Person], boxes: list[Box], loras: dict[str, float],
+                 feather: float = FEATHER):
+        if len(people) != len(boxes):
+            raise PVError(f"{len(people)} identities but {len(boxes)} regions")
+        self.bb, self.people, self.boxes, self.loras, self.feather = backbone, people, boxes, dict(loras), feather
+        self.step = 0
+        self.calls = 0
+        self.grid: tuple[int, int, int, int] | None = None  # (batch, latent frames, h, w) of this call
+        self.only: int | None = None  # inside a per-identity attention rerun: whose text-side delta passes
+        self.unplaced: set[int] = set()  # attention modules (ids) whose text-side deltas were held back
+        self._masks: dict = {}
+        self._handles: list = []
+
+    # ------------------------------------------------------------------ masks per layer
+    def _grid_mask(self, k: int, height: int, width: int) -> torch.Tensor:
+        key = ("grid", k, height, width)
+        if key not in self._masks:
+            self._masks[key] = region_mask(self.boxes[k], height, width, self.feather)
+        return self._masks[key]
+
+    def token_mask(self, k: int, shape: torch.Size) -> torch.Tensor | None:
+        """(tokens, 1) weights of identity k for an output of `shape` (..., tokens, features), or None
+        when its tokens are not on the frame's grid."""
+        if self.grid is None or len(shape) < 3:
+            return None
+        batch, frames, height, width = self.grid
+        lead = 1
+        for n in shape[:-2]:
+            lead *= n
+        tokens = shape[-2]
+        for d in (1, 2, 4, 8, 16, 32, 64):
+            h, w = -(-height // d), -(-width // d)
+            if lead == batch * frames and tokens == h * w:  # a UNet's spatial layers: frames in the batch
+                return self._grid_mask(k, h, w).reshape(-1, 1)
+            if lead == batch and tokens == frames * h * w:  # a transformer's (t, h, w) patches
+                return self._grid_mask(k, h, w).reshape(1, -1).expand(frames, -1).reshape(-1, 1)
+        return None
+
+    # ------------------------------------------------------------------ hooks
+    def _pre(self, module, args, kwargs):
+        x = args[0] if args else next((kwargs[n] for n in ("sample", "hidden_states") if n in kwargs), None)
+        if isinstance(x, torch.Tensor) and x.dim() == 5:
+            self.grid = (x.shape[0], x.shape[2], x.shape[3], x.shape[4])
+        weights = {p.adapter: (p.scale if p.switch is None or self.step > p.switch else 0.0) for p in self.people}
+        activate_adapters(self.bb.lora_modules(), {**weights, **self.loras})
+        return None
+
+    def _delta(self, k: int, owner: int, module, inputs, output):
+        m = self.token_mask(k, output.shape)
+        if m is not None:
+            return output * m.to(output.device, output.dtype)
+        self.unplaced.add(owner)
+        return output if self.only == k else output * 0
+
+    def _attention(self, module, args, kwargs, output):
+        if self.only is not None or id(module) not in self.unplaced:
+            return output
+        self.unplaced.discard(id(module))
+        base = _first(output)
+        masks = [self.token_mask(k, base.shape) for k in range(len(self.people))]
+        active = [k for k, p in enumerate(self.people) if masks[k] is not None and bool(masks[k].any())
+                  and p.scale and (p.switch is None or self.step > p.switch)]
+        if not active:
+            return output
+        full = []
+        try:
+            for k in active:
+                self.only = k
+                full.append(_full(module(*args, **kwargs)))
+        finally:
+            self.only = None
+        m = [masks[k].to(base.device, base.dtype) for k in active]
+        out = _blend(base, [f[0] for f in full], m)
+        if isinstance(output, tuple) and len(output) > 1:  # a joint block's text stream: blended by region area
+            _, _, height, width = self.grid
+            area = [self._grid_mask(k, height, width).mean().item() for k in active]
+            rest = [_blend(o, [f[j] for f in full], area) if isinstance(o, torch.Tensor) else o
+                    for j, o in enumerate(output[1:], 1)]
+            return (out, *rest)
+        return _replace_first(output, out)
+
+    def __enter__(self):
+        from .adapter import lora_layers
+
+        den = self.bb.denoiser
+        names = {p.adapter: k for k, p in enumerate(self.people)}
+        modules = dict(den.named_modules())
+        owners = {}
+        for name, layer in lora_layers(den):
+            owner = modules.get(name.rsplit(".", 2)[0] if name.endswith(".0") else name.rsplit(".", 1)[0], den)
+            owners[id(owner)] = owner
+            for adapter, k in names.items():
+                if adapter in layer.lora_B:
+                    self._handles.append(layer.lora_B[adapter].register_forward_hook(
+                        lambda mod, i, o, k=k, o_id=id(owner): self._delta(k, o_id, mod, i, o)))
+        for owner in owners.values():
+            if owner is not den:
+                self._handles.append(owner.register_forward_hook(self._attention, with_kwargs=True))
+        self._handles.append(den.register_forward_pre_hook(self._pre, with_kwargs=True))
+        self._handles.append(den.register_forward_hook(self._count))
+        return self
+
+    def _count(self, module, inputs, output):
+        self.calls += 1
+        return output
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        activate_adapters(self.bb.lora_modules(), dict(self.loras))
         return False

@@ -14,7 +14,7 @@ from ..settings import GenerateSettings
 from .generate import IdentityRenderer, check_backbone_matches
 
 PRESETS = ("left-right", "top-bottom")
-REGION_MODES = ("latent",)
+REGION_MODES = ("latent", "layer")
 SPEC_HELP = "--id NAME, NAME:WEIGHT, NAME=box:x1,y1,x2,y2 or NAME:WEIGHT=box:... (fractions of the frame)"
 
 
@@ -119,7 +119,8 @@ def group_prompt(prompt: str, phrases: dict[str, str]) -> str:
 class GroupRenderer(IdentityRenderer):
     """Several identities loaded once into one backbone; renders clips with each in its region."""
 
-    def __init__(self, ctx: Context, members: list[Member], settings, boxes: list, feather: float | None = None):
+    def __init__(self, ctx: Context, members: list[Member], settings, boxes: list, feather: float | None = None,
+                 region_mode: str = "latent"):
         from ..engine.adapter import add_adapter, load_adapter_state_dict
         from ..engine.prompts import identity_phrase
         from ..engine.regions import FEATHER
@@ -128,6 +129,7 @@ class GroupRenderer(IdentityRenderer):
 
         self.ctx, self.settings, self.members, self.boxes = ctx, settings, members, boxes
         self.feather = FEATHER if feather is None else feather
+        self.region_mode = region_mode
         self.name = "+".join(m.name for m in members)
         for m in members:
             check_backbone_matches(ctx.store.load_info(m.name), settings.backbone.name, m.name)
@@ -148,19 +150,20 @@ class GroupRenderer(IdentityRenderer):
 
     def frames(self, prompt: str, g: GenerateSettings, plan, adapter: bool, on_step):
         from ..engine.generate import denoising_steps, gate_switch, generate_frames, plan_strength
-        from ..engine.regions import Person, RegionMixer
+        from ..engine.regions import LayerMixer, Person, RegionMixer
         from ..engine.sampling import adapted_steps
 
         run = denoising_steps(g.steps, plan_strength(plan))
         people = [Person(a, (m.weight * g.adapter_scale) if adapter else 0.0,
                          gate_switch(run, min(adapted_steps(g.steps, f), run)))
                   for a, m, f in zip(self.adapters, self.members, self.fractions, strict=True)]
-        mixer = RegionMixer(self.backbone, people, self.boxes, plan.loras, self.feather)
+        mixer = (LayerMixer if self.region_mode == "layer" else RegionMixer)(self.backbone, people, self.boxes,
+                                                                             plan.loras, self.feather)
         frames = generate_frames(self.backbone, prompt, g, on_step=on_step, plan=plan, regions=mixer)
         if not mixer.calls and any(p.scale for p in people):
             raise PVError("this backbone's pipeline did not run the identities' regions (it calls another module)",
                           "generate the identities one at a time")
         regions = [{"identity": m.name, "box": list(b), "weight": p.scale, "active_fraction": f}
                    for m, b, p, f in zip(self.members, self.boxes, people, self.fractions, strict=True)]
-        return frames, {"identities": [m.name for m in self.members], "region_mode": "latent",
+        return frames, {"identities": [m.name for m in self.members], "region_mode": self.region_mode,
                         "feather": self.feather, "regions": regions, "adapter_scale": g.adapter_scale if adapter else 0.0}
