@@ -25,7 +25,9 @@ from ..errors import PVError
 from .adapter import activate_adapters
 
 Box = tuple[float, float, float, float]
-FEATHER = 0.0625  # soft edge width between regions, as a fraction of the frame
+FEATHER = 0.0625
+# the projections that may read text tokens (cross-attention keys/values, a joint block's text side)
+TEXT_SIDE = ("to_k", "to_v", "add_k_proj", "add_v_proj", "add_q_proj")  # soft edge width between regions, as a fraction of the frame
 
 
 def region_mask(box: Box, height: int, width: int, feather: float = FEATHER) -> torch.Tensor:
@@ -170,6 +172,7 @@ class LayerMixer:
         self.grid: tuple[int, int, int, int] | None = None  # (batch, latent frames, h, w) of this call
         self.only: int | None = None  # inside a per-identity attention rerun: whose text-side delta passes
         self.unplaced: set[int] = set()  # attention modules (ids) whose text-side deltas were held back
+        self.unmasked: set[int] = set()  # adapted layers off the grid that are no text side: unmasked
         self._masks: dict = {}
         self._handles: list = []
 
@@ -181,17 +184,20 @@ class LayerMixer:
         return self._masks[key]
 
     def token_mask(self, k: int, shape: torch.Size) -> torch.Tensor | None:
-        """(tokens, 1) weights of identity k for an output of `shape` (..., tokens, features), or None
-        when its tokens are not on the frame's grid."""
+        """Identity k's weights broadcasting over an output of `shape`, or None when the output is not on
+        the frame's grid: tokens (..., tokens, features) of a UNet's per-frame h x w grid or a
+        transformer's (t, h, w) patches, or feature maps (frames, channels, h, w) of a convolution."""
         if self.grid is None or len(shape) < 3:
             return None
         batch, frames, height, width = self.grid
-        lead = 1
-        for n in shape[:-2]:
-            lead *= n
-        tokens = shape[-2]
         for d in (1, 2, 4, 8, 16, 32, 64):
             h, w = -(-height // d), -(-width // d)
+            if len(shape) == 4 and shape[0] == batch * frames and tuple(shape[-2:]) == (h, w):
+                return self._grid_mask(k, h, w)  # a convolution's feature map
+            lead = 1
+            for n in shape[:-2]:
+                lead *= n
+            tokens = shape[-2]
             if lead == batch * frames and tokens == h * w:  # a UNet's spatial layers: frames in the batch
                 return self._grid_mask(k, h, w).reshape(-1, 1)
             if lead == batch and tokens == frames * h * w:  # a transformer's (t, h, w) patches
@@ -207,10 +213,13 @@ class LayerMixer:
         activate_adapters(self.bb.lora_modules(), {**weights, **self.loras})
         return None
 
-    def _delta(self, k: int, owner: int, module, inputs, output):
+    def _delta(self, k: int, owner: int, text_side: bool, module, inputs, output):
         m = self.token_mask(k, output.shape)
         if m is not None:
             return output * m.to(output.device, output.dtype)
+        if not text_side:  # off the grid and not an attention's text side: it acts everywhere (counted)
+            self.unmasked.add(id(module))
+            return output
         self.unplaced.add(owner)
         return output if self.only == k else output * 0
 
@@ -251,10 +260,11 @@ class LayerMixer:
         for name, layer in lora_layers(den):
             owner = modules.get(name.rsplit(".", 2)[0] if name.endswith(".0") else name.rsplit(".", 1)[0], den)
             owners[id(owner)] = owner
+            text_side = name.rsplit(".", 1)[-1] in TEXT_SIDE
             for adapter, k in names.items():
                 if adapter in layer.lora_B:
                     self._handles.append(layer.lora_B[adapter].register_forward_hook(
-                        lambda mod, i, o, k=k, o_id=id(owner): self._delta(k, o_id, mod, i, o)))
+                        lambda mod, i, o, k=k, o_id=id(owner), t=text_side: self._delta(k, o_id, t, mod, i, o)))
         for owner in owners.values():
             if owner is not den:
                 self._handles.append(owner.register_forward_hook(self._attention, with_kwargs=True))
