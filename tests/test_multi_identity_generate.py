@@ -108,7 +108,6 @@ def test_a_batch_from_stdin_names_the_group(home, tmp_path):
     (["x", "--id", "alice:lots"], "the weight 'lots' is not a number"),
     (["x", "--id", "alice:nan"], "the weight must be between 0 and 4"),
     (["x", "--id", "alice=circle:1"], "a region is box:x1,y1,x2,y2"),
-    (["x", "--id", "alice", "--layout", "auto"], "--layout auto (find the people in a first pass) is not available"),
     (["x", "--id", "alice", "--layout", "[bold]diag"], "unknown --layout '[bold]diag'"),
     (["x", "--id", "alice", "--region-mode", "pixel"], "unknown --region-mode 'pixel'"),
     (["x", "y", "--id", "alice"], "with --id the prompt comes first and alone"),
@@ -233,3 +232,33 @@ def test_regions_leak_less_than_both_adapters_everywhere(family, factory, profil
         for k in range(2):
             leak = (clip[sides[k]] - alone[k][sides[k]]).abs().mean() / (naive[sides[k]] - alone[k][sides[k]]).abs().mean()
             assert leak < 0.5, (mixer.__name__, k, float(leak))
+
+
+def test_layout_auto_finds_the_people_and_says_when_it_cannot(home, tmp_path, encoder):
+    """The regions of --layout auto come from the faces a first pass drew, left to right; the tiny model
+    draws none, so it says so and falls back to left-right strips."""
+    import cv2
+    import skimage.data
+
+    from pvcli.jobs.generate_identities import regions_from_faces
+
+    astro = skimage.data.astronaut()
+    face = max(encoder.detect(astro), key=lambda f: f.area)
+    x1, y1, x2, y2 = (int(v) for v in face.box)
+    crop = cv2.resize(astro[max(0, y1 - 40):y2 + 60, max(0, x1 - 40):x2 + 40], (128, 160))
+    frame = np.concatenate([np.full((160, 64, 3), 128, np.uint8), crop, crop, np.full((160, 64, 3), 128, np.uint8)], 1)
+    found = [encoder.detect(frame)] * 3
+    warnings = []
+    boxes = regions_from_faces(found, 2, *frame.shape[:2], warnings.append)
+    assert not warnings and len(boxes) == 2
+    centres = sorted(((f.box[0] + f.box[2]) / 2 / frame.shape[1], (f.box[1] + f.box[3]) / 2 / frame.shape[0])
+                     for f in found[0])
+    for (cx, cy), (bx1, by1, bx2, by2) in zip(centres, boxes, strict=True):
+        assert bx1 <= cx <= bx2 and by1 <= cy <= by2  # each region holds its person's face
+    assert boxes[0][2] <= boxes[1][0]  # and they do not overlap
+    res = run("generate", "alice and bob talking", "--id", "alice", "--id", "bob", "--layout", "auto", *QUICK,
+              "-o", tmp_path / "auto.gif", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert "--layout auto: the first pass shows 0 face(s) for 2 identities" in res.stderr
+    record = json.loads(res.stdout)
+    assert record["layout"] == "auto" and [r["box"] for r in record["regions"]] == [[0, 0, 0.5, 1], [0.5, 0, 1, 1]]

@@ -14,6 +14,7 @@ from ..settings import GenerateSettings
 from .generate import IdentityRenderer, check_backbone_matches
 
 PRESETS = ("left-right", "top-bottom")
+AUTO_GROW = (1.0, 0.6, 1.0, 2.5)  # a face box grown to a person's region: left, up, right, down (x its size)
 REGION_MODES = ("latent", "layer")
 SPEC_HELP = "--id NAME, NAME:WEIGHT, NAME=box:x1,y1,x2,y2 or NAME:WEIGHT=box:... (fractions of the frame)"
 
@@ -73,8 +74,7 @@ def group_boxes(members: list[Member], layout: str) -> list:
                                   "each person needs a region of their own (boxes may touch)")
         return given
     if layout == "auto":
-        raise PVError("--layout auto (find the people in a first pass) is not available yet",
-                      f"use a preset ({', '.join(PRESETS)}) or explicit boxes")
+        return []  # found per clip, in a first pass (GroupRenderer)
     if layout not in PRESETS:
         raise PVError(f"unknown --layout {layout!r}", f"layouts: {', '.join(PRESETS)}, or boxes in --id")
     return layout_regions(len(members), layout)
@@ -116,8 +116,45 @@ def group_prompt(prompt: str, phrases: dict[str, str]) -> str:
     return text
 
 
+def regions_from_faces(faces_per_frame: list[list], n: int, height: int, width: int, warn) -> list:
+    """`--layout auto`: the people a first pass drew, left to right, one region each. Frames with at
+    least n faces vote: their n largest faces, sorted by centre x, give each rank a box (the union over
+    frames, grown from the face to the person: AUTO_GROW), and neighbours are split halfway where they
+    overlap. A rank no frame shows falls back to its left-right strip, with a warning."""
+    from ..engine.face_assignment import layout_regions
+
+    ranks: list[list] = [[] for _ in range(n)]
+    for faces in faces_per_frame:
+        if len(faces) < n:
+            continue
+        largest = sorted(faces, key=lambda f: -f.area)[:n]
+        for r, f in enumerate(sorted(largest, key=lambda f: f.box[0] + f.box[2])):
+            ranks[r].append(f.box)
+    strips = layout_regions(n)
+    if not ranks[0]:
+        most = max((len(f) for f in faces_per_frame), default=0)
+        warn(f"--layout auto: the first pass shows {most} face(s) for {n} identities in every frame; "
+             "using left-right strips")
+        return strips
+    boxes = []
+    for boxes_r in ranks:
+        x1, y1 = min(b[0] for b in boxes_r), min(b[1] for b in boxes_r)
+        x2, y2 = max(b[2] for b in boxes_r), max(b[3] for b in boxes_r)
+        fw, fh = x2 - x1, y2 - y1
+        gl, gu, gr, gd = AUTO_GROW
+        boxes.append([max(0.0, (x1 - gl * fw) / width), max(0.0, (y1 - gu * fh) / height),
+                      min(1.0, (x2 + gr * fw) / width), min(1.0, (y2 + gd * fh) / height)])
+    for a, b in zip(boxes, boxes[1:], strict=False):  # neighbours meet halfway where they overlap
+        if a[2] > b[0]:
+            a[2] = b[0] = (a[2] + b[0]) / 2
+    return [tuple(b) for b in boxes]
+
+
 class GroupRenderer(IdentityRenderer):
-    """Several identities loaded once into one backbone; renders clips with each in its region."""
+    """Several identities loaded once into one backbone; renders clips with each in its region.
+    Without boxes (`--layout auto`) each clip first renders without the identities, the encoder of
+    the first identity finds the people's faces in it, and the clip renders again from the same noise
+    with a region per person (regions_from_faces)."""
 
     def __init__(self, ctx: Context, members: list[Member], settings, boxes: list, feather: float | None = None,
                  region_mode: str = "latent"):
@@ -148,22 +185,36 @@ class GroupRenderer(IdentityRenderer):
     def full_prompt(self, prompt: str) -> str:
         return group_prompt(prompt, self.phrases)
 
+    def auto_boxes(self, prompt: str, g: GenerateSettings, plan) -> list:
+        from ..engine.generate import generate_frames
+        from ..engine.metrics import detect_faces
+
+        if getattr(self, "_finder", None) is None:
+            name = self.ctx.store.load_info(self.members[0].name).get("encoder") or "facenet"
+            self._finder = self.ctx.registry.create("encoders", name, options={}, device=self.ctx.device or "cpu")
+        self.ctx.reporter.status("--layout auto: a first pass without the identities, to find the people")
+        first = generate_frames(self.backbone, prompt, g, plan=plan, adapter_scale=0.0).numpy()
+        faces = [detect_faces(self._finder, frame) for frame in first]
+        return regions_from_faces(faces, len(self.members), first.shape[1], first.shape[2], self.ctx.reporter.warn)
+
     def frames(self, prompt: str, g: GenerateSettings, plan, adapter: bool, on_step):
         from ..engine.generate import denoising_steps, gate_switch, generate_frames, plan_strength
         from ..engine.regions import LayerMixer, Person, RegionMixer
         from ..engine.sampling import adapted_steps
 
+        boxes = self.boxes or self.auto_boxes(prompt, g, plan)
         run = denoising_steps(g.steps, plan_strength(plan))
         people = [Person(a, (m.weight * g.adapter_scale) if adapter else 0.0,
                          gate_switch(run, min(adapted_steps(g.steps, f), run)))
                   for a, m, f in zip(self.adapters, self.members, self.fractions, strict=True)]
-        mixer = (LayerMixer if self.region_mode == "layer" else RegionMixer)(self.backbone, people, self.boxes,
+        mixer = (LayerMixer if self.region_mode == "layer" else RegionMixer)(self.backbone, people, boxes,
                                                                              plan.loras, self.feather)
         frames = generate_frames(self.backbone, prompt, g, on_step=on_step, plan=plan, regions=mixer)
         if not mixer.calls and any(p.scale for p in people):
             raise PVError("this backbone's pipeline did not run the identities' regions (it calls another module)",
                           "generate the identities one at a time")
         regions = [{"identity": m.name, "box": list(b), "weight": p.scale, "active_fraction": f}
-                   for m, b, p, f in zip(self.members, self.boxes, people, self.fractions, strict=True)]
+                   for m, b, p, f in zip(self.members, boxes, people, self.fractions, strict=True)]
         return frames, {"identities": [m.name for m in self.members], "region_mode": self.region_mode,
+                        "layout": "auto" if not self.boxes else "given",
                         "feather": self.feather, "regions": regions, "adapter_scale": g.adapter_scale if adapter else 0.0}
