@@ -156,7 +156,7 @@ class LayerMixer:
     """`layer` region mode: one pass with every identity's adapter on, each adapter's output at every
     adapted layer multiplied per token by its identity's mask resized to that layer's token grid (a
     UNet's per-frame h x w grid at each resolution, a transformer's (t, h, w) patch order). Deltas on
-    tokens that are not on the frame's grid (text: cross-attention keys and values, HunyuanVideo's text
+    tokens that are not on the frame's grid (text: cross-attention keys and values, a joint block's text
     projections) cannot be masked by position: there the attention runs once more per identity with
     that identity's text-side deltas alone, and the outputs are blended per query by the masks (the base
     model's text-side deltas stand where no identity's region is). Identities gate themselves per step
