@@ -1,6 +1,6 @@
 """What a trusted store promises: data on the disk before its name (fsync around every publish),
-no moment without an identity while it is replaced, leftovers of another host's writer left alone and
-the process umask never changed."""
+no moment without an identity while it is replaced, leftovers of another host's writer left alone,
+the process umask never changed, and identity locks where `fcntl` does not exist."""
 
 import json
 import os
@@ -148,3 +148,25 @@ def test_the_process_umask_is_never_changed_and_new_files_get_its_permissions(tm
     finally:
         monkeypatch.undo()
         os.umask(old)
+
+
+LOCK_WITHOUT_FCNTL = r"""
+import sys
+sys.modules["fcntl"] = None  # a platform without fcntl (Windows has none)
+from pvcli.errors import PVError
+from pvcli.locks import IdentityLock
+from pvcli.store import Store
+
+with IdentityLock(Store(), "alice", "tuned"):
+    try:
+        IdentityLock(Store(), "alice", "imported").__enter__()
+    except PVError as exc:
+        print(exc)
+"""
+
+
+def test_identity_locks_hold_where_there_is_no_fcntl(pv_home):
+    r = subprocess.run([sys.executable, "-c", LOCK_WITHOUT_FCNTL], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PV_HOME": str(pv_home)})
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert "identity 'alice' is being tuned by process" in r.stdout, r.stdout + r.stderr
