@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import run
+from conftest import copy_home, run
 
 import pvcli.store as store_mod
 from pvcli.errors import PVError
@@ -80,6 +80,15 @@ def test_readers_never_see_no_identity_while_it_is_replaced(tmp_path, pv_home):
         _write(store, "alice", "three")
     _write(store, "alice", "three", force=True)
     assert store.load_info("alice")["marker"] == "three" and sorted(p.name for p in store.root.iterdir()) == ["alice", "bob"]
+
+
+def test_commands_read_an_identity_its_killed_replacer_left_aside(tuned_alice, tmp_path):
+    home = copy_home(tuned_alice, tmp_path / "pvhome")
+    store = Store(home)
+    _move_aside(store, "alice", pid=_dead_pid())
+    out = tmp_path / "alice.safetensors"
+    r = run("export", "alice", "-o", out, env={"PV_HOME": str(home)})
+    assert r.exit_code == 0 and out.is_file(), r.stderr
 
 
 def test_every_publish_flushes_the_data_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
