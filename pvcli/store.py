@@ -70,8 +70,12 @@ class Store:
         m = ASIDE_RE.match(aside.parent.name)
         if m.group(3) in (None, THIS_HOST) and not _pid_alive(int(m.group(2))):
             return aside  # its writer was killed between the renames: the old folder is the identity
-        end = time.monotonic() + REPLACE_WAIT_S
-        while time.monotonic() < end:  # the second rename follows the first at once
+        try:  # the second rename follows the first at once: wait until REPLACE_WAIT_S after the first
+            left = min(REPLACE_WAIT_S, aside.parent.stat().st_mtime + REPLACE_WAIT_S - time.time())
+        except OSError:
+            left = 0.0
+        end = time.monotonic() + left
+        while time.monotonic() < end:
             time.sleep(0.005)
             if (final / IDENTITY_FILE).is_file():
                 return final
