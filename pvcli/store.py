@@ -89,7 +89,7 @@ class Store:
             return []
         found = {p.name for p in self.root.iterdir() if NAME_RE.match(p.name)}
         found |= {m.group(1) for p in self.root.iterdir() if (m := ASIDE_RE.match(p.name))}  # mid-replace
-        return sorted(n for n in found if self.exists(n))
+        return sorted(n for n in found if not n.endswith((".tmp", ".old")) and self.exists(n))
 
     def load_info(self, name: str) -> dict:
         path = self.folder(name) / IDENTITY_FILE
