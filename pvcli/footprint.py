@@ -10,6 +10,9 @@ libraries it loads. Left alone, they would:
 - torch: importing `torch._dynamo` (diffusers and peft do) creates `$TMPDIR/torchinductor_USER`.
 - matplotlib (the plots of `pv report`, `pv eval --report`): `~/.config/matplotlib` and a font
   cache in `~/.cache/matplotlib`.
+- On a GPU (not measured here: these machines have none), the CUDA driver's JIT cache
+  (`~/.nv/ComputeCache`, `CUDA_CACHE_PATH`) and Triton's kernel cache (`~/.triton`,
+  `TRITON_CACHE_DIR`), by their documented defaults.
 
 `contain()` runs when pvcli is imported and points these at `PV_HOME/cache/` (or turns them off);
 a variable the user has already set is left as it is."""
@@ -26,6 +29,8 @@ def contain() -> None:
     cache = home() / "cache"
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "torchinductor"))
     os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
+    os.environ.setdefault("CUDA_CACHE_PATH", str(cache / "cuda"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
 
 
 def onnxruntime():

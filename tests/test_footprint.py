@@ -26,7 +26,8 @@ def test_a_run_writes_nothing_outside_its_output_and_pv_home(astronaut, tmp_path
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items()  # what pv sets in this process is not the user's choice
-           if k not in ("ORT_DISABLE_TELEMETRY", "TORCHINDUCTOR_CACHE_DIR", "MPLCONFIGDIR")}
+           if k not in ("ORT_DISABLE_TELEMETRY", "TORCHINDUCTOR_CACHE_DIR", "MPLCONFIGDIR", "CUDA_CACHE_PATH",
+                         "TRITON_CACHE_DIR")}
     env.update({k: str(v) for k, v in outside.items()}, PV_HOME=str(tmp_path / "pvhome"), HF_HUB_OFFLINE="1")
     r = subprocess.run([sys.executable, "-c", RUNS, str(astronaut)], cwd=work, env=env, capture_output=True, text=True,
                        timeout=600)
