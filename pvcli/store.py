@@ -236,6 +236,14 @@ def fsync(path: Path) -> None:
             return
         raise
     try:
+        if sys.platform == "darwin":  # macOS's fsync leaves the data in the drive's cache; F_FULLFSYNC flushes it
+            import fcntl
+
+            try:
+                fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+                return
+            except OSError:  # a file system without it
+                pass
         os.fsync(fd)
     except OSError as exc:  # a file system that cannot flush folders (some network ones)
         if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EROFS):
