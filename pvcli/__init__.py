@@ -9,10 +9,11 @@ The Python API (see `pvcli.api`) loads on first use:
 
 import pluggy
 
-from . import moved
+from . import footprint, moved
 
 __version__ = "0.2.0"
 moved.install()  # old module names of pv 0.1 still import, with a DeprecationWarning
+footprint.contain()  # no telemetry, and library caches under PV_HOME (before any library loads)
 
 hookimpl = pluggy.HookimplMarker("pv")
 """Decorator for plugin hook implementations: `from pvcli import hookimpl`."""

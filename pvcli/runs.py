@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from .errors import PVError
-from .store import Store, atomic_write_bytes, atomic_write_file, validate_name
+from .store import Store, atomic_write_bytes, atomic_write_file, fsync_tree, make_dirs, validate_name
 
 
 class Run:
@@ -36,7 +36,7 @@ class Run:
         copies' paths. run.json is written last, so a run whose start failed does not exist."""
         if self.root.exists():
             shutil.rmtree(self.root)
-        self.checkpoints.mkdir(parents=True)
+        make_dirs(self.checkpoints)
         self.samples.mkdir()
         self.photos.mkdir()
         copies = []
@@ -49,7 +49,9 @@ class Run:
                               f"{exc.strerror or exc}") from None
             copies.append(dst)
         (self.root / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
-        (self.root / "run.json").write_text(json.dumps({**inputs, "photos": [c.name for c in copies]}, indent=2) + "\n")
+        fsync_tree(self.root)  # on the disk before run.json says the run exists
+        atomic_write_bytes(self.root / "run.json",
+                           (json.dumps({**inputs, "photos": [c.name for c in copies]}, indent=2) + "\n").encode())
         return copies
 
     def photo_paths(self, inputs: dict) -> list[Path]:

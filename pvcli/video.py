@@ -9,14 +9,13 @@ import json
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import PVError
 from .paths import check_parent, write_error
-from .store import atomic_write_file, swap_into_place, sweep_stale, temp_prefix
+from .store import atomic_write_file, make_dirs, make_temp, swap_into_place, sweep_stale
 
 OUTPUT_SUFFIXES = (".mp4", ".gif", ".webp")
 FRAME_PATTERN = "frame_{:05d}.png"
@@ -88,9 +87,9 @@ def _write_frames(frames: np.ndarray, path: Path, metadata: dict | None) -> Path
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     sweep_stale(path)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent))
+    tmp = make_temp(path.parent, path.name, ".tmp", folder=True)
     try:
         info = PngInfo()
         info.add_text("pv", json.dumps(metadata or {}, sort_keys=True))

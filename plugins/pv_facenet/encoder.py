@@ -48,7 +48,9 @@ def _package_dir(module: str, pip_name: str) -> Path:
 
 
 def _providers(device: str) -> list[str]:
-    import onnxruntime as ort
+    from pvcli.footprint import onnxruntime
+
+    ort = onnxruntime()
 
     available = ort.get_available_providers()
     if device.startswith("cuda") and "CUDAExecutionProvider" in available:

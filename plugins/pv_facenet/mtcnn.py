@@ -74,7 +74,9 @@ def _prep(batch: np.ndarray) -> np.ndarray:
 class MTCNN:
     def __init__(self, model_dir: Path, providers: list[str], min_face_size: int = 20,
                  thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), scale_factor: float = 0.709):
-        import onnxruntime as ort
+        from pvcli.footprint import onnxruntime
+
+        ort = onnxruntime()
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3

@@ -19,7 +19,9 @@ class InsightFaceOptions:
 
 
 def _providers(device: str) -> list[str]:
-    import onnxruntime as ort
+    from pvcli.footprint import onnxruntime
+
+    ort = onnxruntime()
 
     if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -28,7 +30,9 @@ def _providers(device: str) -> list[str]:
 
 def _classify(pack_dir: Path) -> tuple[Path, Path]:
     """The pack's SCRFD detector (>= 5 outputs) and recognition model (112x112 input, 1 output)."""
-    import onnxruntime as ort
+    from pvcli.footprint import onnxruntime
+
+    ort = onnxruntime()
 
     det = rec = None
     for path in sorted(pack_dir.glob("*.onnx")):

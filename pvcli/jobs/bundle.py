@@ -94,7 +94,7 @@ def export_bundle(ctx: Context, name: str, output: Path | None = None, force: bo
     if output.suffix.lower() != ".pvid":
         raise PVError(f"a bundle is a .pvid file, got {output.name}")
     _check_writable(output, force)
-    folder = ctx.store.path(name)
+    folder = ctx.store.folder(name)
     members: dict[str, bytes] = {}
     for item in (*REQUIRED, *OPTIONAL):
         if (folder / item).is_file():

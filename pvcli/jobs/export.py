@@ -149,7 +149,7 @@ def export_lora(ctx: Context, name: str, fmt: str, output: Path | None = None, f
 
     check_any_format(ctx, fmt)
     ctx.store.load_info(name)  # the "no identity named ..." error
-    state, meta = read_adapter(ctx.store.path(name))
+    state, meta = read_adapter(ctx.store.folder(name))
     meta = {**meta, "identity": name}
     kind, writer = lora_writer(ctx, meta, fmt)
     example = Path(f"{name}.safetensors" if kind == "diffusers" else f"{name}_{kind}.safetensors")

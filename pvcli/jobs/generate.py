@@ -43,7 +43,7 @@ def identity_settings(ctx: Context, name: str, profile: str | None = None, overl
 
     if profile:
         return resolve(profile, overlays)[1]
-    return from_dict(read_settings(ctx.store.path(name)), overlays)
+    return from_dict(read_settings(ctx.store.folder(name)), overlays)
 
 
 def check_backbone_matches(info: dict, backbone_name: str, name: str) -> None:
@@ -62,7 +62,7 @@ class IdentityRenderer:
         self.ctx, self.name, self.settings = ctx, name, settings
         info = ctx.store.load_info(name)
         check_backbone_matches(info, settings.backbone.name, name)
-        state, meta = read_adapter(ctx.store.path(name))
+        state, meta = read_adapter(ctx.store.folder(name))
         self.backbone = build_backbone(ctx, settings)
         for key, value in self.backbone.describe().items():  # the backbone's own ids: base model, ...
             if key in meta and meta[key] != value:

@@ -31,7 +31,7 @@ def identity_report(ctx: Context, name: str, output: Path | None = None) -> dict
     """Write identity `name`'s report to `output` (default NAME.html); returns what was written."""
     info = ctx.store.load_info(name)  # "no identity named ..." before anything else
     out = wp.check_page_path(output if output is not None else Path(f"{name}.html"), "-o", f"{name}.html")
-    folder = ctx.store.path(name)
+    folder = ctx.store.folder(name)
     ctx.reporter.status(f"writing the report of {name}")
     counts = {"images": 0, "samples": 0}
     sections = [

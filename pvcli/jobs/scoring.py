@@ -78,7 +78,7 @@ def identity_words(store: Store | None, name: str | None) -> tuple[str, str]:
         from ..identity_files import ADAPTER_FILE
 
         try:
-            with safe_open(str(store.path(name) / ADAPTER_FILE), "pt") as fh:
+            with safe_open(str(store.folder(name) / ADAPTER_FILE), "pt") as fh:
                 meta = fh.metadata() or {}
             token, cls = meta.get("token", token), meta.get("class_word", cls)
         except Exception:  # an unreadable adapter: keep the defaults
@@ -109,7 +109,7 @@ def reference_photos(store: Store, refs: list[str]) -> list[Path]:
     paths: list[Path] = []
     for item in refs:
         if not Path(item).expanduser().exists() and store.exists(item):
-            folder = store.path(item)
+            folder = store.folder(item)
             kept = sorted((folder / "refs").glob("photo_*"))
             paths += kept or expand_photos(store.load_info(item)["photos"])
         else:
