@@ -11,6 +11,7 @@ from ..contracts import Backbone
 from ..errors import PVError
 
 ADAPTER_NAME = "pv_identity"
+ADAPTER_SEED_OFFSET = 5  # see add_adapter
 
 
 def lora_layers(model: torch.nn.Module):
@@ -19,14 +20,23 @@ def lora_layers(model: torch.nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
 
 
-def add_adapter(backbone: Backbone, targets: str, rank: int, alpha: float) -> list[str]:
-    """Inject the adapter into backbone.denoiser, freeze everything else, return adapted layer names."""
+def add_adapter(backbone: Backbone, targets: str, rank: int, alpha: float, seed: int = 0) -> list[str]:
+    """Inject the adapter into backbone.denoiser, freeze everything else, return adapted layer names.
+    Its initial weights are a function of `seed` alone (the tune seed): peft draws lora_A from
+    torch's global generator, whose state depends on whatever ran before in the process (a cached
+    model that was or was not built, an earlier tune), so the draw is made from `seed` and the global
+    stream is left as it was. The draw's generator is seeded `seed + 5`, apart from the tune's noise
+    stream (seeded `seed`), so the first lora_A is not the first clip's noise rescaled."""
     from peft import LoraConfig, inject_adapter_in_model
 
     pattern = backbone.adapter_targets(targets)
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=pattern)
     try:
-        inject_adapter_in_model(config, backbone.denoiser, adapter_name=ADAPTER_NAME)
+        # peft builds each lora_A on the CPU and draws it there before moving it to the layer's
+        # device: the CPU generator alone decides it, whatever the device
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed + ADAPTER_SEED_OFFSET)
+            inject_adapter_in_model(config, backbone.denoiser, adapter_name=ADAPTER_NAME)
     except ValueError as exc:
         raise PVError(f"cannot add the identity adapter ({targets}): {exc}") from None
     names = [n for n, _ in lora_layers(backbone.denoiser)]
