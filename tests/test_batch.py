@@ -134,7 +134,6 @@ def test_video_to_video_gates_the_identity_over_the_timesteps_it_was_tuned_on(tm
     the part of that tail inside its window: all 3 at strength 0.6 (6 steps), both at 0.2 (2 steps).
     Counting the quarter over the steps run instead (2 and 1) adapts the wrong noise levels."""
     import cv2
-    import torch
 
     from pvcli.api import make_context
     from pvcli.engine.adapter import ADAPTER_NAME, lora_layers
