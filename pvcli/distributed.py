@@ -52,15 +52,17 @@ class DataParallel:
             dist.broadcast(p.data, 0)
 
     def drift(self, params) -> float:
-        """The largest difference between replicas' adapter weights (0 when in sync)."""
+        """The largest absolute difference between replicas' adapter weights, over every weight (0
+        when in sync): each weight's highest and lowest value across processes, compared weight by
+        weight (sums would hide changes that cancel)."""
         import torch
         import torch.distributed as dist
 
-        total = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1)
-        high, low = total.clone(), total.clone()
+        flat = torch.cat([p.detach().flatten().double() for p in params])
+        high, low = flat, flat.clone()
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
         dist.all_reduce(low, op=dist.ReduceOp.MIN)
-        return float(high - low)
+        return float((high - low).max()) if flat.numel() else 0.0
 
     def barrier(self) -> None:
         import torch.distributed as dist

@@ -26,11 +26,23 @@ def test_sdxl_conditioning_has_pooled_embeddings_and_the_empty_prompt_is_zero(ti
     assert cond["embeds"][0].abs().sum() > 0 and cond["embeds"][1].abs().sum() == 0  # SDXL's empty prompt
     batched = tiny_sdxl.cat_conditioning([cond, cond])
     assert batched["embeds"].shape[0] == 4 and batched["pooled"].shape[0] == 4
-    # the time ids change the output: the size conditioning reaches the UNet
+    # the text conditioning reaches the UNet (zeroed embeddings change the output; the time ids: below)
     lat = torch.randn(1, 4, 2, 8, 8)
     a = tiny_sdxl.predict_noise(lat, 500, {k: v[:1] for k, v in cond.items()})
     b = tiny_sdxl.predict_noise(torch.randn(1, 4, 2, 8, 8) * 0 + lat, 500, {k: v[:1] * 0 for k, v in cond.items()})
     assert a.shape == lat.shape and not torch.allclose(a, b)
+
+
+def test_sdxl_time_ids_reach_the_unet(tiny_sdxl, monkeypatch):
+    """The size conditioning (original size, crop corner, target size) changes the prediction for
+    the same latents and prompt."""
+    cond = tiny_sdxl.encode_prompt(["sks person surfing"])
+    lat = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert tiny_sdxl.time_ids(64, 64, 1).tolist() == [[64, 64, 0, 0, 64, 64]]  # the clip's size, no crop
+    own = tiny_sdxl.predict_noise(lat, 500, cond)
+    time_ids = tiny_sdxl.time_ids
+    monkeypatch.setattr(tiny_sdxl, "time_ids", lambda h, w, b: time_ids(2 * h, 2 * w, b))  # another size
+    assert not torch.allclose(tiny_sdxl.predict_noise(lat, 500, cond), own)
 
 
 @pytest.mark.parametrize("guidance", [1.0, 3.0])

@@ -128,6 +128,40 @@ def test_video_to_video_restyles_a_clip_with_the_identity(tmp_path, astronaut):
     assert r.exit_code == 0, r.stderr  # video-to-video with ControlNet
 
 
+def test_video_to_video_gates_the_identity_over_the_timesteps_it_was_tuned_on(tmp_path, astronaut):
+    """An identity tuned with the paper's last quarter of 10 steps acts at those 3 timesteps of the
+    full schedule; video-to-video runs only the schedule's tail (strength), and the identity acts in
+    the part of that tail inside its window: all 3 at strength 0.6 (6 steps), both at 0.2 (2 steps).
+    Counting the quarter over the steps run instead (2 and 1) adapts the wrong noise levels."""
+    import cv2
+
+    from pvcli.api import make_context
+    from pvcli.engine.adapter import ADAPTER_NAME, lora_layers
+    from pvcli.images import load_image
+    from pvcli.jobs.generate import IdentityRenderer, identity_settings
+
+    drive = tmp_path / "drive.mp4"
+    write_mp4(np.stack([cv2.resize(load_image(astronaut), (64, 64))] * 4), drive, 8)
+    ctx = make_context()
+    renderer = IdentityRenderer(ctx, "alice", identity_settings(ctx, "alice"))
+    renderer.fraction = 0.25  # as recorded by a tune with adapter.active_fraction=0.25
+    unet = renderer.backbone.denoiser
+    layer = next(m for _, m in lora_layers(unet))
+    seen = []
+    unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(
+        (int(args[1] if len(args) > 1 else kwargs["timestep"]), layer.scaling[ADAPTER_NAME] != 0)), with_kwargs=True)
+    full = renderer.backbone.new_scheduler()
+    full.set_timesteps(10)
+    window = [int(t) for t in full.timesteps[-3:]]  # adapted_steps(10, 0.25): the tuned noise levels
+    g = renderer.settings.generate
+    for strength, run_steps in ((0.6, 6), (0.2, 2)):
+        seen.clear()
+        renderer.render("surfing", generate=type(g)(**{**g.__dict__, "frames": 4, "steps": 10, "strength": strength}),
+                        video=drive)
+        assert [t for t, _ in seen] == [int(t) for t in full.timesteps[-run_steps:]]  # the schedule's tail
+        assert [t for t, active in seen if active] == window[-run_steps:], strength
+
+
 def _error(r):
     assert r.exit_code == 1, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr and r.stdout == ""

@@ -70,6 +70,32 @@ def test_fresh_adapter_changes_nothing_then_trained_adapter_does(tiny):
     assert (_clip(tiny) - base).abs().max() < 1e-6
 
 
+def test_the_adapter_starts_from_its_seed_alone_and_building_leaves_the_global_generator_alone():
+    """The same seed gives the same initial adapter whatever was drawn before and whether the
+    process's tiny-module cache was cold or warm; neither building a tiny backbone (either family)
+    nor adding the adapter moves torch's global stream (issue 30)."""
+    from pv_animatediff.backbone import _tiny_modules, make_tiny
+    from pv_animatediff_sdxl.backbone import make_tiny_sdxl
+
+    starts = []
+    for before in (0, 1):
+        if before == 0:
+            _tiny_modules.cache_clear()  # cold: the modules are built here
+        torch.manual_seed(before)
+        state = torch.get_rng_state()
+        bb = make_tiny()
+        add_adapter(bb, "spatial", rank=4, alpha=4, seed=7)
+        assert torch.equal(torch.get_rng_state(), state)
+        starts.append(adapter_state_dict(bb.unet))
+    assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
+    add_adapter(bb := make_tiny(), "spatial", rank=4, alpha=4, seed=8)
+    assert not torch.equal(*(s["down_blocks.0.attentions.0.proj_in.lora_A.weight"]
+                             for s in (starts[0], adapter_state_dict(bb.unet))))  # another seed, another start
+    state = torch.get_rng_state()
+    make_tiny_sdxl()
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_adapter_save_load_round_trip(tiny):
     from pv_animatediff.backbone import make_tiny
 

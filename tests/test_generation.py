@@ -168,3 +168,36 @@ def test_any_conditioner_plugin_is_reachable_with_addon(gen, source):
     via_addon, meta = gen("--addon", f"controlnet:type=canny,source={source / 'drive.mp4'},scale=0.7")
     assert np.array_equal(via_flag, via_addon) and meta["controls"][0]["scale"] == 0.7
     assert json.loads(json.dumps(meta))  # the record stays JSON
+
+
+def test_loaded_controlnets_belong_to_their_backbone_and_to_the_files_they_came_from(tmp_path, monkeypatch):
+    """One backbone loads a ControlNet once; another backbone, a model saved again at the same path,
+    or the same relative path in another directory gets its own; a backbone's ControlNets go with it."""
+    import gc
+    import weakref
+
+    from pv_animatediff.backbone import make_tiny
+    from pv_conditioners.controlnet import load_controlnet, tiny_controlnet
+
+    first, second = make_tiny(), make_tiny()
+    for seed, folder in ((1, "a"), (2, "b")):
+        tiny_controlnet(first, seed).save_pretrained(tmp_path / folder / "cn")
+
+    def weights(model):
+        return next(model.parameters()).detach().clone()
+
+    monkeypatch.chdir(tmp_path / "a")
+    seed1 = load_controlnet("cn", first)
+    assert load_controlnet("cn", first) is seed1  # many clips, one load
+    assert torch.equal(weights(seed1), weights(tiny_controlnet(first, 1)))
+    monkeypatch.chdir(tmp_path / "b")
+    assert torch.equal(weights(load_controlnet("cn", second)), weights(tiny_controlnet(first, 2)))  # not a's "cn"
+    assert torch.equal(weights(load_controlnet("cn", first)), weights(tiny_controlnet(first, 2)))
+    assert load_controlnet("tiny", first) is not load_controlnet("tiny", second)
+    tiny_controlnet(first, 3).save_pretrained(tmp_path / "b" / "cn")  # saved again in place
+    assert torch.equal(weights(load_controlnet("cn", first)), weights(tiny_controlnet(first, 3)))
+
+    gone = weakref.ref(load_controlnet("tiny", second))
+    del second
+    gc.collect()
+    assert gone() is None  # not held for the rest of the process

@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NO_HELD_OUT, copy_home, run
+import torch
+from conftest import NO_HELD_OUT, copy_home, run, tune_home
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 # `pv` that stops at a kill point (PV_TEST_PAUSE) and sleeps there until it is killed; it writes
 # PV_TEST_MARKER when it gets there. "identity:NAME": the new identity folder is complete under its
@@ -153,8 +155,8 @@ def test_kill_during_tune_leaves_no_partial_identity_and_resume_finishes(astrona
     home = tmp_path / "home"
     ids = home / "identities"
     steps = 2 if point == "first checkpoint" else 1
-    args = ("tune", astronaut, "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--steps", steps,
-            "--set", "tune.checkpoint_every=1", "--quiet")
+    tuning = (*NO_HELD_OUT, "--steps", steps, "--set", "tune.checkpoint_every=1")
+    args = ("tune", astronaut, "--name", "alice", "--profile", "tiny", *tuning, "--quiet")
     if point == "first checkpoint":  # killed while step 2 runs, with step 1's checkpoint on disk
         proc = spawn(home, *args)
         kill_at(proc, lambda: bool(checkpoint_steps(home, "alice")))
@@ -163,6 +165,7 @@ def test_kill_during_tune_leaves_no_partial_identity_and_resume_finishes(astrona
         proc = spawn(home, *args, pause="identity:alice", marker=marker)
         kill_at(proc, marker.exists)
         assert Path(marker.read_text()).is_dir() and leftovers(ids, "alice")  # the killed writer's folder
+        fresh_process = load_file(Path(marker.read_text()) / "adapter.safetensors")  # its finished adapter
     assert not (ids / "alice").exists()  # nothing half-made in the store
     assert listed(home) == []  # nothing half-made is listed
     done = checkpoint_steps(home, "alice")
@@ -177,6 +180,16 @@ def test_kill_during_tune_leaves_no_partial_identity_and_resume_finishes(astrona
     assert not leftovers(ids, "alice")  # the killed writer's temp folder was swept
     assert not (home / "runs" / "alice").exists()  # the finished run became the identity
     assert listed(home) == ["alice"]
+    if point == "writing the identity":
+        # the same seed gives the same identity in any process, whatever ran before in it: the
+        # killed run (a fresh process), then the same tune twice here, bit for bit (issue 30)
+        for again in ("resumed", "again", "once more"):
+            run_home = home if again == "resumed" else tmp_path / again
+            if again != "resumed":
+                tune_home(run_home, astronaut, "alice", "tiny", *tuning)
+            here = load_file(run_home / "identities" / "alice" / "adapter.safetensors")
+            assert here.keys() == fresh_process.keys()
+            assert all(torch.equal(here[k], fresh_process[k]) for k in here), again
 
 
 def test_kill_during_export_and_import_leaves_no_partial_file_or_identity(tuned_alice, tmp_path):

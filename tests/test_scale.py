@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import NO_HELD_OUT, press_ctrl_c_at, run, write_manifest
 
 from pvcli.engine.tune import Tuner
@@ -108,3 +109,41 @@ def test_manifest_shards_split_the_entries_and_bad_manifests_get_one_line(photo_
         assert r.exit_code == 1 and message in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
     r = run("tune", "--manifest", manifest, "--shard", "3/2")
     assert r.exit_code == 1 and "--shard must be i/n" in r.stderr
+
+
+def test_replica_drift_is_the_largest_difference_between_any_weight_of_two_replicas(monkeypatch):
+    """`replica_drift` in the log: replicas apart by +d on one weight and -d on another (equal sums)
+    drift by d; identical replicas by 0. Two replicas run as threads over a stand-in all-reduce."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    import torch.distributed as dist
+
+    from pvcli.distributed import DataParallel
+
+    world, posted, barrier, here = 2, [None, None], threading.Barrier(2), threading.local()
+
+    def all_reduce(tensor, op=dist.ReduceOp.SUM, **_):
+        posted[here.rank] = tensor.clone()
+        barrier.wait()
+        every = torch.stack(posted)
+        combined = every.amax(0) if op == dist.ReduceOp.MAX else every.amin(0) if op == dist.ReduceOp.MIN \
+            else every.sum(0)
+        barrier.wait()
+        tensor.copy_(combined)
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    base = [torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), torch.zeros(5)]
+    moved = [p.clone() for p in base]
+    moved[0][1, 2] += 0.25
+    moved[1][3] -= 0.25
+
+    def drift(rank, params):
+        here.rank = rank
+        return DataParallel(rank, world, "cpu").drift(params)
+
+    for other, expected in ((base, 0.0), (moved, 0.25)):
+        with ThreadPoolExecutor(world) as pool:
+            drifts = [f.result(timeout=60) for f in [pool.submit(drift, 0, base), pool.submit(drift, 1, other)]]
+        assert drifts == [pytest.approx(expected, abs=1e-6)] * world

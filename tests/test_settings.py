@@ -12,6 +12,13 @@ def test_every_shipped_profile_validates(name):
     assert s.tune.height % 8 == 0 and s.generate.frames >= 1
 
 
+def test_every_shipped_profile_tunes_at_the_guidance_it_generates_with():
+    """The adapter learns on the trajectories it will be used on: the same classifier-free guidance."""
+    for name in shipped_profiles():
+        s = resolve(name)[1]
+        assert s.tune.guidance_scale == s.generate.guidance_scale, name
+
+
 def test_defaults_are_the_real_gpu_profile():
     _, s = resolve(None)
     assert s.backbone.name == "animatediff"

@@ -369,7 +369,10 @@ def _tiny_modules(seed: int, scheduler: str, width: int) -> tuple:
     from diffusers import UNetMotionModel
 
     c = build_tiny_components(seed, scheduler, width)
-    unet = UNetMotionModel.from_unet2d(c["unet2d"], c["motion_adapter"])
+    # from_unet2d draws weights it then overwrites: kept off torch's global stream, so whether this
+    # cache was cold or warm never shows in what the caller draws next
+    with torch.random.fork_rng(devices=[]):
+        unet = UNetMotionModel.from_unet2d(c["unet2d"], c["motion_adapter"])
     return unet, c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"]
 
 

@@ -156,7 +156,8 @@ def make_tiny_sdxl(options: dict | None = None, device: str | None = "cpu") -> A
     from diffusers import UNetMotionModel
 
     c = build_tiny_sdxl_components(opts.seed, opts.scheduler)
-    unet = UNetMotionModel.from_unet2d(c["unet2d"], c["motion_adapter"])
+    with torch.random.fork_rng(devices=[]):  # it draws weights it then overwrites: leave the global stream alone
+        unet = UNetMotionModel.from_unet2d(c["unet2d"], c["motion_adapter"])
     info = {"base_model": f"tiny-sdxl(seed={opts.seed})", "motion_adapter": "tiny-sdxl", "scheduler": opts.scheduler}
     return apply_speed_options(AnimateDiffSDXLBackbone(
         "animatediff-sdxl-tiny", unet, c["vae"], c["text_encoder"], c["text_encoder_2"], c["tokenizer"], c["tokenizer_2"],

@@ -10,6 +10,7 @@ built around its transformer): this conditioner then hands it only the maps
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,9 @@ DEFAULT_MODELS = {
     "sd_v1": {"canny": "lllyasviel/control_v11p_sd15_canny", "depth": "lllyasviel/control_v11f1p_sd15_depth",
               "pose": "lllyasviel/control_v11p_sd15_openpose", "lineart": "lllyasviel/control_v11p_sd15_lineart"},
 }
-_CACHE: dict = {}  # loaded ControlNets by (ref, device, dtype): many clips, one load
+# loaded ControlNets, per backbone (many clips, one load): two backbones never share one (a tiny
+# ControlNet is shaped after its backbone), and a backbone's go when it goes
+_LOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -169,11 +172,12 @@ def check_model_path(ref: str, kind: str) -> None:
 
 
 def load_controlnet(ref: str, backbone: Backbone, seed: int = 0, kind: str = "control"):
+    """The ControlNet `ref` on the backbone's device and dtype, loaded once per backbone (and again
+    if a local model's files change)."""
     param = next(backbone.unet.parameters())
-    # a tiny ControlNet is shaped after the backbone's UNet: one per UNet architecture
-    shape = repr(sorted(backbone.unet.config.items())) if ref == "tiny" else None
-    key = (ref, str(param.device), param.dtype, seed if ref == "tiny" else None, shape)
-    if key not in _CACHE:
+    loaded = _LOADED.setdefault(backbone, {})
+    key = (_source_key(ref), seed if ref == "tiny" else None, str(param.device), param.dtype)
+    if key not in loaded:
         if ref == "tiny":
             model = tiny_controlnet(backbone, seed)
         else:
@@ -185,8 +189,21 @@ def load_controlnet(ref: str, backbone: Backbone, seed: int = 0, kind: str = "co
                                     what=f"ControlNet ({kind})", torch_dtype=param.dtype,
                                     offline_hint=f"pass --control-model {kind}=PATH, or use the tiny profile's "
                                                  "`tiny` ControlNet offline")
-        _CACHE[key] = model.to(param.device, param.dtype).eval().requires_grad_(False)
-    return _CACHE[key]
+        loaded[key] = model.to(param.device, param.dtype).eval().requires_grad_(False)
+    return loaded[key]
+
+
+def _source_key(ref: str):
+    """What identifies a ControlNet's weights: a hub id or `tiny` as given; a local file or folder
+    by its absolute path and its files' sizes and modification times (a relative path names
+    another model in another directory, a model saved again at the same path is another model)."""
+    from .lora_file import is_local
+
+    if ref == "tiny" or not is_local(ref):
+        return ref
+    path = Path(ref).expanduser().resolve()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return str(path), tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files if p.exists())
 
 
 def tiny_controlnet(backbone: Backbone, seed: int = 0):

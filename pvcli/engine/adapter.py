@@ -12,6 +12,7 @@ from ..contracts import Backbone
 from ..errors import PVError
 
 ADAPTER_NAME = "pv_identity"
+ADAPTER_SEED_OFFSET = 5  # see add_adapter
 
 
 def lora_layers(model: torch.nn.Module):
@@ -20,15 +21,25 @@ def lora_layers(model: torch.nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
 
 
-def add_adapter(backbone: Backbone, targets: str, rank: int, alpha: float, adapter_name: str = ADAPTER_NAME) -> list[str]:
+def add_adapter(backbone: Backbone, targets: str, rank: int, alpha: float, seed: int = 0,
+                adapter_name: str = ADAPTER_NAME) -> list[str]:
     """Inject the adapter into backbone.denoiser, freeze everything else, return adapted layer names.
-    Several identities in one clip each get their own `adapter_name`."""
+    Its initial weights are a function of `seed` alone (the tune seed): peft draws lora_A from
+    torch's global generator, whose state depends on whatever ran before in the process (a cached
+    model that was or was not built, an earlier tune), so the draw is made from `seed` and the global
+    stream is left as it was. The draw's generator is seeded `seed + 5`, apart from the tune's noise
+    stream (seeded `seed`), so the first lora_A is not the first clip's noise rescaled. Several
+    identities in one clip each get their own `adapter_name`."""
     from peft import LoraConfig, inject_adapter_in_model
 
     pattern = backbone.adapter_targets(targets)
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=pattern)
     try:
-        with warnings.catch_warnings():  # peft warns that a second adapter (several identities) is a second adapter
+        # peft builds each lora_A on the CPU and draws it there before moving it to the layer's
+        # device: the CPU generator alone decides it, whatever the device
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            torch.default_generator.manual_seed(seed + ADAPTER_SEED_OFFSET)
+            # peft warns that a second adapter (several identities) is a second adapter
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             inject_adapter_in_model(config, backbone.denoiser, adapter_name=adapter_name)
     except ValueError as exc:

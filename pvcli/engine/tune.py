@@ -162,7 +162,8 @@ class Tuner:
         self.refs = reference if isinstance(reference, list) else None
         fixed = mean_embedding(embed_crops(encoder, [r.crop for r in self.refs])) if self.refs else reference
         self.reference = F.normalize(fixed.float(), dim=0).to(backbone.device)
-        self.layers = add_adapter(backbone, settings.adapter.targets, settings.adapter.rank, settings.adapter.alpha)
+        self.layers = add_adapter(backbone, settings.adapter.targets, settings.adapter.rank, settings.adapter.alpha,
+                                  seed=settings.tune.seed)
         if t.gradient_checkpointing:
             backbone.enable_gradient_checkpointing()
         self.params = trainable_parameters(backbone.denoiser)
