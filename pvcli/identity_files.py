@@ -59,6 +59,11 @@ def read_adapter(folder: Path) -> tuple[dict, dict]:
         raise PVError(f"cannot read the adapter {path}: {exc}") from None
     if meta.get("format") != FORMAT:
         raise PVError(f"{path} is not a pv identity adapter (format {meta.get('format')!r})")
+    from .records import adapter_fault
+
+    fault = adapter_fault(meta)
+    if fault:
+        raise PVError(f"{path} is damaged: its metadata's {fault}", "import the identity again from a good bundle")
     return state, meta
 
 

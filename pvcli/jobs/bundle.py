@@ -29,6 +29,7 @@ from ..errors import PVError
 from ..identity_files import ADAPTER_FILE, REFERENCE_FILE, tensor_hash
 from ..identity_files import FORMAT as ADAPTER_FORMAT
 from ..locks import IdentityLock
+from ..records import adapter_fault, identity_fault
 from ..store import IDENTITY_FILE, atomic_write_file, validate_name
 from .export import _check_writable
 
@@ -263,8 +264,14 @@ def _write_imported(ctx: Context, path: Path, name: str, force: bool, members: d
         info = json.loads(members[IDENTITY_FILE])
         settings = yaml.safe_load(members["config.yaml"])
         assert isinstance(info, dict) and isinstance(settings, dict)
-    except (json.JSONDecodeError, yaml.YAMLError, AssertionError):
+    except (ValueError, yaml.YAMLError, AssertionError):  # ValueError: JSON's own, or a 4300-digit number
         raise _bad(path, "identity.json or config.yaml is malformed") from None
+    fault = identity_fault(info)
+    if fault:
+        raise _bad(path, f"{IDENTITY_FILE}: {fault}")
+    if not isinstance(manifest.get("name"), str):
+        raise _bad(path, f"{MANIFEST}: name must be text, got {manifest.get('name')!r}"[:200])
+    _check_log(path, members.get("log.jsonl"))
     try:
         from_dict(settings)
     except PVError as exc:
@@ -273,6 +280,9 @@ def _write_imported(ctx: Context, path: Path, name: str, force: bool, members: d
     meta = _header(members[ADAPTER_FILE])
     if meta.get("format") != ADAPTER_FORMAT:
         raise _bad(path, f"{ADAPTER_FILE} is not a pv identity adapter (format {meta.get('format')!r})")
+    fault = adapter_fault(meta)
+    if fault:
+        raise _bad(path, f"the metadata of {ADAPTER_FILE}: {fault}")
     state = tensors[ADAPTER_FILE]
     if "embedding" not in tensors[REFERENCE_FILE]:
         raise _bad(path, f"{REFERENCE_FILE} holds no reference embedding")
@@ -295,6 +305,18 @@ def _write_imported(ctx: Context, path: Path, name: str, force: bool, members: d
         (folder / IDENTITY_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return {"name": name, "path": str(ctx.store.path(name)), "from": str(path), "bundle_name": manifest.get("name"),
             "backbone": info.get("backbone"), "encoder": info.get("encoder")}
+
+
+def _check_log(path: Path, data: bytes | None) -> None:
+    """log.jsonl, if the bundle has one: JSON objects, one a line, each with its integer step."""
+    for number, line in enumerate((data or b"").decode().splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else {"step": 0}
+        except ValueError:
+            record = None
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= 2**53:
+            raise _bad(path, f"log.jsonl line {number} is not a step's record (a JSON object with its step)")
 
 
 def _faces(path: Path, tensors: dict) -> dict[str, list]:
