@@ -42,6 +42,10 @@ def evaluate(ctx: Context, req: EvalRequest) -> dict:
         raise PVError(f"--flow must be auto, raft or farneback, got {req.flow!r}")
     if req.no_face not in NO_FACE:
         raise PVError(f"--no-face must be skip or center, got {req.no_face!r}")
+    from ..settings import check_seed
+
+    for seed in req.seeds:
+        check_seed(seed)
     check_inputs(ctx, req)
     store = ctx.store
     paths = ev.video_paths(req.target)
