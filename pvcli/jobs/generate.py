@@ -12,7 +12,7 @@ import numpy as np
 from .. import __version__
 from ..context import Context
 from ..errors import PVError
-from ..identity_files import read_adapter, read_settings
+from ..identity_files import adapter_metadata, read_adapter, read_settings
 from ..settings import GenerateSettings, Settings, check_seed, from_dict
 from .resources import build_backbone, out_of_memory_hint
 
@@ -195,6 +195,7 @@ def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddO
     if video is not None:
         probe_source(video, "--video")
     info = ctx.store.load_info(name)
+    adapter_metadata(ctx.store.path(name))  # a damaged adapter fails here, not once the model is loaded
     accepts = None
     if info.get("backbone"):
         ctx.registry.check_frames(info["backbone"], g.frames, "--frames")
