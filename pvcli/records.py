@@ -73,7 +73,8 @@ def identity_fault(info) -> str | None:
                      else next((f"[{i}] {f}" for i, f in enumerate(map(_text, value)) if f), None))
         elif key == "tracker":
             fault = (f"must be a mapping, got {_show(value)}" if not isinstance(value, dict)
-                     else next((f"{k} {f}" for k, f in ((k, _text(v)) for k, v in value.items()) if f), None))
+                     else next((f"{k} {f}" for k, f in ((k, v is not None and _text(v)) for k, v in value.items())
+                                if f), None))
         elif key in TEXTS or isinstance(value, (str, list, dict)):  # names, versions, notes, descriptions
             fault = _text(value)
         else:  # a plugin's own scalar (what a backbone or encoder describes)
