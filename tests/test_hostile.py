@@ -147,7 +147,32 @@ def test_a_bundle_full_of_markup_imports_and_its_report_shows_every_value_as_tex
     assert "held-out ID similarity before and after tuning" in alts  # the chart titled with the "$" encoder
     assert "loss, ID similarity and face-hit rate against step" in alts  # the log's bad values are gaps
     assert r.stdout.strip() == str(tmp_path / "mallory.html")
+    if os.path.exists(CHROMIUM):  # and a browser runs none of it
+        assert browser_ran_payload(tmp_path / "mallory.html", tmp_path) == {"pwned": 0, "images": len(alts)}
     assert run("rm", "mallory", "--yes").exit_code == 0
+
+
+CHROMIUM = "/usr/bin/chromium"
+PROBE = """<script>window.addEventListener("load", function () {
+  var pre = document.createElement("pre"); pre.id = "pv-probe";
+  pre.textContent = JSON.stringify({pwned: window.pvPwned || 0, images: document.images.length});
+  document.body.appendChild(pre);
+});</script></body>"""
+
+
+def browser_ran_payload(page, tmp_path) -> dict:
+    """Open the page in headless Chromium (a probe added at its end): whether any payload ran."""
+    import re
+    import subprocess
+
+    probe = tmp_path / f"probe_{page.name}"
+    probe.write_text(page.read_text().replace("</body>", PROBE, 1))
+    out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    m = re.search(r'<pre id="pv-probe">(.*?)</pre>', out.stdout, re.S)
+    assert m, out.stderr[-2000:]
+    return json.loads(m.group(1).replace("&quot;", '"'))
 
 
 @pytest.mark.parametrize("crafted, says", [
@@ -236,6 +261,8 @@ def test_eval_prints_paths_and_prompts_as_text_and_refuses_a_crafted_clip_record
     page = report.read_text()
     tags = no_live_markup(page, scripts=1)  # the sort script, and only it
     assert SCRIPT in "".join(tags.text) and "[bold]still[/].mp4" in "".join(tags.text)
+    if os.path.exists(CHROMIUM):
+        assert browser_ran_payload(report, tmp_path)["pwned"] == 0
 
     for record, says in [({"identity": "../../etc"}, "has identity '../../etc', not an identity name"),
                          ({"identity": ["alice"]}, "has identity ['alice'], not an identity name"),
