@@ -29,6 +29,7 @@ ADAPTER_INTS = {"rank": (1, 1024), "steps": (0, MAX_COUNT), "seed": (-(2**63), 2
 ADAPTER_FLOATS = {"alpha": (1e-6, 1e6), "active_fraction": (1e-6, 1.0)}
 ADAPTER_WORDS = ("token", "class_word", "targets")  # read into prompts and layer choices: one line each
 HEX64 = re.compile(r"[0-9a-f]{64}")
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
 
 
 def _text(value, limit: int = MAX_TEXT) -> str | None:
@@ -36,6 +37,8 @@ def _text(value, limit: int = MAX_TEXT) -> str | None:
         return f"must be text, got {_show(value)}"
     if len(value) > limit:
         return f"is {len(value)} characters long, over the {limit} a record keeps"
+    if CONTROL.search(value):  # e.g. ESC: terminal escape sequences when `pv show` prints the record
+        return f"holds a control character ({CONTROL.search(value).group()!r})"
     return None
 
 

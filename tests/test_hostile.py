@@ -183,6 +183,7 @@ def browser_ran_payload(page, tmp_path) -> dict:
     ({"info": {"photos": {"a": 1}}}, "identity.json: photos must be a list of file names"),
     ({"info": {"tracker": ["wandb"]}}, "identity.json: tracker must be a mapping"),
     ({"info": {"seconds_per_step": True}}, "seconds_per_step must be a number, got True"),
+    ({"info": {"note": "fine\x1b]0;owned\x07\x1b[2J"}}, "identity.json: note holds a control character ('\\x1b')"),
     ({"name": ["alice"]}, "manifest.json: name must be text, got ['alice']"),
     ({"adapter": {"rank": "sixteen"}}, "adapter.safetensors: rank must be an integer, got 'sixteen'"),
     ({"adapter": {"alpha": "inf"}}, "adapter.safetensors: alpha must be between"),
