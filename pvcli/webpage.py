@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import html
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,9 +190,21 @@ def environment():
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("pvcli", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, finalize=_text)
     env.filters["number"] = number
     return env
+
+
+def _text(value):
+    """Every value a template prints: None is empty, pv's own markup (a macro's output) stays, all
+    else is escaped as `html.escape` does (quotes too), then left alone by autoescape."""
+    from markupsafe import Markup
+
+    if value is None:
+        return ""
+    if hasattr(value, "__html__"):
+        return value
+    return Markup(html.escape(str(value)))
 
 
 def render(template: str, **values) -> str:

@@ -3,6 +3,7 @@ markup, huge numbers or values of the wrong type. Pages show it as text, the ter
 as text, and every value pv cannot use is refused in one line that names it."""
 
 import hashlib
+import html
 import io
 import json
 import os
@@ -143,6 +144,7 @@ def test_a_bundle_full_of_markup_imports_and_its_report_shows_every_value_as_tex
     for shown in (SCRIPT + MARKUP, IMG, "<img src=x onerror=window.pvPwned=1> " + SCRIPT, "facenet$\\frac{$",
                   "token: '" + IMG, "person " + IMG):
         assert shown in text, shown  # the value itself, as text
+    assert html.escape(IMG) in page and html.escape(SCRIPT + MARKUP) in page  # escaped as html.escape does
     alts = [a.get("alt") for t, a in tags.tags if t == "img"]
     assert "held-out ID similarity before and after tuning" in alts  # the chart titled with the "$" encoder
     assert "loss, ID similarity and face-hit rate against step" in alts  # the log's bad values are gaps
