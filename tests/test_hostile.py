@@ -360,3 +360,13 @@ def test_the_tar_data_filter_refuses_what_slips_past_pvs_own_checks(store, membe
         assert f"{name!r} is refused by the tar data filter" in err, err
     assert sorted(p.name for p in store.iterdir()) == before
     assert not os.path.exists("/pv-bundle")
+
+
+def test_a_report_of_a_minimal_record_says_what_is_missing(damaged, tmp_path):
+    """An identity record with only its name (an older or foreign pv wrote the rest elsewhere)."""
+    (damaged / "identity.json").write_text(json.dumps({"name": "damaged"}))
+    r = run("report", "damaged", "-o", tmp_path / "d.html")
+    assert r.exit_code == 0, r.stderr
+    page = (tmp_path / "d.html").read_text()
+    assert "tuned ? with pv ?, profile ?, backbone ?, encoder ?" in page
+    assert "<tr><th>steps</th><td class='n'>-</td></tr>" in page
