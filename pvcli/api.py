@@ -272,7 +272,7 @@ class Identity:
         """`pv eval NAME`: generate clips of this identity and score them (see `evaluate`)."""
         return evaluate(self.name, context=self.context, **kwargs)
 
-    def export(self, fmt: str = "diffusers", output: str | Path | None = None, **kwargs: Any) -> dict:
+    def export(self, fmt: str | None = None, output: str | Path | None = None, **kwargs: Any) -> dict:
         """The adapter as a LoRA file (or `bundle=PATH`: the whole identity); see `export`."""
         return export(self.name, fmt, output, context=self.context, **kwargs)
 
@@ -485,19 +485,25 @@ def environment(context: Context | None = None) -> dict:
     return env(_context(context, None, None))
 
 
-def export(name: str, fmt: str = "diffusers", output: str | Path | None = None, *, bundle: str | Path | None = None,
+def export(name: str, fmt: str | None = None, output: str | Path | None = None, *, bundle: str | Path | None = None,
            force: bool = False, progress: Progress = None, context: Context | None = None) -> dict:
     """Write identity `name`'s adapter as a LoRA file (`fmt`: diffusers, kohya, comfy, a1111), or with
-    `bundle=PATH.pvid` the whole identity as one archive for `import_identity`. An existing file is
-    replaced only with `force`. Returns what was written (path, format, tensors, bytes, ...)."""
+    `bundle=PATH.pvid` the whole identity as one archive for `import_identity` (a LoRA format or
+    output beside a bundle is refused, never ignored). An existing file is replaced only with
+    `force`. Returns what was written (path, format, tensors, bytes, ...)."""
     ctx = _context(context, None, progress)
     if bundle is not None:
         from .jobs.bundle import export_bundle
 
+        if fmt is not None:
+            raise PVError(f"--format {fmt} is a LoRA file's key format; a bundle (--bundle) holds the whole identity "
+                          "in pv's own format", "give one of them: --format with -o for a LoRA file, or --bundle")
+        if output is not None:
+            raise PVError("--bundle and --output are two different exports", "give one of them")
         return export_bundle(ctx, name, Path(bundle), force=force)
     from .jobs.export import export_lora
 
-    return export_lora(ctx, name, fmt, Path(output) if output is not None else None, force=force)
+    return export_lora(ctx, name, fmt or "diffusers", Path(output) if output is not None else None, force=force)
 
 
 def import_identity(bundle: str | Path, *, name: str | None = None, force: bool = False, progress: Progress = None,

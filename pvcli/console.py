@@ -7,6 +7,7 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 
 from .reporting import Reporter
 
@@ -28,10 +29,10 @@ class RichReporter(Reporter):
 
     def status(self, message: str) -> None:
         if not self.quiet:
-            err.print(f"[dim]{message}[/dim]", soft_wrap=True)
+            err.print(f"[dim]{escape(message)}[/dim]", soft_wrap=True)  # messages are plain text, never markup
 
     def warn(self, message: str) -> None:
-        err.print(f"[yellow]Warning:[/yellow] {message}", soft_wrap=True)
+        err.print(f"[yellow]Warning:[/yellow] {escape(message)}", soft_wrap=True)
 
     @contextmanager
     def progress(self, description: str, total: int):
@@ -47,8 +48,8 @@ class RichReporter(Reporter):
             TimeRemainingColumn,
         )
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+        with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(), TextColumn("eta"),
                       TimeRemainingColumn(), console=err, transient=False) as bar:
             task = bar.add_task(description, total=total, info="")
 

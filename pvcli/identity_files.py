@@ -47,19 +47,35 @@ def write_identity(folder: Path, *, adapter: dict, metadata: dict, reference, pe
 
 
 def read_adapter(folder: Path) -> tuple[dict, dict]:
-    from safetensors import safe_open
     from safetensors.torch import load_file
+
+    meta = adapter_metadata(folder)
+    path = folder / ADAPTER_FILE
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise PVError(f"cannot read the adapter {path}: {exc}") from None
+    return state, meta
+
+
+def adapter_metadata(folder: Path) -> dict:
+    """The adapter's metadata, checked field by field (pvcli.records) without loading its tensors."""
+    from safetensors import safe_open
+
+    from .records import adapter_fault
 
     path = folder / ADAPTER_FILE
     try:
         with safe_open(str(path), "pt") as fh:
             meta = fh.metadata() or {}
-        state = load_file(str(path))
     except Exception as exc:
         raise PVError(f"cannot read the adapter {path}: {exc}") from None
     if meta.get("format") != FORMAT:
         raise PVError(f"{path} is not a pv identity adapter (format {meta.get('format')!r})")
-    return state, meta
+    fault = adapter_fault(meta)
+    if fault:
+        raise PVError(f"{path} is damaged: its metadata's {fault}", "import the identity again from a good bundle")
+    return meta
 
 
 def read_settings(folder: Path) -> dict:

@@ -127,18 +127,22 @@ class Settings:
         return asdict(self)
 
 
+INT_LIMIT = 2**64 - 1  # the widest integer a setting holds (a seed: torch takes -2**63 .. 2**64 - 1)
+SEED_RANGE = (-(2**63), 2**64 - 1)
+MAX_FRAMES, MAX_SIDE = 100_000, 16_384  # far beyond any model; a crafted 10**20 fails here, not in torch
 _RANGES = {
+    "tune.seed": SEED_RANGE, "generate.seed": SEED_RANGE,
     "adapter.rank": (1, 1024), "adapter.alpha": (1e-6, None),
-    "tune.steps": (0, None), "tune.lr": (0.0, 1.0), "tune.frames": (1, None), "tune.height": (8, None),
-    "tune.width": (8, None), "tune.num_inference_steps": (1, 1000), "tune.grad_steps": (1, 1000),
+    "tune.steps": (0, None), "tune.lr": (0.0, 1.0), "tune.frames": (1, MAX_FRAMES), "tune.height": (8, MAX_SIDE),
+    "tune.width": (8, MAX_SIDE), "tune.num_inference_steps": (1, 1000), "tune.grad_steps": (1, 1000),
     "tune.guidance_scale": (0.0, None), "tune.supervised_frames": (1, None), "tune.clips_per_step": (1, 1024),
     "tune.trajectory_pool": (0, 100000), "tune.grad_clip": (0.0, None),
     "tune.warmup_steps": (0, None), "tune.weight_decay": (0.0, None), "adapter.active_fraction": (1e-6, 1.0),
     "tune.scr_weight": (0.0, None), "tune.scr_frames": (2, None), "tune.checkpoint_every": (0, None),
     "tune.keep_checkpoints": (1, None), "tune.sample_every": (0, None),
     "tune.held_out": (0, None), "tune.supervised_window": (0, None),
-    "generate.frames": (1, None), "generate.fps": (1, 240), "generate.height": (8, None),
-    "generate.width": (8, None), "generate.steps": (1, 1000), "generate.guidance_scale": (0.0, None),
+    "generate.frames": (1, MAX_FRAMES), "generate.fps": (1, 240), "generate.height": (8, MAX_SIDE),
+    "generate.width": (8, MAX_SIDE), "generate.steps": (1, 1000), "generate.guidance_scale": (0.0, None),
     "generate.adapter_scale": (0.0, None), "generate.context_length": (0, None), "generate.context_stride": (1, None),
     "generate.strength": (0.01, 1.0),
 }
@@ -175,6 +179,9 @@ def _coerce(path: str, tp: Any, value: Any) -> Any:
     if tp is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit())):
             raise PVError(f"{path} must be an integer, got {value!r}")
+        if len(str(value).strip().lstrip("-")) > 20 or not -INT_LIMIT <= int(value) <= INT_LIMIT:
+            raise PVError(f"{path} must be an integer between {-INT_LIMIT} and {INT_LIMIT}, got {str(value)[:40]}",
+                          _flag_hint(path))
         return int(value)
     if tp is float:
         if isinstance(value, bool):
@@ -246,6 +253,13 @@ def _validate(s: Settings) -> None:
         if drawn > window:
             raise PVError(f"tune.supervised_window ({window}) is smaller than the {drawn} frames drawn from it",
                           "raise it, or lower tune.supervised_frames / tune.scr_frames")
+
+
+def check_seed(seed, where: str = "--seed") -> int:
+    """A seed torch's generators take (pv's clip seeds bypass the settings: --seed, a stdin line's seed)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise PVError(f"{where} must be an integer between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {str(seed)[:40]}")
+    return seed
 
 
 def shipped_profiles() -> dict[str, Path]:

@@ -97,9 +97,16 @@ class Store:
             known = ", ".join(self.names()) or "none yet"
             raise PVError(f"no identity named {name!r} (known: {known})", "create one with `pv tune PHOTO --name NAME`")
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, or a number of over 4300 digits
             raise PVError(f"identity {name!r} is damaged: cannot read {path}: {exc}") from None
+        from .records import identity_fault
+
+        fault = identity_fault(info)
+        if fault:
+            raise PVError(f"identity {name!r} is damaged: {IDENTITY_FILE}: {fault}",
+                          f"import it again from a good bundle, or `pv rm {name}`")
+        return info
 
     def check_free(self, name: str, force: bool) -> None:
         if self.exists(name) and not force:

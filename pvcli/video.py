@@ -205,10 +205,40 @@ def read_metadata(path: Path) -> dict:
             return {}
         try:
             data = json.loads(text.decode() if isinstance(text, bytes) else text) if text else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError):  # ValueError: not JSON, or a number of over 4300 digits
             return {}
-        return data if isinstance(data, dict) else {}
-    return _mp4_metadata(path)
+        return _checked_record(path, data)
+    return _checked_record(path, _mp4_metadata(path))
+
+
+# the fields of a clip's record that pv reads back (pv eval, pv report), and what each must be
+RECORD_FIELDS = {"identity": "an identity name", "prompt": "text", "negative_prompt": "text", "seed": "an integer",
+                 "step": "an integer", "fps": "a number of frames per second (0 to 1000)"}
+
+
+def _checked_record(path: Path, data) -> dict:
+    """The record of clip `path`, its fields checked: a value pv cannot use is refused in one line
+    that names the clip and its record (a clip someone else wrote, or a crafted one)."""
+    import math
+
+    from .store import NAME_RE
+
+    if not isinstance(data, dict):
+        return {}
+    for key, kind in RECORD_FIELDS.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = {"an identity name": isinstance(value, str) and bool(NAME_RE.match(value)),
+              "text": isinstance(value, str) and len(value) <= 10_000,
+              "an integer": number and isinstance(value, int) and abs(value) < 2**64}.get(
+            kind, number and math.isfinite(value) and 0 <= value <= 1000)
+        if not ok:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise PVError(f"{path}: the pv record embedded in the clip has {key} {shown}, not {kind}",
+                          "re-render it with pv generate, or strip its metadata (ffmpeg -i IN -map_metadata -1 -c copy OUT)")
+    return data
 
 
 def _mp4_metadata(path: Path) -> dict:
@@ -222,7 +252,7 @@ def _mp4_metadata(path: Path) -> dict:
     unescaped = re.sub(r"\\(.)", r"\1", line[len("comment="):])
     try:
         return json.loads(unescaped)
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or a number of over 4300 digits
         return {}
 
 

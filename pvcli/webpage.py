@@ -1,13 +1,17 @@
 """Self-contained HTML pages (`pv report`, `pv eval --report`): every image, plot and clip is
 inlined as a data URI (PNG/JPEG stills, animated WebP clips, matplotlib plots as PNG), the style
-and the table sorting are inline too, so the file opens anywhere with no network. Written
-atomically: a failure leaves the old file (or none), never half a page."""
+and the table sorting are inline too, so the file opens anywhere with no network. The pages are
+Jinja2 templates (pvcli/templates) with autoescape: every value (an identity's name and note, a
+prompt, a file name, a setting) is text, never markup. Written atomically: a failure leaves the
+old file (or none), never half a page."""
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,75 +23,23 @@ PREVIEW_FRAMES = 48  # at most this many frames of a clip are inlined (spread ev
 # matplotlib's default colour cycle (C0, C1, ...): the lines of a plot, named in the page beside it
 SERIES_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd")
 
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1440px;padding:0 16px;
-color:#1d2330;background:#fff}
-h1{font-size:1.6em;margin-bottom:4px}h2{font-size:1.2em;margin-top:32px;border-bottom:1px solid #dde;padding-bottom:4px}
-.sub{color:#667}.note{color:#667;font-size:.9em}
-table{border-collapse:collapse;margin:8px 0}th,td{padding:4px 10px;border-bottom:1px solid #e4e6ee;text-align:left;
-vertical-align:middle}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
-table.sortable thead th[data-key]{cursor:pointer;user-select:none;white-space:nowrap}
-table.sortable thead th[data-key]:after{content:" \\2195";color:#aab}
-table.sortable thead th[data-dir=asc]:after{content:" \\2191";color:#333}
-table.sortable thead th[data-dir=desc]:after{content:" \\2193";color:#333}
-table.sortable tbody{border-bottom:2px solid #c8cbd8}table.sortable{font-size:.9em}
-table.sortable td[data-key=prompt]{max-width:16em}.wide{overflow-x:auto}
-.gallery{display:flex;flex-wrap:wrap;gap:12px}.gallery figure{margin:0;text-align:center}
-figcaption{font-size:.85em;color:#556}
-img.px{image-rendering:pixelated}img.plot{max-width:100%}
-.pair{display:flex;gap:6px}.pair figure{margin:0;text-align:center}
-pre{background:#f5f6fa;padding:10px;overflow:auto;font-size:.85em}
-.good{color:#176b2c}.bad{color:#a3261c}
-"""
-
-# Click a header of a table.sortable to sort its row groups (one <tbody> each) by that column,
-# again to reverse; numbers sort as numbers, empty cells last.
-SORT_JS = """
-document.querySelectorAll("table.sortable").forEach(function (table) {
-  var heads = table.tHead.rows[0].cells;
-  Array.prototype.forEach.call(heads, function (th) {
-    var key = th.getAttribute("data-key");
-    if (!key) return;
-    th.addEventListener("click", function () {
-      var asc = th.getAttribute("data-dir") !== "asc";
-      Array.prototype.forEach.call(heads, function (h) { h.removeAttribute("data-dir"); });
-      th.setAttribute("data-dir", asc ? "asc" : "desc");
-      function value(group) {
-        var cell = group.querySelector('[data-key="' + key + '"]');
-        return cell ? cell.getAttribute("data-v") || "" : "";
-      }
-      var groups = Array.prototype.slice.call(table.tBodies);
-      groups.sort(function (a, b) {
-        var x = value(a), y = value(b);
-        if (x === "" || y === "") return (x === "") - (y === "");
-        var nx = Number(x), ny = Number(y);
-        var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
-        return asc ? c : -c;
-      });
-      groups.forEach(function (group) { table.appendChild(group); });
-    });
-  });
-});
-"""
-
-
-def esc(value) -> str:
-    return html.escape("" if value is None else str(value))
-
-
 def data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def img(data: bytes, mime: str, alt: str, width: int | None = None, cls: str = "", title: str = "") -> str:
-    attrs = [f'src="{data_uri(data, mime)}"', f'alt="{esc(alt)}"']
-    if width:
-        attrs.append(f'width="{int(width)}"')
-    if cls:
-        attrs.append(f'class="{cls}"')
-    if title:
-        attrs.append(f'title="{esc(title)}"')
-    return f"<img {' '.join(attrs)}>"
+@dataclass
+class Image:
+    """An inlined image of a page: `uri` is a data URI pv built from pixels it encoded itself."""
+
+    uri: str
+    alt: str
+    width: int | None = None
+    cls: str = ""
+    title: str = ""
+
+
+def image(data: bytes, mime: str, alt: str, width: int | None = None, cls: str = "", title: str = "") -> Image:
+    return Image(data_uri(data, mime), alt, int(width) if width else None, cls, title)
 
 
 def fit(rgb: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
@@ -147,6 +99,11 @@ def display_width(height_width: tuple[int, int], side: int) -> int:
     return max(1, round(side * w / max(h, w)))
 
 
+def plain(text) -> str:
+    """Text for a plot as it is: matplotlib reads $...$ as math (a crafted "$\\frac" fails to draw)."""
+    return str(text).replace("$", r"\$")
+
+
 def _figure(width_in: float, height_in: float):
     from matplotlib.figure import Figure
 
@@ -169,8 +126,8 @@ def line_panels(panels: list[tuple[str, list, dict[str, list]]]) -> bytes:
     for ax, (title, xs, series) in zip(axes, panels, strict=True):
         for label, ys in series.items():
             y = np.array([np.nan if v is None else float(v) for v in ys], dtype=float)
-            ax.plot(xs, y, marker="o" if len(xs) <= 30 else None, markersize=4, label=label)
-        ax.set_title(title, fontsize=10)
+            ax.plot(xs, y, marker="o" if len(xs) <= 30 else None, markersize=4, label=plain(label))
+        ax.set_title(plain(title), fontsize=10)
         ax.set_xlabel("step", fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=8)
@@ -185,12 +142,12 @@ def bars(title: str, labels: list[str], values: list[float | None]) -> bytes:
     fig = _figure(3.2, 2.4)
     ax = fig.subplots()
     vals = [np.nan if v is None else float(v) for v in values]
-    ax.bar(labels, vals, color=["#8a94b2", "#2f6fd0"][: len(labels)] + ["#2f6fd0"] * max(0, len(labels) - 2))
+    ax.bar([plain(label) for label in labels], vals, color=["#8a94b2", "#2f6fd0"][: len(labels)] + ["#2f6fd0"] * max(0, len(labels) - 2))
     for x, v in enumerate(vals):
         if not np.isnan(v):
             ax.annotate(f"{v:.3f}", (x, v), ha="center", va="bottom" if v >= 0 else "top", fontsize=8)
     ax.axhline(0, color="#333", linewidth=0.6)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(plain(title), fontsize=10)
     ax.tick_params(labelsize=8)
     return figure_png(fig)
 
@@ -202,7 +159,7 @@ def sparkline(xs: list[int], series: dict[str, list[float | None]], ymax: float 
     ax = fig.subplots()
     for k, (label, ys) in enumerate(series.items()):
         y = np.array([np.nan if v is None else float(v) for v in ys], dtype=float)
-        ax.plot(xs, y, marker="o", markersize=2, linewidth=1, label=label, color=SERIES_COLOURS[k % len(SERIES_COLOURS)])
+        ax.plot(xs, y, marker="o", markersize=2, linewidth=1, label=plain(label), color=SERIES_COLOURS[k % len(SERIES_COLOURS)])
         missing = [x for x, v in zip(xs, ys, strict=True) if v is None]
         if missing:
             ax.plot(missing, [0.0] * len(missing), "|", color="#c0392b", markersize=6)
@@ -223,14 +180,36 @@ def number(value, digits: int = 4, trim: bool = False) -> str:
     if isinstance(value, float):
         text = f"{value:.{digits}f}"
         return text.rstrip("0").rstrip(".") if trim and "." in text else text
-    return esc(value)
+    return str(value)
 
 
-def page(title: str, body: str, sortable: bool = False) -> str:
-    script = f"<script>{SORT_JS}</script>" if sortable else ""
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n{script}</body></html>\n")
+@functools.cache
+def environment():
+    """Jinja2 over the templates in pvcli/templates, autoescaping every value (HTML and attributes);
+    an unknown name in a template is an error, never an empty string."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("pvcli", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, finalize=_text)
+    env.filters["number"] = number
+    return env
+
+
+def _text(value):
+    """Every value a template prints: None is empty, pv's own markup (a macro's output) stays, all
+    else is escaped as `html.escape` does (quotes too), then left alone by autoescape."""
+    from markupsafe import Markup
+
+    if value is None:
+        return ""
+    if hasattr(value, "__html__"):
+        return value
+    return Markup(html.escape(str(value)))
+
+
+def render(template: str, **values) -> str:
+    """The page `template` (a file of pvcli/templates) filled with `values`, each escaped."""
+    return environment().get_template(template).render(**values)
 
 
 def check_page_path(path: Path | str, flag: str, example: str) -> Path:

@@ -36,7 +36,9 @@ def create_app() -> typer.Typer:
         try:
             state.registry().pm.hook.register_commands(app=app)
         except Exception as exc:
-            err.print(f"[yellow]Warning:[/yellow] a plugin failed to add commands: {exc}", soft_wrap=True)
+            from rich.markup import escape
+
+            err.print(f"[yellow]Warning:[/yellow] a plugin failed to add commands: {escape(str(exc))}", soft_wrap=True)
     return app
 
 

@@ -73,7 +73,9 @@ def register(app: typer.Typer, state: AppState) -> None:
         if not (quiet or as_json):
             _table(result)
             if result.get("report"):
-                err.print(f"report: {result['report']}", soft_wrap=True)
+                from rich.markup import escape
+
+                err.print(f"report: {escape(result['report'])}", soft_wrap=True)
         emit(result if as_json else "\n".join(r["video"] for r in result["videos"]), as_json)
 
 
@@ -99,11 +101,11 @@ def _table(result: dict) -> None:
             v = result[g].get(key)
             v = v.get(sub) if sub is not None and isinstance(v, dict) else v
             cells.append("-" if v is None else f"{v:.4f}")
-        table.add_row(label, *cells)
+        table.add_row(escape(label), *cells)
     err.print(table)
     if result.get("judge"):
-        err.print(f"judge: {result['judge']}, an encoder the identity was not tuned against (it was tuned against "
-                  f"{result['tuned_with']}); each encoder has its own scale: compare its scores with its own "
+        err.print(f"judge: {escape(result['judge'])}, an encoder the identity was not tuned against (it was tuned "
+                  f"against {escape(str(result['tuned_with']))}); each encoder has its own scale: compare its scores with its own "
                   "(tuned against base, --compare-base), not across encoders", soft_wrap=True)
     elif result.get("judge_note"):
         err.print(f"judge: none ({escape(result['judge_note'])})", soft_wrap=True)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ..api import PVError
 from ..console import emit
 from .common import FORCE_OPT, JSON_OPT, AppState, handle_errors
 
@@ -16,8 +15,8 @@ def register(app: typer.Typer, state: AppState) -> None:
     @handle_errors
     def export(
         name: str = typer.Argument(..., help="Identity name (see `pv list`)."),
-        fmt: str = typer.Option("diffusers", "--format", "-f",
-                                help="LoRA key format: diffusers, or kohya (= comfy = a1111, what ComfyUI and A1111 load)."),
+        fmt: str = typer.Option(None, "--format", "-f", help="LoRA key format: diffusers (the default), or kohya "
+                                "(= comfy = a1111, what ComfyUI and A1111 load)."),
         output: Path = typer.Option(None, "--output", "-o", help="Output .safetensors (default: NAME.safetensors "
                                     "or NAME_kohya.safetensors)."),
         bundle: Path = typer.Option(None, "--bundle", help="Write the whole identity as one .pvid archive instead "
@@ -30,9 +29,7 @@ def register(app: typer.Typer, state: AppState) -> None:
 
         ctx = state.context(as_json)
         if bundle is not None:
-            if output is not None:
-                raise PVError("--bundle and --output are two different exports", "give one of them")
-            record = api.export(name, bundle=bundle, force=force, context=ctx)
+            record = api.export(name, fmt, output, bundle=bundle, force=force, context=ctx)
         else:
             record = api.export(name, fmt, output, force=force, context=ctx)
         emit(record if as_json else record["path"], as_json)

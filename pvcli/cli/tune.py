@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from ..api import PVError
 from ..console import emit, err
@@ -101,7 +102,7 @@ def register(app: typer.Typer, state: AppState) -> None:
         if not (quiet or as_json):
             err.print(_summary(info), soft_wrap=True)
             if info["note"]:
-                err.print(f"[dim]Note: {info['note']}[/dim]", soft_wrap=True)
+                err.print(f"[dim]Note: {escape(info['note'])}[/dim]", soft_wrap=True)
         emit(info if as_json else identity.name, as_json)
 
 
@@ -131,4 +132,5 @@ def _summary(info: dict) -> str:
     before, after = info["held_out_id_sim_before"], info["held_out_id_sim_after"]
     held_out = (f"held-out ID similarity ({info['encoder']}) {before} -> {after}" if after is not None
                 else "held-out ID similarity not measured (tune.held_out=0)")
-    return f"[green]Tuned[/green] {info['name']}: {info['steps']} steps, {info['seconds_per_step']} s/step; {held_out}"
+    return (f"[green]Tuned[/green] {escape(info['name'])}: {info['steps']} steps, {info['seconds_per_step']} s/step; "
+            f"{escape(held_out)}")

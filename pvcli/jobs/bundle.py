@@ -6,7 +6,8 @@ the sha256 and size of every other member), adapter.safetensors, reference.safet
 config.yaml, identity.json, refs/face_N.png (the aligned crops) and refs/photo_N.EXT (the
 original photos, their encoded bytes as the identity keeps them, not decoded pixels) and, if the
 run kept one, log.jsonl. No path of the exporting machine travels: photos are named by file name
-only. Export checks the size limits import enforces before it writes anything.
+only, and a setting or record that names a local file or folder (a base model given as a path)
+travels as "local:NAME", which the recipient points at their own copy with --set. Export checks the size limits import enforces before it writes anything.
 
 Import checks everything before it writes anything: regular files with known names only (no
 absolute paths, `..`, links or devices), a size limit, the manifest's hashes, the adapter's own
@@ -21,7 +22,7 @@ import io
 import json
 import re
 import tarfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .. import __version__
 from ..context import Context
@@ -29,6 +30,7 @@ from ..errors import PVError
 from ..identity_files import ADAPTER_FILE, REFERENCE_FILE, tensor_hash
 from ..identity_files import FORMAT as ADAPTER_FORMAT
 from ..locks import IdentityLock
+from ..records import adapter_fault, identity_fault
 from ..store import IDENTITY_FILE, atomic_write_file, validate_name
 from .export import _check_writable
 
@@ -63,14 +65,76 @@ def _names_only(items) -> list[str]:
     return [PurePosixPath(str(p).replace("\\", "/")).name for p in items] if isinstance(items, list) else []
 
 
+LOCAL = "local:"  # what a path of the exporting machine becomes in a bundle: "local:" and its file name
+
+
+def _local_path(value: str) -> bool:
+    """Whether a text value names a file or folder of this machine: absolute, from the home folder,
+    explicitly relative, or an existing path with a separator (a hub id "org/name" that is not a
+    folder here is no path)."""
+    text = value.strip()
+    if not text or "\n" in text:
+        return False
+    if text.startswith(("~", "./", "../", ".\\", "..\\", "\\")) or PurePosixPath(text).is_absolute() \
+            or PureWindowsPath(text).is_absolute():
+        return True
+    try:
+        return ("/" in text or "\\" in text) and Path(text).expanduser().exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _portable(value):
+    """`value` (text, or lists and mappings of it) with every path of this machine replaced by
+    LOCAL and the file's name: a base model given as a local folder travels as its name only."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v) for v in value]
+    if isinstance(value, str) and _local_path(value):
+        return LOCAL + PureWindowsPath(value.strip().rstrip("/\\")).name
+    return value
+
+
+def _local_settings(settings: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """(setting, value) of every setting a bundle's exporter replaced with LOCAL + a name."""
+    found = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            found += _local_settings(value, f"{prefix}{key}.")
+        elif isinstance(value, str) and value.startswith(LOCAL):
+            found.append((f"{prefix}{key}", value))
+    return found
+
+
 def _portable_info(data: bytes) -> bytes:
-    """identity.json without paths of this machine: photos by file name, no `path`."""
+    """identity.json without paths of this machine: photos by file name, no `path`, a local base
+    model by its name."""
     info = json.loads(data)
     info["photos"] = _names_only(info.get("photos"))
     if info.get("imported_from"):
         info["imported_from"] = PurePosixPath(str(info["imported_from"]).replace("\\", "/")).name
     info.pop("path", None)
-    return (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
+    return (json.dumps(_portable(info), indent=2, sort_keys=True) + "\n").encode()
+
+
+def _portable_settings(data: bytes) -> bytes:
+    """config.yaml with no path of this machine (unchanged bytes when it names none)."""
+    import yaml
+
+    settings = yaml.safe_load(data)
+    portable = _portable(settings)
+    return data if portable == settings else yaml.safe_dump(portable, sort_keys=False).encode()
+
+
+def _portable_adapter(data: bytes) -> bytes:
+    """adapter.safetensors whose metadata names no path of this machine (the tensors, and so their
+    hash, unchanged)."""
+    from safetensors.torch import load, save
+
+    meta = _header(data)
+    portable = _portable(meta)
+    return data if portable == meta else save(load(data), metadata=portable)
 
 
 def _portable_reference(data: bytes) -> bytes:
@@ -105,6 +169,8 @@ def export_bundle(ctx: Context, name: str, output: Path | None = None, force: bo
     if not any(k.startswith("refs/face_") for k in images):
         raise PVError(f"identity {name!r} is damaged: refs/ holds no aligned face", f"re-tune it, or `pv rm {name}`")
     members[IDENTITY_FILE] = _portable_info(members[IDENTITY_FILE])
+    members["config.yaml"] = _portable_settings(members["config.yaml"])
+    members[ADAPTER_FILE] = _portable_adapter(members[ADAPTER_FILE])
     members[REFERENCE_FILE] = _portable_reference(members[REFERENCE_FILE])
     members.update(images)
     manifest = {"format": FORMAT, "name": name, "pv_version": __version__,
@@ -148,6 +214,27 @@ def _bad(path: Path, why: str) -> PVError:
     return PVError(f"{path} is not a valid pv identity bundle: {why}", "nothing was imported")
 
 
+# where the data filter checks that a member would land (members are read into memory, never
+# extracted: nothing of a bundle is written before every check has passed)
+DATA_FILTER_DEST = "/pv-bundle"
+
+
+def _member_fault(info: tarfile.TarInfo, allowed: set) -> str | None:
+    """pv's own rules for a member: a regular file with a known name, no absolute path or `..`."""
+    name = info.name
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts or name.startswith(("/", "\\")) or ":" in name:
+        return f"unsafe path {name!r}"
+    if info.issym() or info.islnk():
+        return f"{name!r} is a link"
+    if not info.isfile():
+        return f"{name!r} is not a regular file"
+    if name not in allowed and not IMAGE.fullmatch(name):
+        return (f"unexpected member {name!r} (a bundle holds only {', '.join(sorted(allowed))} "
+                "and refs/face_N.png, refs/photo_N.EXT)")
+    return None
+
+
 def _read_members(path: Path) -> dict[str, bytes]:
     """Every member, checked as it is read: regular files with known names, within the limits."""
     allowed = {MANIFEST, *REQUIRED, *OPTIONAL, FACES}
@@ -157,16 +244,14 @@ def _read_members(path: Path) -> dict[str, bytes]:
         with tarfile.open(path, "r:*") as tar:
             for info in tar:
                 name = info.name
-                pure = PurePosixPath(name)
-                if pure.is_absolute() or ".." in pure.parts or name.startswith(("/", "\\")) or ":" in name:
-                    raise _bad(path, f"unsafe path {name!r}")
-                if info.issym() or info.islnk():
-                    raise _bad(path, f"{name!r} is a link")
-                if not info.isfile():
-                    raise _bad(path, f"{name!r} is not a regular file")
-                if name not in allowed and not IMAGE.fullmatch(name):
-                    raise _bad(path, f"unexpected member {name!r} (a bundle holds only {', '.join(sorted(allowed))} "
-                                     "and refs/face_N.png, refs/photo_N.EXT)")
+                fault = _member_fault(info, allowed)
+                if fault:
+                    raise _bad(path, fault)
+                try:  # defence in depth: the standard library's own rules for extracting data (PEP 706;
+                    # Python 3.10.12, 3.11.4 and later have it)
+                    info = tarfile.data_filter(info, DATA_FILTER_DEST) if hasattr(tarfile, "data_filter") else info
+                except tarfile.FilterError as exc:
+                    raise _bad(path, f"{name!r} is refused by the tar data filter ({exc})") from None
                 if name in members:
                     raise _bad(path, f"{name!r} appears twice")
                 total += info.size
@@ -263,16 +348,28 @@ def _write_imported(ctx: Context, path: Path, name: str, force: bool, members: d
         info = json.loads(members[IDENTITY_FILE])
         settings = yaml.safe_load(members["config.yaml"])
         assert isinstance(info, dict) and isinstance(settings, dict)
-    except (json.JSONDecodeError, yaml.YAMLError, AssertionError):
+    except (ValueError, yaml.YAMLError, AssertionError):  # ValueError: JSON's own, or a 4300-digit number
         raise _bad(path, "identity.json or config.yaml is malformed") from None
+    fault = identity_fault(info)
+    if fault:
+        raise _bad(path, f"{IDENTITY_FILE}: {fault}")
+    if not isinstance(manifest.get("name"), str):
+        raise _bad(path, f"{MANIFEST}: name must be text, got {manifest.get('name')!r}"[:200])
+    _check_log(path, members.get("log.jsonl"))
     try:
         from_dict(settings)
     except PVError as exc:
         raise _bad(path, f"its settings are invalid ({exc.message})") from None
+    for key, value in _local_settings(settings):
+        ctx.reporter.warn(f"{key} named a local file of the machine that made the bundle ({value[len(LOCAL):]}): "
+                          f"render with --set {key}=PATH to your copy")
 
     meta = _header(members[ADAPTER_FILE])
     if meta.get("format") != ADAPTER_FORMAT:
         raise _bad(path, f"{ADAPTER_FILE} is not a pv identity adapter (format {meta.get('format')!r})")
+    fault = adapter_fault(meta)
+    if fault:
+        raise _bad(path, f"the metadata of {ADAPTER_FILE}: {fault}")
     state = tensors[ADAPTER_FILE]
     if "embedding" not in tensors[REFERENCE_FILE]:
         raise _bad(path, f"{REFERENCE_FILE} holds no reference embedding")
@@ -295,6 +392,18 @@ def _write_imported(ctx: Context, path: Path, name: str, force: bool, members: d
         (folder / IDENTITY_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return {"name": name, "path": str(ctx.store.path(name)), "from": str(path), "bundle_name": manifest.get("name"),
             "backbone": info.get("backbone"), "encoder": info.get("encoder")}
+
+
+def _check_log(path: Path, data: bytes | None) -> None:
+    """log.jsonl, if the bundle has one: JSON objects, one a line, each with its integer step."""
+    for number, line in enumerate((data or b"").decode().splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else {"step": 0}
+        except ValueError:
+            record = None
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= 2**53:
+            raise _bad(path, f"log.jsonl line {number} is not a step's record (a JSON object with its step)")
 
 
 def _faces(path: Path, tensors: dict) -> dict[str, list]:

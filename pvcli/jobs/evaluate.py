@@ -42,6 +42,10 @@ def evaluate(ctx: Context, req: EvalRequest) -> dict:
         raise PVError(f"--flow must be auto, raft or farneback, got {req.flow!r}")
     if req.no_face not in NO_FACE:
         raise PVError(f"--no-face must be skip or center, got {req.no_face!r}")
+    from ..settings import check_seed
+
+    for seed in req.seeds:
+        check_seed(seed)
     check_inputs(ctx, req)
     store = ctx.store
     paths = ev.video_paths(req.target)
@@ -56,8 +60,11 @@ def evaluate(ctx: Context, req: EvalRequest) -> dict:
             raise PVError(f"{req.target!r} is neither a video, a folder nor an identity",
                           f"identities: {', '.join(store.names()) or 'none yet'}")
         identity = req.target
-    elif req.compare_base:
-        raise PVError("--compare-base needs an identity name, not videos")
+    else:  # flags that only apply to clips pv generates: refused, never dropped without a word
+        for flag, given in (("--compare-base", req.compare_base), ("--seed", req.seeds), ("--out-dir", req.out_dir)):
+            if given:
+                raise PVError(f"{flag} needs an identity name, not videos: it applies to the clips pv generates",
+                              f"drop {flag} to score {req.target} as it is")
     refs = list(req.refs)
     if identity is None and not refs:
         from ..video import read_metadata
@@ -118,10 +125,11 @@ def check_inputs(ctx: Context, req: EvalRequest) -> None:
     from ..paths import check_output, check_parent, check_photos
     from ..store import NAME_RE
 
-    def missing(item: str) -> bool:  # a path that does not exist and cannot be an identity name
-        return not Path(item).expanduser().exists() and not NAME_RE.match(item) and not any(c in item for c in "*?[")
+    def missing(item: str, globs: bool = True) -> bool:  # a path that does not exist and cannot be an identity name
+        return (not Path(item).expanduser().exists() and not NAME_RE.match(item)
+                and not (globs and any(c in item for c in "*?[")))
 
-    if missing(req.target):
+    if missing(req.target, globs=False):  # the target is a video, a folder or a name, never a pattern
         raise PVError(f"{req.target}: no such video or folder (nor an identity name)",
                       "give a video, a folder of videos, or an identity (see `pv list`)")
     for ref in req.refs:

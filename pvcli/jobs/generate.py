@@ -12,8 +12,8 @@ import numpy as np
 from .. import __version__
 from ..context import Context
 from ..errors import PVError
-from ..identity_files import read_adapter, read_settings
-from ..settings import GenerateSettings, Settings, from_dict
+from ..identity_files import adapter_metadata, read_adapter, read_settings
+from ..settings import GenerateSettings, Settings, check_seed, from_dict
 from .resources import build_backbone, out_of_memory_hint
 
 
@@ -178,8 +178,8 @@ def parse_prompt_lines(lines, where: str = "stdin"):
             raise PVError(f"{where} line {number}: a JSON line needs a \"prompt\" and may have seed, negative, "
                           f"output{f' (unknown: {sorted(unknown)[0]})' if unknown else ''}")
         seed = data.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise PVError(f"{where} line {number}: seed must be an integer, got {seed!r}")
+        if seed is not None:
+            check_seed(seed, f"{where} line {number}: seed")
         yield ClipRequest(data["prompt"], seed, data.get("negative"), data.get("output"))
 
 
@@ -206,6 +206,7 @@ def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddO
     if video is not None:
         probe_source(video, "--video")
     info = ctx.store.load_info(name)
+    adapter_metadata(ctx.store.path(name))  # a damaged adapter fails here, not once the model is loaded
     accepts = None
     if info.get("backbone"):
         ctx.registry.check_frames(info["backbone"], g.frames, "--frames")
@@ -246,6 +247,8 @@ def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, request
     seed_list = seeds if seeds is not None else [g.seed]
     if not seed_list:
         raise PVError("no seeds to render")
+    for seed in seed_list:
+        check_seed(seed)
     total = len(requests) * len(seed_list) if hasattr(requests, "__len__") else None
     per_clip = denoising_steps(g.steps, g.strength if video is not None else None)
     bar = ctx.reporter.progress(f"generating {name}", None if total is None else total * per_clip) if one_bar \

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -34,28 +35,16 @@ def identity_report(ctx: Context, name: str, output: Path | None = None) -> dict
     folder = ctx.store.folder(name)
     ctx.reporter.status(f"writing the report of {name}")
     counts = {"images": 0, "samples": 0}
-    sections = [
-        _header(info),
-        _numbers(info, counts),
-        _references(folder, counts),
-        _curves(folder, counts),
-        _samples(folder, counts),
-        _settings(folder, info),
-    ]
-    size = wp.write_page(out, wp.page(f"pv identity report: {name}", "\n".join(sections)), "-o")
+    page = wp.render("identity_report.html.j2", title=f"pv identity report: {name}", sortable=False, info=info,
+                     version=__version__, today=_dt.date.today().isoformat(), numbers=_numbers(info, counts),
+                     references=_references(folder, counts), curves=_curves(folder, counts),
+                     samples=_samples(folder, counts), settings=_settings(folder, info))
+    size = wp.write_page(out, page, "-o")
     return {"identity": name, "path": str(out), "bytes": size, **counts}
 
 
-def _header(info: dict) -> str:
-    note = f'<p class="note">{wp.esc(info["note"])}</p>' if info.get("note") else ""
-    return (f"<h1>Identity <code>{wp.esc(info.get('name'))}</code></h1>"
-            f'<p class="sub">tuned {wp.esc(info.get("created", "?"))} with pv {wp.esc(info.get("pv_version", "?"))}, '
-            f"profile {wp.esc(info.get('profile', '?'))}, backbone {wp.esc(info.get('backbone', '?'))}, "
-            f"encoder {wp.esc(info.get('encoder', '?'))}; report by pv {wp.esc(__version__)} on "
-            f"{_dt.date.today().isoformat()}</p>{note}")
-
-
-def _numbers(info: dict, counts: dict) -> str:
+def _numbers(info: dict, counts: dict) -> dict:
+    """The numbers table ((label, value, css class) rows) and the held-out chart."""
     before, after = info.get("held_out_id_sim_before"), info.get("held_out_id_sim_after")
     rows = [("steps", info.get("steps")), ("resumed at step", info.get("resumed_at")),
             ("seconds per step", info.get("seconds_per_step")), ("peak memory (MB)", info.get("peak_memory_mb")),
@@ -64,26 +53,23 @@ def _numbers(info: dict, counts: dict) -> str:
             ("face-hit rate (all steps)", info.get("face_hit_rate")),
             ("adapter layers / parameters", f"{info.get('adapter_layers', '?')} / {info.get('adapter_parameters', '?')}"),
             ("held-out ID similarity before", before), ("held-out ID similarity after", after)]
+    rows = [(label, wp.number(value, trim=True), "") for label, value in rows]
     if before is not None and after is not None:
         delta = after - before
-        rows.append(("held-out change", f'<span class="{"good" if delta > 0 else "bad"}">{delta:+.4f}</span>'))
+        rows.append(("held-out change", f"{delta:+.4f}", "good" if delta > 0 else "bad"))
     if info.get("tracker"):
-        rows.append(("tracker run", f"{info['tracker'].get('report_to')} {info['tracker'].get('run_id')}"))
-    body = "".join(f"<tr><th>{wp.esc(k)}</th><td class='n'>{v if isinstance(v, str) and v.startswith('<') else wp.number(v, trim=True)}"
-                   "</td></tr>" for k, v in rows)
-    chart = ""
+        rows.append(("tracker run", f"{info['tracker'].get('report_to')} {info['tracker'].get('run_id')}", ""))
+    chart = None
     if before is not None or after is not None:
-        chart = wp.img(wp.bars(f"held-out ID similarity ({info.get('encoder', '?')})", ["before", "after"],
-                               [before, after]), "image/png", "held-out ID similarity before and after tuning",
-                       cls="plot")
+        chart = wp.image(wp.bars(f"held-out ID similarity ({info.get('encoder', '?')})", ["before", "after"],
+                                 [before, after]), "image/png", "held-out ID similarity before and after tuning",
+                         cls="plot")
         counts["images"] += 1
-    else:
-        chart = ('<p class="note">Held-out ID similarity was not measured (tune.held_out=0): clips from unseen '
-                 "seeds, scored before and after tuning.</p>")
-    return f'<h2>Numbers</h2><div class="gallery"><table>{body}</table>{chart}</div>'
+    return {"rows": rows, "chart": chart}
 
 
-def _references(folder: Path, counts: dict) -> str:
+def _references(folder: Path, counts: dict) -> list[dict]:
+    """The photos and aligned crops: {caption, image (None: unreadable)} each."""
     from ..images import load_image
 
     refs = folder / "refs"
@@ -95,61 +81,61 @@ def _references(folder: Path, counts: dict) -> str:
             try:
                 rgb = load_image(path)
             except PVError:
-                figures.append(f"<figure><figcaption>{kind} {i}: unreadable</figcaption></figure>")
+                figures.append({"caption": f"{kind} {i}: unreadable", "image": None})
                 continue
             if kind == "photo":
                 data, mime = wp.jpeg(wp.fit(rgb)), "image/jpeg"
             else:
                 data, mime = wp.png(rgb), "image/png"
-            figures.append(f"<figure>{wp.img(data, mime, f'{kind} {i}', width=wp.display_width(rgb.shape[:2], 192))}"
-                           f"<figcaption>{kind} {i}</figcaption></figure>")
+            figures.append({"caption": f"{kind} {i}",
+                            "image": wp.image(data, mime, f"{kind} {i}", wp.display_width(rgb.shape[:2], 192))})
             counts["images"] += 1
-    if not figures:
-        return "<h2>Reference photos</h2><p class='note'>This identity keeps no reference images.</p>"
-    return ("<h2>Reference photos and aligned crops</h2><p class='note'>The photos the identity was tuned from "
-            "(scaled down) and the aligned face crops the identity encoder embedded.</p>"
-            f"<div class='gallery'>{''.join(figures)}</div>")
+    return figures
+
+
+LOG_VALUES = ("loss", "id_sim", "face_hit_rate", "scr")
 
 
 def _log(folder: Path) -> list[dict]:
+    """The training log's records by step; a value that is no finite number is a gap (None)."""
     records: dict[int, dict] = {}
     path = folder / "log.jsonl"
     for line in path.read_text().splitlines() if path.is_file() else []:
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or a number of over 4300 digits
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-            records[rec["step"]] = rec
+        step = rec.get("step") if isinstance(rec, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool) and 0 <= step <= 2**53:
+            records[step] = {"step": step, **{k: _finite(rec.get(k)) for k in LOG_VALUES}}
     return [records[k] for k in sorted(records)]
 
 
-def _curves(folder: Path, counts: dict) -> str:
+def _finite(value) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _curves(folder: Path, counts: dict) -> dict | None:
     log = _log(folder)
     if not log:
-        return "<h2>Training curves</h2><p class='note'>No training log (log.jsonl) in this identity.</p>"
+        return None
     steps = [r["step"] for r in log]
-    panels = [("loss", steps, {"loss": [r.get("loss") for r in log]}),
-              ("ID similarity (tuning encoder)", steps, {"id_sim": [r.get("id_sim") for r in log]}),
-              ("face-hit rate", steps, {"face_hit_rate": [r.get("face_hit_rate") for r in log]})]
-    if any(r.get("scr") is not None for r in log):
-        panels.append(("semantic consistency (KL)", steps, {"scr": [r.get("scr") for r in log]}))
+    panels = [("loss", steps, {"loss": [r["loss"] for r in log]}),
+              ("ID similarity (tuning encoder)", steps, {"id_sim": [r["id_sim"] for r in log]}),
+              ("face-hit rate", steps, {"face_hit_rate": [r["face_hit_rate"] for r in log]})]
+    if any(r["scr"] is not None for r in log):
+        panels.append(("semantic consistency (KL)", steps, {"scr": [r["scr"] for r in log]}))
     counts["images"] += 1
-    return ("<h2>Training curves</h2>"
-            + wp.img(wp.line_panels(panels), "image/png", "loss, ID similarity and face-hit rate against step",
-                     cls="plot")
-            + f"<p class='note'>{len(log)} logged steps; ID similarity is the cosine of the generated faces to the "
-              "reference on the tuning encoder; the face-hit rate is the share of supervised frames with a detected "
-              "face (the others use a centre crop or are skipped, tune.no_face).</p>")
+    return {"steps": len(log), "image": wp.image(wp.line_panels(panels), "image/png",
+                                                 "loss, ID similarity and face-hit rate against step", cls="plot")}
 
 
-def _samples(folder: Path, counts: dict) -> str:
+def _samples(folder: Path, counts: dict) -> dict:
+    """The clips kept at tune.sample_every: {figures, over (first frames), prompt, shown, total}."""
     from ..video import read_metadata
 
     clips = sorted((folder / "samples").glob("step_*.mp4")) if (folder / "samples").is_dir() else []
-    if not clips:
-        return ("<h2>Samples over the steps</h2><p class='note'>No samples were kept: tune with "
-                "<code>--set tune.sample_every=N</code> to keep a clip every N steps.</p>")
     shown = clips
     if len(clips) > MAX_SAMPLES:
         keep = sorted(set(np.linspace(0, len(clips) - 1, MAX_SAMPLES).round().astype(int).tolist()))
@@ -159,28 +145,26 @@ def _samples(folder: Path, counts: dict) -> str:
         step = int(path.stem.split("_")[1])
         frames = wp.read_clip(path)
         if frames is None:
-            figures.append(f"<figure><figcaption>step {step}: unreadable clip</figcaption></figure>")
+            figures.append({"caption": f"step {step}: unreadable clip", "image": None})
             continue
         meta = read_metadata(path)
         prompt = prompt or meta.get("prompt")
         data, mime = wp.animation(frames, float(meta.get("fps") or 8), side=SAMPLE_SIDE)
-        figures.append(f"<figure>{wp.img(data, mime, f'sample at step {step}', wp.display_width(frames.shape[1:3], 160), 'px')}"
-                       f"<figcaption>step {step}</figcaption></figure>")
+        figures.append({"caption": f"step {step}", "image": wp.image(
+            data, mime, f"sample at step {step}", wp.display_width(frames.shape[1:3], 160), "px")})
         firsts.append(frames[0])
         counts["images"] += 1
         counts["samples"] += 1
-    over = ""
+    over = None
     if len(firsts) > 1 and len({f.shape for f in firsts}) == 1:
         data, mime = wp.animation(np.stack(firsts), 2.0, max_frames=MAX_SAMPLES)
-        over = (f"<figure>{wp.img(data, mime, 'first frame of each sample, step by step', wp.display_width(firsts[0].shape[:2], 256), 'px')}"
-                "<figcaption>first frames, step by step</figcaption></figure>")
+        over = wp.image(data, mime, "first frame of each sample, step by step",
+                        wp.display_width(firsts[0].shape[:2], 256), "px")
         counts["images"] += 1
-    more = f" ({len(shown)} of {len(clips)} shown)" if len(shown) < len(clips) else ""
-    return (f"<h2>Samples over the steps{more}</h2><p class='note'>One clip per sample step, same seed and prompt"
-            f"{': ' + wp.esc(prompt) if prompt else ''}.</p><div class='gallery'>{over}{''.join(figures)}</div>")
+    return {"figures": figures, "over": over, "prompt": prompt, "shown": len(shown), "total": len(clips)}
 
 
-def _settings(folder: Path, info: dict) -> str:
+def _settings(folder: Path, info: dict) -> dict:
     from importlib import metadata as md
 
     config = folder / "config.yaml"
@@ -200,10 +184,7 @@ def _settings(folder: Path, info: dict) -> str:
             versions[f"{package} (this machine)"] = md.version(package)
         except md.PackageNotFoundError:
             pass
-    vrows = "".join(f"<tr><th>{wp.esc(k)}</th><td>{wp.esc(v)}</td></tr>" for k, v in versions.items())
-    arows = "".join(f"<tr><th>{wp.esc(k)}</th><td>{wp.esc(v)}</td></tr>" for k, v in shown.items())
-    return (f"<h2>Versions</h2><table>{vrows}</table><h2>Adapter</h2><table>{arows}</table>"
-            f"<h2>Settings (config.yaml)</h2><pre>{wp.esc(text)}</pre>")
+    return {"versions": versions, "adapter": shown, "config": text}
 
 
 # ------------------------------------------------------------------------------ eval report
@@ -216,27 +197,17 @@ def eval_report(result: dict, entries: list[tuple], output: Path, title: str = "
     scoring's {encoder: [(frame index, face, score | None), ...]}. Returns the bytes written."""
     rows = [row for _, row, _ in entries]
     encoders = sorted({n for r in rows for n in r["face_sim"]})
-    columns = ([(f"face_sim_{n}", f"Face Sim<br>{wp.esc(_with_role(result, n))}") for n in encoders]
-               + [(f"face_detect_rate_{n}", f"face found<br>{wp.esc(n)}") for n in encoders]
-               + [(m, m.replace("_", "<br>", 1).replace("_", " ")) for m in METRIC_COLUMNS])
+    # (data-key, header lines) of the metric columns
+    columns = ([(f"face_sim_{n}", ["Face Sim", _with_role(result, n)]) for n in encoders]
+               + [(f"face_detect_rate_{n}", ["face found", n]) for n in encoders]
+               + [(m, [m.split("_", 1)[0], m.split("_", 1)[1].replace("_", " ")]) for m in METRIC_COLUMNS])
     groups = _pairs(entries) if "base" in result else [[e] for e in entries]
-    heads = ("<tr><th>preview</th><th>per-frame<br>face similarity</th><th data-key='clip'>clip</th><th data-key='group'>group</th>"
-             "<th data-key='seed' class='n'>seed</th><th data-key='prompt'>prompt</th>"
-             + "".join(f"<th data-key='{k}' class='n'>{label}</th>" for k, label in columns) + "</tr>")
-    bodies = [_group_rows(group, columns, encoders) for group in groups]
-    body = (f"<h1>{wp.esc(title)}</h1><p class='sub'>{len(rows)} clips, pv {wp.esc(__version__)}, "
-            f"{_dt.datetime.now().isoformat(timespec='seconds')}</p>"
-            + _judging(result)
-            + _aggregate_table(result, encoders)
-            + _notes(rows)
-            + "<h2>Clips</h2><p class='note'>Click a column to sort (again to reverse)."
-            + (" Tuned (adapter on) and base (adapter off) clips of the same prompt and seed stay together; "
-               "they sort by the tuned clip's value." if "base" in result else "")
-            + " Per-frame face similarity: max(0, cos) of each sampled frame's face to the reference, "
-              "a red tick where no face was found.</p>"
-            + f"<div class='wide'><table id='clips' class='sortable'><thead>{heads}</thead>{''.join(bodies)}"
-              "</table></div>")
-    return wp.write_page(output, wp.page(title, body, sortable=True), "--report")
+    page = wp.render("eval_report.html.j2", title=title, sortable=True, clips=len(rows), version=__version__,
+                     now=_dt.datetime.now().isoformat(timespec="seconds"), judging=_judging(result),
+                     summary=_summary(result, encoders), models=_models(rows), notes=_notes(rows),
+                     paired="base" in result, columns=columns,
+                     groups=[_group_rows(group, columns, encoders) for group in groups])
+    return wp.write_page(output, page, "--report")
 
 
 def _pairs(entries: list[tuple]) -> list[list[tuple]]:
@@ -256,32 +227,21 @@ def _seed(path: Path):
         return None
 
 
-def _preview(clip, side: int = 160) -> str:
+def _preview(clip, side: int = 160) -> wp.Image:
     data, mime = wp.animation(clip.frames, float(clip.fps or 8))
-    return wp.img(data, mime, f"preview of {clip.path.name}", wp.display_width(clip.frames.shape[1:3], side), "px")
+    return wp.image(data, mime, f"preview of {clip.path.name}", wp.display_width(clip.frames.shape[1:3], side), "px")
 
 
-def _group_rows(group: list[tuple], columns, encoders) -> str:
-    out = []
-    if len(group) == 2:  # tuned and base side by side, in one cell over both rows
-        figs = "".join(f"<figure>{_preview(clip, 128)}<figcaption>{wp.esc(row['group'])}</figcaption></figure>"
-                       for clip, row, _ in group)
-        preview = [f"<td rowspan='2'><div class='pair'>{figs}</div></td>", ""]
-    else:
-        preview = [f"<td>{_preview(group[0][0])}</td>"]
-    for k, (clip, row, per_frame) in enumerate(group):
-        seed = _seed(clip.path)
-        cells = [preview[k], f"<td>{_per_frame_cell(per_frame, encoders)}</td>",
-                 f"<td data-key='clip' data-v='{wp.esc(clip.path.name)}'>{wp.esc(clip.path.name)}</td>",
-                 f"<td data-key='group' data-v='{wp.esc(row['group'])}'>{wp.esc(row['group'])}</td>",
-                 f"<td data-key='seed' class='n' data-v='{wp.esc('' if seed is None else seed)}'>{wp.number(seed)}</td>",
-                 f"<td data-key='prompt' data-v='{wp.esc(row.get('prompt') or '')}'>{wp.esc(row.get('prompt') or '-')}</td>"]
-        for key, _ in columns:
-            value = _metric(row, key)
-            cells.append(f"<td data-key='{key}' class='n' data-v='{'' if value is None else value}'>"
-                         f"{wp.number(value)}</td>")
-        out.append(f"<tr class='clip' data-group='{wp.esc(row['group'])}'>{''.join(cells)}</tr>")
-    return f"<tbody>{''.join(out)}</tbody>"
+def _group_rows(group: list[tuple], columns, encoders) -> dict:
+    """One <tbody>: a clip's row, or the tuned and base rows of a pair with their previews side by side."""
+    previews = [{"image": _preview(clip, 128 if len(group) == 2 else 160), "caption": row["group"]}
+                for clip, row, _ in group]
+    rows = []
+    for clip, row, per_frame in group:
+        rows.append({"group": row["group"], "clip": clip.path.name, "seed": _seed(clip.path),
+                     "prompt": row.get("prompt") or "", "per_frame": _per_frame_cell(per_frame, encoders),
+                     "metrics": [(key, _metric(row, key)) for key, _ in columns]})
+    return {"previews": previews, "rows": rows}
 
 
 def _metric(row: dict, key: str):
@@ -292,7 +252,8 @@ def _metric(row: dict, key: str):
     return row.get(key)
 
 
-def _per_frame_cell(per_frame: dict, encoders: list[str]) -> str:
+def _per_frame_cell(per_frame: dict, encoders: list[str]) -> dict | None:
+    """The per-frame sparkline and, for several encoders, its legend ((colour, name) pairs)."""
     series, xs = {}, None
     for name in encoders:
         items = per_frame.get(name) or []
@@ -301,34 +262,31 @@ def _per_frame_cell(per_frame: dict, encoders: list[str]) -> str:
         xs = [int(i) for i, _, _ in items]
         series[name] = [None if s is None else float(s) for _, _, s in items]
     if not series:
-        return "-"
+        return None
     title = "; ".join(f"{n}: " + " ".join("-" if v is None else f"{v:.2f}" for v in vals) for n, vals in series.items())
-    image = wp.img(wp.sparkline(xs, series), "image/png", "per-frame face similarity",
-                   title=f"frames {xs[0]}..{xs[-1]}: {title}")
-    if len(series) < 2:
-        return image
-    legend = " ".join(f"<span style='color:{wp.SERIES_COLOURS[k % len(wp.SERIES_COLOURS)]}'>&#9632;</span>{wp.esc(n)}"
-                      for k, n in enumerate(series))
-    return f"{image}<br><span class='note'>{legend}</span>"
+    image = wp.image(wp.sparkline(xs, series), "image/png", "per-frame face similarity",
+                     title=f"frames {xs[0]}..{xs[-1]}: {title}")
+    legend = ([(wp.SERIES_COLOURS[k % len(wp.SERIES_COLOURS)], n) for k, n in enumerate(series)]
+              if len(series) > 1 else [])
+    return {"image": image, "legend": legend}
 
 
-def _aggregate_table(result: dict, encoders: list[str]) -> str:
+def _summary(result: dict, encoders: list[str]) -> dict | None:
+    """The aggregate table: its groups (columns) and (label, values) rows."""
     groups = [g for g in ("aggregate", "tuned", "base", "delta") if g in result]
     if not groups:
-        return ""
+        return None
     keys = ([(f"Face Sim ({_with_role(result, n)})", "face_sim", n) for n in encoders]
             + [(f"face detected ({n})", "face_detect_rate", n) for n in encoders]
             + [(m.replace("_", " "), m, None) for m in METRIC_COLUMNS])
-    head = "<tr><th>metric</th>" + "".join(f"<th class='n'>{g}</th>" for g in groups) + "</tr>"
     lines = []
     for label, key, sub in keys:
-        cells = []
+        values = []
         for g in groups:
             v = result[g].get(key)
-            v = v.get(sub) if sub is not None and isinstance(v, dict) else v
-            cells.append(f"<td class='n'>{wp.number(v)}</td>")
-        lines.append(f"<tr><th>{wp.esc(label)}</th>{''.join(cells)}</tr>")
-    return f"<h2>Summary</h2><table id='summary'><thead>{head}</thead><tbody>{''.join(lines)}</tbody></table>"
+            values.append(v.get(sub) if sub is not None and isinstance(v, dict) else v)
+        lines.append((label, values))
+    return {"groups": groups, "rows": lines}
 
 
 def _with_role(result: dict, encoder: str) -> str:
@@ -340,25 +298,20 @@ def _with_role(result: dict, encoder: str) -> str:
     return encoder
 
 
-def _judging(result: dict) -> str:
-    tuned, judge = result.get("tuned_with"), result.get("judge")
+def _judging(result: dict) -> dict | None:
+    tuned = result.get("tuned_with")
     if not tuned:
-        return ""
-    text = (f"The identity was tuned against <b>{wp.esc(tuned)}</b>; "
-            + (f"<b>{wp.esc(judge)}</b> judges it independently (it was never optimised against). Compare each "
-               "encoder's scores with its own, tuned against base: their scales differ." if judge
-               else "no independent judge ran."))
-    note = result.get("judge_note")
-    return f"<p class='note' id='judging'>{text}{' ' + wp.esc(note) if note else ''}</p>"
+        return None
+    return {"tuned": tuned, "judge": result.get("judge"), "note": result.get("judge_note")}
 
 
-def _notes(rows: list[dict]) -> str:
-    notes = {k: v for r in rows for k, v in (r.get("notes") or {}).items() if v}
+def _models(rows: list[dict]) -> dict:
     models = {}
     for r in rows:
         for k, v in (r.get("models") or {}).items():
             models.setdefault(k, "; ".join(f"{n}: {m}" for n, m in v.items()) if isinstance(v, dict) else str(v))
-    items = "".join(f"<li><b>{wp.esc(k)}</b>: {wp.esc(v)}</li>" for k, v in notes.items())
-    mitems = "".join(f"<li><b>{wp.esc(k)}</b>: {wp.esc(v)}</li>" for k, v in models.items())
-    return ((f"<h2>Models</h2><ul class='note'>{mitems}</ul>" if mitems else "")
-            + (f"<h2>Notes</h2><ul class='note'>{items}</ul>" if items else ""))
+    return models
+
+
+def _notes(rows: list[dict]) -> dict:
+    return {k: v for r in rows for k, v in (r.get("notes") or {}).items() if v}
