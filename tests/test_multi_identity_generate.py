@@ -96,6 +96,10 @@ def test_a_batch_from_stdin_names_the_group(home, tmp_path):
               input="alice waves\nbob waves\n")
     assert res.exit_code == 0, res.stderr
     assert res.stdout.split() == [str(tmp_path / "alice+bob_0.gif"), str(tmp_path / "alice+bob_1.gif")]
+    # the clip's record says where each identity stands, and pv eval --id reads it
+    res = run("eval", tmp_path / "alice+bob_0.gif", "--id", "alice", "--id", "bob", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["videos"][0]["regions_from"] == "clip record"
 
 
 @pytest.mark.parametrize("args, message", [

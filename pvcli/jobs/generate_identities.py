@@ -215,6 +215,7 @@ class GroupRenderer(IdentityRenderer):
                           "generate the identities one at a time")
         regions = [{"identity": m.name, "box": list(b), "weight": p.scale, "active_fraction": f}
                    for m, b, p, f in zip(self.members, boxes, people, self.fractions, strict=True)]
-        return frames, {"identities": [m.name for m in self.members], "region_mode": self.region_mode,
+        # "identity" is one identity's name in a single clip's record: a group clip names its identities
+        return frames, {"identity": None, "identities": [m.name for m in self.members], "region_mode": self.region_mode,
                         "layout": "auto" if not self.boxes else "given",
                         "feather": self.feather, "regions": regions, "adapter_scale": g.adapter_scale if adapter else 0.0}
