@@ -70,6 +70,9 @@ class IdentityRenderer:
         add_adapter(self.backbone, meta.get("targets", settings.adapter.targets), int(meta["rank"]), float(meta["alpha"]))
         load_adapter_state_dict(self.backbone.denoiser, state)
         self.fraction = float(meta.get("active_fraction", 1.0))
+        # the noise level the adapter turns on at (recorded at tuning); identities from before
+        # it gate by step index as they always did: the last active_fraction of the steps
+        self.gate = float(meta["gate_noise_level"]) if meta.get("gate_noise_level") else None
         self.phrase = identity_phrase(meta.get("token", "sks"), meta.get("class_word", "person"))
 
     def plan(self, g: GenerateSettings, addons: list[AddOn], video: str | Path | None = None):
@@ -102,7 +105,7 @@ class IdentityRenderer:
         conditioners (ControlNet, style LoRA, ...); `video` restyles a driving clip
         (video-to-video, `generate.strength`). `advance` (one call per denoising step) replaces
         the clip's own progress bar, for batches that show one bar."""
-        from ..engine.generate import check_frames, denoising_steps, generate_frames, plan_strength
+        from ..engine.generate import check_frames, denoising_steps, gated_steps, generate_frames, plan_strength
         from ..engine.prompts import with_identity
         from ..engine.sampling import adapted_steps
         from ..video import write_video
@@ -113,14 +116,20 @@ class IdentityRenderer:
         plan = self.plan(g, addons or [], video)
         steps = denoising_steps(g.steps, plan_strength(plan))
         full_prompt = with_identity(prompt, self.phrase)
+        if self.gate is not None:  # the steps at or below the identity's noise level, whatever the schedule
+            gating, adapted = {"gate": self.gate}, gated_steps(self.backbone, g.steps, steps, self.gate)
+        else:
+            gating = {"adapter_steps": adapted_steps(g.steps, self.fraction)}
+            adapted = min(gating["adapter_steps"], steps)
         bar = nullcontext(advance) if advance else self.ctx.reporter.progress(f"generating {self.name}", steps)
         with bar as step:
-            frames = generate_frames(self.backbone, full_prompt, g, adapter_steps=adapted_steps(g.steps, self.fraction),
-                                     on_step=lambda i, _: step(), plan=plan, adapter_scale=scale)
+            frames = generate_frames(self.backbone, full_prompt, g, on_step=lambda i, _: step(), plan=plan,
+                                     adapter_scale=scale, **gating)
         record = {
             "identity": self.name, "prompt": full_prompt, "negative_prompt": g.negative_prompt, "seed": g.seed,
             "steps": g.steps, "guidance_scale": g.guidance_scale, "frames": int(frames.shape[0]), "fps": g.fps,
             "height": g.height, "width": g.width, "adapter_scale": scale, "active_fraction": self.fraction,
+            "gate_noise_level": self.gate, "adapted_steps": adapted,
             "backbone": self.backbone.name, "pv_version": __version__, **plan.record,
         }
         video = Video(frames.numpy(), record)
