@@ -143,7 +143,7 @@ def test_the_identity_records_its_gate_and_generation_reports_the_steps_it_adapt
     use_home(monkeypatch, home)
     levels = schedule_levels(_wan().scheduler, 8)
     assert info["gate_noise_level"] == round(levels[6], 4)  # the first of the last 2 of 8 steps
-    r = run("generate", "g", "surfing", "--steps", "10", "--json")
+    r = run("generate", "g", "surfing", "--steps", "10", "-o", tmp_path / "g.mp4", "--json")
     assert r.exit_code == 0, r.stderr
     rec = json.loads(r.stdout)
     gate = rec["gate_noise_level"]
@@ -161,7 +161,116 @@ def test_the_identity_records_its_gate_and_generation_reports_the_steps_it_adapt
         meta = {k: v for k, v in fh.metadata().items() if k != "gate_noise_level"}
     save_file(load_file(str(adapter)), str(adapter), metadata=meta)
     use_home(monkeypatch, old)
-    r = run("generate", "g", "surfing", "--steps", "10", "--json")
+    r = run("generate", "g", "surfing", "--steps", "10", "-o", tmp_path / "old.mp4", "--json")
     assert r.exit_code == 0, r.stderr
     rec = json.loads(r.stdout)
     assert rec["gate_noise_level"] is None and rec["adapted_steps"] == adapted_steps(10, 0.25) == 3
+
+
+# ComfyUI's node signatures, extracted from its official workflow templates and node docs (PyPI:
+# comfyui-workflow-templates-json 0.1.123, comfyui-embedded-docs 0.5.15; see the file's "source")
+COMFY = json.loads((__import__("pathlib").Path(__file__).parent / "data" / "comfyui_nodes.json").read_text())
+
+
+def assert_comfy_workflow(wf: dict) -> dict:
+    """Every node type and input name pv writes appears in ComfyUI's templates (and its node docs),
+    every link points at a node, and the sampler and scheduler are names the templates use.
+    Returns the KSamplerAdvanced stages in schedule order."""
+    for node_id, node in wf.items():
+        sig = COMFY["nodes"].get(node["class_type"])
+        assert sig is not None and sig["template_count"] > 0, node["class_type"]
+        assert set(node["inputs"]) <= set(sig["template_inputs"]) | set(sig["doc_inputs"]), (node_id, node)
+        assert set(node["inputs"]) & set(sig["template_inputs"]) or not sig["template_inputs"], node
+        for value in node["inputs"].values():
+            if isinstance(value, list):
+                assert value[0] in wf and value[0] != node_id, (node_id, value)
+    stages = sorted((n["inputs"] for n in wf.values() if n["class_type"] == "KSamplerAdvanced"),
+                    key=lambda s: s["start_at_step"])
+    assert {s["sampler_name"] for s in stages} <= set(COMFY["sampler_names"])
+    assert {s["scheduler"] for s in stages} <= set(COMFY["schedulers"])
+    return stages
+
+
+def _chain(wf: dict, link: list) -> list[str]:
+    """The class types along a MODEL input back to its loader."""
+    out = []
+    while link is not None:
+        node = wf[link[0]]
+        out.append(node["class_type"])
+        link = node["inputs"].get("model")
+    return out
+
+
+def test_comfy_export_writes_a_workflow_that_applies_the_lora_from_the_gate(gated_home, monkeypatch, tmp_path):
+    home, info = gated_home
+    use_home(monkeypatch, home)
+    r = run("export", "g", "--format", "comfy", "-o", tmp_path / "g.safetensors")
+    assert r.exit_code == 0, r.stderr
+    assert "from step 6 of 8" in r.stderr and "g_workflow.json" in r.stderr  # the one line of wiring
+    wf = json.loads((tmp_path / "g_workflow.json").read_text())
+    base, tuned = assert_comfy_workflow(wf)
+    switch = 8 - steps_within_gate(schedule_levels(_wan().scheduler, 8), info["gate_noise_level"])
+    assert switch == 6  # the gate: the last 2 of the 8 steps
+    assert (base["start_at_step"], base["end_at_step"], tuned["start_at_step"], tuned["end_at_step"]) == (0, 6, 6, 8)
+    assert (base["add_noise"], base["return_with_leftover_noise"], tuned["add_noise"]) == ("enable", "enable", "disable")
+    assert tuned["latent_image"][0] in wf and wf[tuned["latent_image"][0]]["inputs"] is base
+    assert _chain(wf, base["model"]) == ["ModelSamplingSD3", "UNETLoader"]
+    assert _chain(wf, tuned["model"]) == ["ModelSamplingSD3", "LoraLoaderModelOnly", "UNETLoader"]
+    lora = next(n["inputs"] for n in wf.values() if n["class_type"] == "LoraLoaderModelOnly")
+    assert lora["lora_name"] == "g.safetensors" and lora["strength_model"] == 1.0
+    shift = next(n["inputs"]["shift"] for n in wf.values() if n["class_type"] == "ModelSamplingSD3")
+    assert shift == 3.0 and base["sampler_name"] == "uni_pc_bh2" and (base["steps"], base["cfg"]) == (8, 1.0)
+    latent = next(n["inputs"] for n in wf.values() if n["class_type"] == "EmptyHunyuanLatentVideo")
+    assert (latent["width"], latent["height"], latent["length"]) == (64, 64, 9)
+    text = [n["inputs"]["text"] for n in wf.values() if n["class_type"] == "CLIPTextEncode"]
+    assert any(t.startswith("sks person") for t in text)
+    # an existing workflow is not replaced without --force, and nothing is written then
+    (tmp_path / "h_workflow.json").write_text("{}")
+    r = run("export", "g", "--format", "comfy", "-o", tmp_path / "h.safetensors")
+    assert r.exit_code == 1 and "h_workflow.json already exists" in r.stderr and not (tmp_path / "h.safetensors").exists()
+
+
+def test_a14b_exports_name_their_expert_and_wire_the_lora_on_the_low_noise_expert_only(astronaut, monkeypatch,
+                                                                                        tmp_path):
+    """A two-expert identity (tiny-wan's A14B layout) exports as NAME_comfy_low_noise.safetensors with
+    pv.expert in its metadata; on the real A14B profile's schedule the workflow wires the experts as
+    ComfyUI's Wan 2.2 template (high-noise stage, then low-noise) with the LoRA on the low-noise only."""
+    from pv_wan.workflow import comfy_workflow
+    from safetensors import safe_open
+
+    home = tmp_path / "home"
+    tune_home(home, astronaut, "a", "tiny-wan", "--steps", "1", "--set", "tune.held_out=0",
+              "--set", "backbone.options.experts=2")
+    use_home(monkeypatch, home)
+    monkeypatch.chdir(tmp_path)
+    r = run("export", "a", "--format", "comfy", "--json")
+    assert r.exit_code == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert rec["path"] == "a_comfy_low_noise.safetensors" and "low-noise expert" in rec["wiring"]
+    with safe_open(str(tmp_path / rec["path"]), "pt") as fh:
+        assert fh.metadata()["pv.expert"] == "low-noise (transformer_2)"
+    assert_comfy_workflow(json.loads((tmp_path / "a_comfy_low_noise_workflow.json").read_text()))
+
+    settings = resolve("wan2.2-a14b")[1].to_dict()
+    meta = {"base_model": "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "expert": "low-noise (transformer_2)",
+            "boundary_ratio": "0.875", "scheduler": "UniPCMultistepScheduler", "flow_shift": "3"}
+    on = 40 - steps_within_gate(schedule_levels(_wan().scheduler, 40), 0.3)  # UniPC, shift 3: as the profile
+    assert 13 < on < 40
+    # the profile's gating (active fraction 1: every low-noise step), and a gate below the experts' boundary
+    for gate, spans in (("1.0", [(0, 13), (13, 40)]), ("0.3", [(0, 13), (13, on), (on, 40)])):
+        wf, wiring = comfy_workflow({**meta, "gate_noise_level": gate}, settings, "a.safetensors")
+        stages = assert_comfy_workflow(wf)
+        assert [(s["start_at_step"], s["end_at_step"]) for s in stages] == spans, gate
+        loaders = [wf[_chain_link(wf, s["model"])]["inputs"]["unet_name"] for s in stages]
+        assert loaders[0] == "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
+        assert set(loaders[1:]) == {"wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"}
+        with_lora = ["LoraLoaderModelOnly" in _chain(wf, s["model"]) for s in stages]
+        assert with_lora == [False] * (len(stages) - 1) + [True]  # the LoRA only on the low-noise tail
+        assert f"from step {spans[-1][0]} of 40" in wiring
+
+
+def _chain_link(wf: dict, link: list) -> str:
+    """The id of the loader at the end of a MODEL chain."""
+    while "model" in wf[link[0]]["inputs"]:
+        link = wf[link[0]]["inputs"]["model"]
+    return link[0]

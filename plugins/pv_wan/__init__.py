@@ -35,8 +35,16 @@ def comfy_lora(state, meta):
     return comfy_lora(state, meta)
 
 
-# `pv export --format comfy` of a Wan identity: ComfyUI's native Wan keys, not kohya's UNet keys
+def comfy_workflow(meta, settings, lora_name):
+    from .workflow import comfy_workflow
+
+    return comfy_workflow(meta, settings, lora_name)
+
+
+# `pv export --format comfy` of a Wan identity: ComfyUI's native Wan keys, not kohya's UNet keys, and
+# beside them a ComfyUI workflow that renders pv's clip (the identity's gate, the A14B experts)
 LORA_FORMATS = {"comfy": comfy_lora}
+WORKFLOWS = {"comfy": comfy_workflow}
 
 
 # video-to-video: WanVideoToVideoPipeline; control maps: its own VACE model
@@ -46,6 +54,6 @@ ACCEPTS = frozenset({"lora", "video", "control_maps"})
 @hookimpl
 def register_backbones(register):
     register("wan", wan, description="Wan 2.1 text-to-video (diffusion transformer, flow matching), real weights",
-             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS)
+             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS, workflows=WORKFLOWS)
     register("wan-tiny", wan_tiny, description="tiny Wan built in-process, random weights (offline)",
-             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS)
+             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS, workflows=WORKFLOWS)

@@ -94,8 +94,11 @@ class WanBackbone(Backbone):
 
     def describe(self) -> dict[str, str]:
         out = {"backbone": self.name, "base_model_version": "wan2.1", "architecture": "wan2.1-t2v", **self.info}
-        if self.high_noise is not None:  # which expert an exported file is for
+        config = self.scheduler.config  # the flow shift generation samples with (an exported workflow's too)
+        out["flow_shift"] = f"{float(config.get('flow_shift', config.get('shift', 1.0))):g}"
+        if self.high_noise is not None:  # which expert an exported file is for, and where the experts switch
             out["expert"] = "low-noise (transformer_2)"
+            out["boundary_ratio"] = f"{self.boundary_ratio:g}"
         return out
 
     # ----------------------------------------------------------------- frames

@@ -119,7 +119,7 @@ def sample(
     after k steps, not noise) and from `scheduler`, the first half's `SampleResult.scheduler` (or
     a copy of it: the run steps it on). The two halves give exactly the full trajectory; without
     `scheduler` a fresh one starts at step k, exact only for schedulers that keep no history of
-    earlier steps (DDIM, Euler, LCM; not UniPC, the Wan repos' multistep sampler)."""
+    earlier steps (DDIM, Euler, LCM; not a multistep solver such as UniPC)."""
     if scheduler is None:
         scheduler = backbone.new_scheduler()
         scheduler.set_timesteps(steps, device=backbone.device)

@@ -115,7 +115,7 @@ class TrajectoryPool:
     the process's rank). The adapter-free, no-grad early steps of a pair's trajectory do not
     depend on the adapter, so they are computed at the pair's first use and kept; later clips
     of that pair run only the adapted tail. The scheduler is kept with the latents (a multistep
-    solver such as UniPC, the Wan repos' sampler, steps on the history of the earlier steps), so
+    solver such as UniPC steps on the history of the earlier steps), so
     the tail is the full trajectory's. Which pair a clip uses comes from the tuner's checkpointed
     noise generator, so resume stays exact (the kept latents are recomputed)."""
 
