@@ -75,3 +75,16 @@ def gate_step(meta: dict, scheduler, steps: int) -> tuple[int, float | None]:
         gate = float(meta["gate_noise_level"])
         return steps - steps_within_gate(schedule_levels(scheduler, steps), gate), gate
     return steps - adapted_steps(steps, float(meta.get("active_fraction", 1.0))), None
+
+
+def gated_model(wf: ComfyWorkflow, unet: Link, lora_name: str, shift: float, switch: int, steps: int
+                ) -> tuple[list[Stage], str]:
+    """(stages, wiring line) of one diffusion model (`unet`, a loader's output) gated at step
+    `switch`: the base model before it, the LoRA on it from there, each with the flow `shift`."""
+    stages = []
+    if switch > 0:
+        stages.append(Stage(wf.add("ModelSamplingSD3", model=unet, shift=shift), 0, switch))
+    lora = wf.add("LoraLoaderModelOnly", model=unet, lora_name=lora_name, strength_model=1.0)
+    stages.append(Stage(wf.add("ModelSamplingSD3", model=lora, shift=shift), switch, steps))
+    return stages, (f"ComfyUI: the base model samples the first {switch} steps, then {lora_name} "
+                    f"(LoraLoaderModelOnly) acts from step {switch} of {steps}")

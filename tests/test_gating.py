@@ -274,3 +274,26 @@ def _chain_link(wf: dict, link: list) -> str:
     while "model" in wf[link[0]]["inputs"]:
         link = wf[link[0]]["inputs"]["model"]
     return link[0]
+
+
+def test_hunyuanvideo_workflow_uses_embedded_guidance_and_the_recorded_gate():
+    """HunyuanVideo's workflow, on the real profile's schedule (30 steps, shift 7, the last quarter):
+    FluxGuidance carries the guidance and cfg is 1 (no unconditional branch, as pv), the base model
+    before the gate, the LoRA after it; node types and inputs as ComfyUI's templates have them."""
+    from pv_hunyuanvideo.backbone import HunyuanFlowScheduler
+    from pv_hunyuanvideo.workflow import comfy_workflow
+
+    settings = resolve("hunyuanvideo")[1].to_dict()
+    scheduler = HunyuanFlowScheduler(shift=7.0)
+    gate = gate_level(scheduler, 30, adapted_steps(30, 0.25))
+    meta = {"base_model": "hunyuanvideo-community/HunyuanVideo", "scheduler": "flow-match-euler(shift=7)",
+            "gate_noise_level": repr(gate), "identity": "h"}
+    wf, wiring = comfy_workflow(meta, settings, "h_comfy.safetensors")
+    base, tuned = assert_comfy_workflow(wf)
+    assert (base["end_at_step"], tuned["start_at_step"], tuned["end_at_step"]) == (22, 22, 30)
+    assert base["cfg"] == tuned["cfg"] == 1.0 and base["sampler_name"] == "euler"
+    guidance = wf[base["positive"][0]]
+    assert guidance["class_type"] == "FluxGuidance" and guidance["inputs"]["guidance"] == 6.0
+    assert _chain(wf, tuned["model"]) == ["ModelSamplingSD3", "LoraLoaderModelOnly", "UNETLoader"]
+    assert wf[_chain_link(wf, base["model"])]["inputs"]["unet_name"] == "hunyuan_video_t2v_720p_bf16.safetensors"
+    assert "from step 22 of 30" in wiring

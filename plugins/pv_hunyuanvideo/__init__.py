@@ -35,8 +35,16 @@ def comfy_lora(state, meta):
     return comfy_lora(state, meta)
 
 
-# `pv export --format comfy` of a HunyuanVideo identity: the original HunyuanVideo keys (fused qkv)
+def comfy_workflow(meta, settings, lora_name):
+    from .workflow import comfy_workflow
+
+    return comfy_workflow(meta, settings, lora_name)
+
+
+# `pv export --format comfy` of a HunyuanVideo identity: the original HunyuanVideo keys (fused qkv),
+# and beside them a ComfyUI workflow that renders pv's clip (the identity's gate)
 LORA_FORMATS = {"comfy": comfy_lora}
+WORKFLOWS = {"comfy": comfy_workflow}
 
 
 # diffusers has no HunyuanVideo ControlNet or video-to-video pipeline
@@ -47,6 +55,8 @@ ACCEPTS = frozenset({"lora"})
 def register_backbones(register):
     register("hunyuanvideo", hunyuanvideo,
              description="HunyuanVideo text-to-video (13B dual/single-stream diffusion transformer), real weights",
-             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS)
+             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS,
+             workflows=WORKFLOWS)
     register("hunyuanvideo-tiny", hunyuanvideo_tiny, description="tiny HunyuanVideo built in-process, random weights (offline)",
-             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS)
+             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS,
+             workflows=WORKFLOWS)

@@ -8,7 +8,7 @@ low-noise expert only. The model files are ComfyUI's repackaged ones (the names 
 from __future__ import annotations
 
 from pvcli.errors import PVError
-from pvcli.workflows import ComfyWorkflow, Stage, comfy_sampler, gate_step, sample_stages
+from pvcli.workflows import ComfyWorkflow, Stage, comfy_sampler, gate_step, gated_model, sample_stages
 
 TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 VAE_21, VAE_22 = "wan_2.1_vae.safetensors", "wan2.2_vae.safetensors"
@@ -88,12 +88,10 @@ def comfy_workflow(meta: dict, settings: dict, lora_name: str) -> tuple[dict, st
         spans = [(model[0], False, 0, high), (model[1], False, high, on), (model[1], True, on, steps)]
         wiring = (f"ComfyUI: load {lora_name} with LoraLoaderModelOnly on the low-noise expert ({model[1]}) only, "
                   f"never the high-noise one; it acts from step {on} of {steps}")
+        stages = [Stage(expert(file, lora), start, end) for file, lora, start, end in spans if end > start]
     else:
-        on = switch
-        spans = [(model, False, 0, on), (model, True, on, steps)]
-        wiring = (f"ComfyUI: the base model samples the first {on} steps, then {lora_name} (LoraLoaderModelOnly) "
-                  f"acts from step {on} of {steps}")
-    stages = [Stage(expert(file, lora), start, end) for file, lora, start, end in spans if end > start]
+        unet = wf.add("UNETLoader", unet_name=model, weight_dtype="default")
+        stages, wiring = gated_model(wf, unet, lora_name, shift, switch, steps)
     if gate is not None:
         wiring += f" (noise level <= {gate:.3f})"
     final = sample_stages(wf, stages, steps=steps, seed=int(g.get("seed", 0)), cfg=float(g.get("guidance_scale", 5.0)),
