@@ -297,3 +297,28 @@ def test_hunyuanvideo_workflow_uses_embedded_guidance_and_the_recorded_gate():
     assert _chain(wf, tuned["model"]) == ["ModelSamplingSD3", "LoraLoaderModelOnly", "UNETLoader"]
     assert wf[_chain_link(wf, base["model"])]["inputs"]["unet_name"] == "hunyuan_video_t2v_720p_bf16.safetensors"
     assert "from step 22 of 30" in wiring
+
+
+@pytest.mark.parametrize("family", ["wan", "hunyuanvideo"])
+def test_the_real_loaders_ask_diffusers_for_the_vae_in_fp32(family, monkeypatch):
+    """The model loads in bf16 and its VAE in fp32 (one dtype per component), not bf16 weights
+    upcast afterwards; checked on what the loader asks from_pretrained, without weights."""
+    import diffusers
+
+    from pvcli.errors import PVError
+
+    asked = []
+
+    def from_pretrained(ref, **kwargs):
+        asked.append(kwargs.get("dtype", kwargs.get("torch_dtype")))
+        raise OSError("no weights in this test")
+
+    if family == "wan":
+        from pv_wan.backbone import make_wan as make
+        monkeypatch.setattr(diffusers.WanPipeline, "from_pretrained", from_pretrained)
+    else:
+        from pv_hunyuanvideo.backbone import make_hunyuanvideo as make
+        monkeypatch.setattr(diffusers.HunyuanVideoPipeline, "from_pretrained", from_pretrained)
+    with pytest.raises(PVError):
+        make({"dtype": "bfloat16"}, device="cpu")
+    assert asked and all(a == {"default": torch.bfloat16, "vae": torch.float32} for a in asked)
