@@ -322,3 +322,42 @@ def test_the_real_loaders_ask_diffusers_for_the_vae_in_fp32(family, monkeypatch)
     with pytest.raises(PVError):
         make({"dtype": "bfloat16"}, device="cpu")
     assert asked and all(a == {"default": torch.bfloat16, "vae": torch.float32} for a in asked)
+
+
+def test_compile_acts_on_the_transformer_backbones():
+    """backbone.options.compile compiles the denoiser (and A14B's high-noise expert) instead of being
+    accepted and ignored; tf32 goes through the same switch (it acts on CUDA only)."""
+    from pvcli.plugins import build_plugin_manager
+
+    registry = build_plugin_manager()
+    for name, options in (("wan-tiny", {"experts": 2}), ("hunyuanvideo-tiny", {})):
+        plain = registry.create("backbones", name, options=options, device="cpu")
+        compiled = registry.create("backbones", name, options={**options, "compile": True}, device="cpu")
+        assert plain.denoiser._compiled_call_impl is None and compiled.denoiser._compiled_call_impl is not None
+        if name == "wan-tiny":
+            assert compiled.high_noise._compiled_call_impl is not None
+
+
+def test_a_guidance_distilled_backbone_encodes_no_negative_prompt(encoder, reference):
+    from pv_hunyuanvideo.backbone import make_tiny_hunyuanvideo
+
+    settings = resolve("tiny-hunyuan", [parse_set(["generate.negative_prompt=blurry, low quality"])])[1]
+    assert settings.tune.guidance_scale > 1  # embedded guidance 6: no unconditional branch to feed
+    tuner = Tuner(make_tiny_hunyuanvideo(), encoder, settings, reference)
+    assert tuner.uncond is None and "blurry, low quality" not in tuner.embeds.cache
+
+
+def test_a_size_the_backbone_cannot_patch_is_refused_in_one_line_before_loading(gated_home, astronaut, monkeypatch,
+                                                                                tmp_path):
+    home, _ = gated_home
+    use_home(monkeypatch, home)
+    r = run("generate", "g", "surfing", "--height", "72", "-o", tmp_path / "x.mp4")
+    assert r.exit_code == 1 and "--height 72: the wan-tiny backbone renders sizes in multiples of 16" in r.stderr
+    assert "use 64 or 80" in r.stderr and "Traceback" not in r.stderr and "loading backbone" not in r.stderr
+    use_home(monkeypatch, tmp_path / "home")
+    for profile, setting, multiple in (("tiny-wan", "tune.width=72", 16), ("wan2.2-5b", "tune.height=272", 32),
+                                       ("tiny-hunyuan", "generate.width=40", 16)):
+        r = run("tune", astronaut, "--name", "s", "--profile", profile, "--set", setting)
+        assert r.exit_code == 1 and f"multiples of {multiple} pixels" in r.stderr, (profile, r.stderr)
+        assert setting.split("=")[0] in r.stderr and "loading backbone" not in r.stderr
+        assert not (tmp_path / "home" / "runs" / "s").exists()

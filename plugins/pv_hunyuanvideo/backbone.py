@@ -312,3 +312,11 @@ def make_hunyuanvideo(options: dict | None = None, device: str | None = None) ->
     return HunyuanVideoBackbone("hunyuanvideo", pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer,
                                 pipe.text_encoder_2, pipe.tokenizer_2, scheduler, info, dev, dtype,
                                 dict(DEFAULT_PROMPT_TEMPLATE), max_sequence_length=opts.max_sequence_length)
+
+
+def with_speed_options(backbone: HunyuanVideoBackbone, options: dict | None) -> HunyuanVideoBackbone:
+    """backbone.options.tf32 and compile act on a HunyuanVideo backbone (as on AnimateDiff's)."""
+    from pv_animatediff.backbone import apply_speed_options
+
+    return apply_speed_options(backbone, SpeedOptions(**{k: v for k, v in (options or {}).items()
+                                                         if k in ("tf32", "compile")}))

@@ -388,3 +388,15 @@ def make_wan(options: dict | None = None, device: str | None = None) -> WanBackb
                        dtype, max_sequence_length=opts.max_sequence_length,
                        expand_timesteps=bool(pipe.config.get("expand_timesteps")),
                        vace_model=opts.vace_model or VACE_MODELS.get(opts.model, ""), **experts)
+
+
+def with_speed_options(backbone: WanBackbone, options: dict | None) -> WanBackbone:
+    """backbone.options.tf32 and compile act on a Wan backbone (as on AnimateDiff's): TF32 matmuls
+    on CUDA, and torch.compile of the denoiser and, on A14B, the high-noise expert too."""
+    from pv_animatediff.backbone import apply_speed_options
+
+    opts = SpeedOptions(**{k: v for k, v in (options or {}).items() if k in ("tf32", "compile")})
+    apply_speed_options(backbone, opts)
+    if opts.compile and backbone.high_noise is not None:
+        backbone.high_noise.compile()
+    return backbone

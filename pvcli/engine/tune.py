@@ -196,7 +196,9 @@ class Tuner:
         self.embeds = PromptEmbeddings(backbone)
         # the negative prompt generation guides with (generate.negative_prompt): the adapter learns
         # on the trajectories it will be used on
-        self.uncond = self.embeds(settings.generate.negative_prompt) if t.guidance_scale > 1 else None
+        # (a guidance-distilled backbone takes the scale as an input and never reads one: none encoded)
+        cfg = t.guidance_scale > 1 and not getattr(backbone, "embedded_guidance", False)
+        self.uncond = self.embeds(settings.generate.negative_prompt) if cfg else None
         if t.offload_text_encoder == "always" or (t.offload_text_encoder == "auto" and backbone.device.type != "cpu"):
             self.embeds.offload(self.prompts.prompts)  # the pool (the held-out measure uses its first prompt)
         # fp16 denoiser: gradients below fp16's range vanish on their way to the fp32 adapter unless

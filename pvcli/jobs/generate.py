@@ -207,6 +207,8 @@ def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddO
     accepts = None
     if info.get("backbone"):
         ctx.registry.check_frames(info["backbone"], g.frames, "--frames")
+        options = (read_settings(ctx.store.path(name)).get("backbone") or {}).get("options") or {}
+        ctx.registry.check_size(info["backbone"], options, g.height, g.width, ("--height", "--width"))
         accepts = ctx.registry.get("backbones", info["backbone"]).accepts
     if video is not None and accepts is not None and "video" not in accepts:
         raise PVError(f"--video is not available on the {info['backbone']} backbone: it has no video-to-video pipeline",

@@ -151,6 +151,7 @@ def _start(ctx: Context, request: TuneRequest, name: str, dp=None) -> dict:
     if not request.photos:
         raise PVError("tune needs reference photo(s)", "e.g. pv tune face.jpg --name alice")
     ctx.registry.check_frames(request.settings.backbone.name, request.settings.tune.frames, "tune.frames")
+    check_sizes(ctx, request.settings)
     paths = expand_photos(request.photos)
     prompts = load_prompt_file(request.prompts_file) if request.prompts_file else None
     try:
@@ -370,6 +371,14 @@ def _loop(s: _Session, progress: _Progress) -> None:
                 if s.tracker is not None:
                     s.tracker.video(stats.step, "sample", frames, s.r.settings.generate.fps, path, caption=prompt)
     progress.seconds = time.perf_counter() - start
+
+
+def check_sizes(ctx: Context, settings: Settings) -> None:
+    """The backbone's size multiple for the tuning clips and the samples (generate.*), before it loads."""
+    b = settings.backbone
+    for section in ("tune", "generate"):
+        size = getattr(settings, section)
+        ctx.registry.check_size(b.name, b.options, size.height, size.width, (f"{section}.height", f"{section}.width"))
 
 
 def _finish(s: _Session, progress: _Progress) -> dict:
