@@ -43,7 +43,7 @@ def test_the_trajectory_pool_on_unipc_tunes_on_the_clip_generation_renders(encod
     """A pooled clip resumes after the adapter-free steps with UniPC's history of them: the latents
     the loss decodes are the full trajectory's from the pair's noise (a fresh scheduler at the
     resume step lost 36% of the adapter's effect on this model)."""
-    settings = _settings("tune.trajectory_pool=1", "tune.scr_weight=0")
+    settings = _settings("tune.trajectory_pool=1", "tune.scr_weight=0", "tune.supervised_frames=1")
     tuner = Tuner(_wan(), encoder, settings, reference)
     randomize_lora_b(tuner.bb.denoiser)  # an adapter that changes the clip
     assert tuner.pool.start == 6  # 8 steps, the last 2 adapted: 6 adapter-free steps kept
