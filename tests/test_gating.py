@@ -108,6 +108,11 @@ def test_generation_adapts_the_tuned_noise_levels_whatever_the_steps_and_shift(s
                             adapter_steps=adapted_steps(steps, 0.25)).latents
     assert (ours - mine).abs().max() < 1e-4
     assert (ours - index_rule).abs().max() > 1e-3
+    # video-to-video runs the schedule's tail (strength): the adapter keeps the same noise levels in it
+    from pvcli.engine.generate import gated_steps
+
+    assert [gated_steps(wan, steps, run, gate) for run in range(1, steps + 1)] == [min(run, k) for run in
+                                                                                   range(1, steps + 1)]
 
 
 def test_a_steps_clean_estimate_is_the_clean_sample_on_flow_schedulers():
