@@ -10,12 +10,16 @@ hookspec = pluggy.HookspecMarker("pv")
 @hookspec
 def register_backbones(register):
     """Register text-to-video backbones: register(name, factory, description="", frames=None,
-    lora_formats=None, accepts=None); `frames(count, flag)` raises PVError for a frame count the family cannot
-    render (checked before the backbone loads); `lora_formats` maps `pv export --format` names to
-    writers `(adapter_state, identity_meta) -> (tensors, header)` for the family's own LoRA key
-    layouts (used for identities tuned on this backbone, before pv's built-in formats); `accepts`
-    is the backbone class's `accepts` (add-on kinds), so what it cannot take is refused before it
-    loads."""
+    lora_formats=None, accepts=None, workflows=None, size_multiple=None); `frames(count, flag)` raises
+    PVError for a frame count the family cannot render (checked before the backbone loads);
+    `lora_formats` maps `pv export --format` names to writers `(adapter_state, identity_meta) ->
+    (tensors, header)` for the family's own LoRA key layouts (used for identities tuned on this
+    backbone, before pv's built-in formats); `accepts` is the backbone class's `accepts` (add-on
+    kinds), so what it cannot take is refused before it loads; `workflows` maps export format names
+    to writers `(identity_meta, settings_dict, lora_file_name) -> (workflow_dict, wiring_line)` whose
+    workflow is written beside that format's LoRA file (a UI's workflow that renders pv's clip,
+    gating included); `size_multiple(backbone_options) -> int` is the multiple a clip's height and
+    width must be (refused in one line before the backbone loads)."""
 
 
 @hookspec

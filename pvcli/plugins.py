@@ -39,6 +39,14 @@ class Entry:
     # backbones: the add-on kinds it takes (Backbone.accepts), so a --video or --control it cannot
     # take is refused before it loads; None: the plugin did not say (refused after loading)
     accepts: frozenset | None = None
+    # backbones: workflow writers of the family's own, by `pv export --format` name, written beside
+    # that format's LoRA file: writer(identity_meta, settings_dict, lora_file_name) -> (workflow, wiring),
+    # the workflow a JSON-able dict (e.g. a ComfyUI API workflow that reproduces pv's clip, gating
+    # included) and wiring one line saying how the file is wired in it
+    workflows: dict[str, Callable] = field(default_factory=dict)
+    # backbones: size_multiple(options) -> the multiple of pixels a clip's height and width must be
+    # (VAE factor x patch size), from the backbone options alone, so a bad size fails before loading
+    size_multiple: Callable[[dict], int] | None = None
 
 
 @dataclass
@@ -67,6 +75,7 @@ class Registry:
 
             def register(name: str, factory: Callable, description: str = "", frames: Callable | None = None,
                          lora_formats: dict[str, Callable] | None = None, accepts: frozenset | None = None,
+                         workflows: dict[str, Callable] | None = None, size_multiple: Callable | None = None,
                          _plugin: str = plugin) -> None:
                 table = self.entries[kind]
                 if name in table:
@@ -74,7 +83,8 @@ class Registry:
                          f"{table[name].plugin!r}: ignored")
                     return
                 table[name] = Entry(name, factory, _plugin, description, frames, dict(lora_formats or {}),
-                                    None if accepts is None else frozenset(accepts))
+                                    None if accepts is None else frozenset(accepts), dict(workflows or {}),
+                                    size_multiple)
                 self.plugins.setdefault(_plugin, PluginInfo(_plugin, None)).registered.setdefault(kind, []).append(name)
 
             try:
@@ -97,6 +107,19 @@ class Registry:
         rule = self.get("backbones", backbone).frames
         if rule is not None:
             rule(frames, flag)
+
+    def check_size(self, backbone: str, options: dict, height: int, width: int, flags: tuple[str, str]) -> None:
+        """The backbone's size multiple, if it registered one (before it loads): `flags` name the
+        height and width settings in the one-line error."""
+        rule = self.get("backbones", backbone).size_multiple
+        if rule is None:
+            return
+        multiple = int(rule(options or {}))
+        for flag, value in zip(flags, (height, width), strict=True):
+            if value % multiple:
+                near = max(multiple, value // multiple * multiple)
+                raise PVError(f"{flag} {value}: the {backbone} backbone renders sizes in multiples of {multiple} pixels "
+                              "(its VAE factor times its patch size)", f"use {near} or {near + multiple}")
 
     def create(self, kind: str, name: str, **kwargs):
         return self.get(kind, name).factory(**kwargs)

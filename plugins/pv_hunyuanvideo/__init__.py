@@ -14,15 +14,15 @@ from pvcli.contracts import latent_frame_rule
 
 
 def hunyuanvideo(**kwargs):
-    from .backbone import make_hunyuanvideo
+    from .backbone import make_hunyuanvideo, with_speed_options
 
-    return make_hunyuanvideo(**kwargs)
+    return with_speed_options(make_hunyuanvideo(**kwargs), kwargs.get("options"))
 
 
 def hunyuanvideo_tiny(**kwargs):
-    from .backbone import make_tiny_hunyuanvideo
+    from .backbone import make_tiny_hunyuanvideo, with_speed_options
 
-    return make_tiny_hunyuanvideo(**kwargs)
+    return with_speed_options(make_tiny_hunyuanvideo(**kwargs), kwargs.get("options"))
 
 
 # HunyuanVideo renders 4k+1 frames (its VAE folds 4 frames into one latent frame)
@@ -35,8 +35,20 @@ def comfy_lora(state, meta):
     return comfy_lora(state, meta)
 
 
-# `pv export --format comfy` of a HunyuanVideo identity: the original HunyuanVideo keys (fused qkv)
+def comfy_workflow(meta, settings, lora_name):
+    from .workflow import comfy_workflow
+
+    return comfy_workflow(meta, settings, lora_name)
+
+
+# `pv export --format comfy` of a HunyuanVideo identity: the original HunyuanVideo keys (fused qkv),
+# and beside them a ComfyUI workflow that renders pv's clip (the identity's gate)
 LORA_FORMATS = {"comfy": comfy_lora}
+WORKFLOWS = {"comfy": comfy_workflow}
+
+
+def size_multiple(options: dict) -> int:
+    return 16  # the VAE's 8x spatial factor times the transformer's 2x2 patches
 
 
 # diffusers has no HunyuanVideo ControlNet or video-to-video pipeline
@@ -47,6 +59,8 @@ ACCEPTS = frozenset({"lora"})
 def register_backbones(register):
     register("hunyuanvideo", hunyuanvideo,
              description="HunyuanVideo text-to-video (13B dual/single-stream diffusion transformer), real weights",
-             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS)
+             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS,
+             workflows=WORKFLOWS, size_multiple=size_multiple)
     register("hunyuanvideo-tiny", hunyuanvideo_tiny, description="tiny HunyuanVideo built in-process, random weights (offline)",
-             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS)
+             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS,
+             workflows=WORKFLOWS, size_multiple=size_multiple)

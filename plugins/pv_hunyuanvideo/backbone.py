@@ -301,7 +301,10 @@ def make_hunyuanvideo(options: dict | None = None, device: str | None = None) ->
     from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
     extra = {"revision": opts.revision} if opts.revision else {}
-    pipe = load_pretrained("backbone.options.model", opts.model, HunyuanVideoPipeline.from_pretrained, dtype=dtype,
+    # the VAE loads in fp32 (diffusers takes a dtype per component): loaded in the model's bf16 and
+    # upcast, its weights would keep bf16's rounding (3.6e-3 relative error)
+    pipe = load_pretrained("backbone.options.model", opts.model, HunyuanVideoPipeline.from_pretrained,
+                           dtype={"default": dtype, "vae": torch.float32},
                            what="HunyuanVideo model", offline_hint="run offline with --profile tiny-hunyuan", **extra)
     overrides = {"shift": opts.flow_shift} if opts.flow_shift else {}
     scheduler = HunyuanFlowScheduler.from_config(pipe.scheduler.config, **overrides)
@@ -309,3 +312,11 @@ def make_hunyuanvideo(options: dict | None = None, device: str | None = None) ->
     return HunyuanVideoBackbone("hunyuanvideo", pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer,
                                 pipe.text_encoder_2, pipe.tokenizer_2, scheduler, info, dev, dtype,
                                 dict(DEFAULT_PROMPT_TEMPLATE), max_sequence_length=opts.max_sequence_length)
+
+
+def with_speed_options(backbone: HunyuanVideoBackbone, options: dict | None) -> HunyuanVideoBackbone:
+    """backbone.options.tf32 and compile act on a HunyuanVideo backbone (as on AnimateDiff's)."""
+    from pv_animatediff.backbone import apply_speed_options
+
+    return apply_speed_options(backbone, SpeedOptions(**{k: v for k, v in (options or {}).items()
+                                                         if k in ("tf32", "compile")}))

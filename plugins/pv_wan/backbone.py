@@ -94,8 +94,11 @@ class WanBackbone(Backbone):
 
     def describe(self) -> dict[str, str]:
         out = {"backbone": self.name, "base_model_version": "wan2.1", "architecture": "wan2.1-t2v", **self.info}
-        if self.high_noise is not None:  # which expert an exported file is for
+        config = self.scheduler.config  # the flow shift generation samples with (an exported workflow's too)
+        out["flow_shift"] = f"{float(config.get('flow_shift', config.get('shift', 1.0))):g}"
+        if self.high_noise is not None:  # which expert an exported file is for, and where the experts switch
             out["expert"] = "low-noise (transformer_2)"
+            out["boundary_ratio"] = f"{self.boundary_ratio:g}"
         return out
 
     # ----------------------------------------------------------------- frames
@@ -274,7 +277,10 @@ class WanBackbone(Backbone):
 class TinyWanOptions(SpeedOptions):
     seed: int = 0
     dtype: str = "float32"
-    shift: float = 3.0  # the flow-matching shift of the tiny model's FlowMatchEulerDiscreteScheduler
+    shift: float = 3.0  # the flow-matching shift of the tiny model's scheduler
+    # euler: FlowMatchEulerDiscreteScheduler; unipc: the Wan repos' own sampler, UniPCMultistepScheduler
+    # with flow sigmas (multistep: each step uses the model outputs of the steps before it)
+    scheduler: str = "euler"
     experts: int = 1  # 2: a high-noise and a low-noise transformer, as Wan 2.2 A14B (boundary_ratio below)
     boundary_ratio: float = 0.875  # Wan 2.2 A14B's: the high-noise expert takes t >= 875 of 1000
     # --control's VACE: "tiny" builds one around the tiny transformer (its control branch random
@@ -283,14 +289,27 @@ class TinyWanOptions(SpeedOptions):
     vace_seed: int = 0
 
 
-def build_tiny_components(seed: int = 0, shift: float = 3.0, experts: int = 1) -> dict:
+TINY_SCHEDULERS = ("euler", "unipc")
+
+
+def flow_scheduler(name: str, shift: float):
+    """The tiny model's sampler: flow-matching Euler, or UniPC configured as the Wan repos ship it
+    (flow_prediction, use_flow_sigmas, flow_shift)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    if name == "unipc":
+        return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
+    return FlowMatchEulerDiscreteScheduler(shift=shift)
+
+
+def build_tiny_components(seed: int = 0, shift: float = 3.0, experts: int = 1, scheduler: str = "euler") -> dict:
     """Every Wan component, tiny, from configs, deterministic for a seed: a 2-block transformer
     (4 heads of 16), a 4-level causal VAE (8x spatial, 4x temporal) of base width 16, a 2-layer UMT5
     with pv's offline character tokenizer. diffusers' own test sizes (VAE width 3, 2 heads of 12)
     decode near-flat frames (std 0.06) that the ID loss cannot move (measured: a fixed clip's
     similarity flat over 6 steps); at these sizes it climbs every step (-0.061 -> -0.014)."""
     quiet_libraries()
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from pv_tiny import CHAR_VOCAB_SIZE, char_tokenizer
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -309,7 +328,7 @@ def build_tiny_components(seed: int = 0, shift: float = 3.0, experts: int = 1) -
                                                    num_layers=2, num_heads=4))
         extra = {"transformer_2": tiny_transformer()} if experts == 2 else {}  # drawn after the rest: same 1-expert model
     return dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=char_tokenizer(),
-                scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), **extra)
+                scheduler=flow_scheduler(scheduler, shift), **extra)
 
 
 def make_tiny_wan(options: dict | None = None, device: str | None = "cpu") -> WanBackbone:
@@ -317,8 +336,11 @@ def make_tiny_wan(options: dict | None = None, device: str | None = "cpu") -> Wa
     dev = resolve_device(device)
     if opts.experts not in (1, 2):
         raise PVError(f"backbone.options.experts must be 1 or 2, got {opts.experts}")
-    c = build_tiny_components(opts.seed, opts.shift, opts.experts)
-    info = {"base_model": f"tiny-wan(seed={opts.seed})", "scheduler": f"flow-match-euler(shift={opts.shift:g})"}
+    if opts.scheduler not in TINY_SCHEDULERS:
+        raise PVError(f"backbone.options.scheduler must be one of {', '.join(TINY_SCHEDULERS)}, got {opts.scheduler!r}")
+    c = build_tiny_components(opts.seed, opts.shift, opts.experts, opts.scheduler)
+    kind = "flow-match-euler" if opts.scheduler == "euler" else "unipc-flow"
+    info = {"base_model": f"tiny-wan(seed={opts.seed})", "scheduler": f"{kind}(shift={opts.shift:g})"}
     experts = {} if opts.experts == 1 else {"transformer_2": c["transformer_2"], "boundary_ratio": opts.boundary_ratio}
     return WanBackbone("wan-tiny", c["transformer"], c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"], info,
                        dev, resolve_dtype(opts.dtype, dev), max_sequence_length=32, random_weights=True,
@@ -348,11 +370,15 @@ def make_wan(options: dict | None = None, device: str | None = None) -> WanBackb
     from diffusers import WanPipeline
 
     extra = {"revision": opts.revision} if opts.revision else {}
-    pipe = load_pretrained("backbone.options.model", opts.model, WanPipeline.from_pretrained, dtype=dtype,
+    # the VAE loads in fp32 (diffusers takes a dtype per component): loaded in the model's bf16 and
+    # upcast, its weights would keep bf16's rounding (3.6e-3 relative error)
+    pipe = load_pretrained("backbone.options.model", opts.model, WanPipeline.from_pretrained,
+                           dtype={"default": dtype, "vae": torch.float32},
                            what="Wan model", offline_hint="run offline with --profile tiny-wan", **extra)
     scheduler = pipe.scheduler
-    if opts.flow_shift:
-        scheduler = type(scheduler).from_config(scheduler.config, flow_shift=opts.flow_shift)
+    if opts.flow_shift:  # UniPC calls it flow_shift, FlowMatchEuler (some repos ship it) shift
+        key = "flow_shift" if "flow_shift" in scheduler.config else "shift"
+        scheduler = type(scheduler).from_config(scheduler.config, **{key: opts.flow_shift})
     info = {"base_model": opts.model, "scheduler": type(scheduler).__name__}
     two_experts = getattr(pipe, "transformer_2", None) is not None
     if two_experts or pipe.config.get("expand_timesteps"):  # Wan 2.2 (A14B, TI2V-5B)
@@ -362,3 +388,15 @@ def make_wan(options: dict | None = None, device: str | None = None) -> WanBackb
                        dtype, max_sequence_length=opts.max_sequence_length,
                        expand_timesteps=bool(pipe.config.get("expand_timesteps")),
                        vace_model=opts.vace_model or VACE_MODELS.get(opts.model, ""), **experts)
+
+
+def with_speed_options(backbone: WanBackbone, options: dict | None) -> WanBackbone:
+    """backbone.options.tf32 and compile act on a Wan backbone (as on AnimateDiff's): TF32 matmuls
+    on CUDA, and torch.compile of the denoiser and, on A14B, the high-noise expert too."""
+    from pv_animatediff.backbone import apply_speed_options
+
+    opts = SpeedOptions(**{k: v for k, v in (options or {}).items() if k in ("tf32", "compile")})
+    apply_speed_options(backbone, opts)
+    if opts.compile and backbone.high_noise is not None:
+        backbone.high_noise.compile()
+    return backbone

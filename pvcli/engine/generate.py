@@ -58,30 +58,43 @@ def plan_strength(plan: GenerationPlan | None) -> float | None:
     return plan.strength if plan is not None and plan.video is not None else None
 
 
+def gated_steps(backbone: Backbone, steps: int, run: int, gate: float) -> int:
+    """How many of the `run` steps a pipeline runs (the tail of a `steps`-step schedule: all of it,
+    or video-to-video's last part) are at or below the noise level `gate`: the adapter's steps."""
+    from .sampling import schedule_levels, steps_within_gate
+
+    return steps_within_gate(schedule_levels(backbone.scheduler, steps)[steps - run:], gate)
+
+
 @torch.no_grad()
 def render_latents(backbone: Backbone, prompt: str, g: GenerateSettings, adapter_steps: int | None = None,
                    on_step=None, plan: GenerationPlan | None = None, adapter_scale: float = 1.0,
-                   regions=None) -> torch.Tensor:
+                   gate: float | None = None, regions=None) -> torch.Tensor:
     """The final latents (B, C, F, h, w) of one clip with the settings' seed. The identity adapter
-    (if the backbone has one) acts at `adapter_scale` in the last `adapter_steps` steps of the full
-    `g.steps` schedule, the timesteps it was tuned on: video-to-video runs only the schedule's tail
-    (`strength`), and the adapter acts in the part of that tail inside its window. `plan` carries
-    the add-ons' controls and LoRA weights. `regions` (a pvcli.engine.regions.RegionMixer, built
-    for `plan.loras`) puts several identities each in its own region instead; each gates itself."""
+    (if the backbone has one) acts at `adapter_scale` in the steps whose noise level is at most
+    `gate` (sampling.noise_level: the same steps whatever the number of steps, the flow shift or a
+    video-to-video strength), or, given `adapter_steps` instead, in the last `adapter_steps` steps
+    of the full `g.steps` schedule: video-to-video runs only the schedule's tail (`strength`), and
+    the adapter acts in the part of that tail inside its window. `plan` carries the add-ons'
+    controls and LoRA weights. `regions` (a pvcli.engine.regions mixer, built for `plan.loras`) puts
+    several identities each in its own region instead; each gates itself."""
     check_frames(backbone, g.frames)
     plan = plan or GenerationPlan(g.frames, g.height, g.width)
     run = denoising_steps(g.steps, plan_strength(plan))
-    in_run = None if adapter_steps is None else min(adapter_steps, run)
+    if gate is not None:
+        in_run = gated_steps(backbone, g.steps, run, gate)
+    else:
+        in_run = None if adapter_steps is None else min(adapter_steps, run)
     initial, callback = gate_callback(backbone, run, in_run, adapter_scale, on_step)
     if regions is None:
         activate_adapters(backbone.lora_modules(), {ADAPTER_NAME: initial, **plan.loras})
         mixing = nullcontext()
     else:
-        mixing, gate = regions, callback
+        mixing, gated = regions, callback
 
         def callback(pipe, i, t, kwargs):  # noqa: F811 - the regions' own step count, then the gate's
             regions.step = i + 1
-            return gate(pipe, i, t, kwargs)
+            return gated(pipe, i, t, kwargs)
     try:
         with mixing:
             return backbone.pipeline_call(plan, prompt=prompt, negative_prompt=g.negative_prompt,
@@ -94,9 +107,9 @@ def render_latents(backbone: Backbone, prompt: str, g: GenerateSettings, adapter
 
 def generate_frames(backbone: Backbone, prompt: str, g: GenerateSettings, adapter_steps: int | None = None,
                     on_step=None, plan: GenerationPlan | None = None, adapter_scale: float = 1.0,
-                    regions=None) -> torch.Tensor:
+                    gate: float | None = None, regions=None) -> torch.Tensor:
     """Frames (F, H, W, 3) uint8 of one clip (see `render_latents`)."""
-    latents = render_latents(backbone, prompt, g, adapter_steps, on_step, plan, adapter_scale, regions)
+    latents = render_latents(backbone, prompt, g, adapter_steps, on_step, plan, adapter_scale, gate, regions)
     with torch.no_grad():
         frames = backbone.decode(latents)[0]
     return (frames.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8).cpu()

@@ -26,6 +26,9 @@ from .adapter import adapter_disabled
 class SampleResult:
     latents: torch.Tensor  # the scheduler's final sample (what generation, and so tuning, decodes)
     x0: torch.Tensor  # the last run step's predicted clean sample
+    # the scheduler as the run left it (its step index and a multistep solver's history): what a
+    # run continued with `start=` must step on to give the full trajectory (UniPC's history)
+    scheduler: object = None
 
 
 def initial_latents(backbone: Backbone, frames: int, height: int, width: int, generator: torch.Generator,
@@ -104,6 +107,7 @@ def sample(
     start: int = 0,
     stop: int | None = None,
     generator: torch.Generator | None = None,
+    scheduler=None,
 ) -> SampleResult:
     """Denoise `latents` (pure noise) in `steps` steps. The last `grad_steps` steps that change
     the sample run under grad; the rest without. `uncond` is used when guidance_scale > 1 (for a
@@ -112,13 +116,17 @@ def sample(
     gating, motion forms early and appearance late. `generator` feeds schedulers that add noise.
 
     `stop=k` returns after the first k steps; `start=k` continues from such latents (the state
-    after k steps, not noise). The two halves give exactly the full trajectory."""
-    scheduler = backbone.new_scheduler()
-    scheduler.set_timesteps(steps, device=backbone.device)
-    if start == 0:
-        latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching starts at noise
-    elif hasattr(scheduler, "set_begin_index"):  # Euler/LCM keep a step index
-        scheduler.set_begin_index(start)
+    after k steps, not noise) and from `scheduler`, the first half's `SampleResult.scheduler` (or
+    a copy of it: the run steps it on). The two halves give exactly the full trajectory; without
+    `scheduler` a fresh one starts at step k, exact only for schedulers that keep no history of
+    earlier steps (DDIM, Euler, LCM; not a multistep solver such as UniPC)."""
+    if scheduler is None:
+        scheduler = backbone.new_scheduler()
+        scheduler.set_timesteps(steps, device=backbone.device)
+        if start == 0:
+            latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching starts at noise
+        elif hasattr(scheduler, "set_begin_index"):  # Euler/LCM keep a step index
+            scheduler.set_begin_index(start)
     embedded = getattr(backbone, "embedded_guidance", False)  # a guidance-distilled model: the scale is an input
     use_cfg = guidance_scale > 1.0 and uncond is not None and not embedded
     guide = {"guidance": guidance_scale} if embedded else {}
@@ -144,20 +152,78 @@ def sample(
                 n_uncond, n_cond = noise.chunk(2)
                 noise = n_uncond + guidance_scale * (n_cond - n_uncond)
             out = scheduler.step(noise, t, latents, **extra)
+            x0 = predicted_clean(out, scheduler, latents, noise, t)
             latents = out.prev_sample
-            x0 = predicted_clean(out, latents)
         if on_step is not None:
             on_step(i, latents)
-    return SampleResult(latents=latents, x0=x0)
+    return SampleResult(latents=latents, x0=x0, scheduler=scheduler)
 
 
-def predicted_clean(out, latents: torch.Tensor) -> torch.Tensor:
-    """A scheduler step's estimate of the clean sample, whatever the scheduler calls it."""
+def is_flow_matching(scheduler) -> bool:
+    """Whether the scheduler samples x_t = (1 - sigma) x0 + sigma noise with sigma = t / T (flow
+    matching: FlowMatchEuler, UniPC with flow sigmas) rather than a variance-preserving schedule."""
+    config = scheduler.config
+    return (not hasattr(scheduler, "alphas_cumprod") or bool(config.get("use_flow_sigmas"))
+            or config.get("prediction_type") == "flow_prediction")
+
+
+def noise_level(scheduler, t) -> float:
+    """How much of the sample is noise at timestep t, on one scale for every scheduler: flow
+    matching's sigma (x_t = (1 - sigma) x0 + sigma noise, 1 = pure noise); for a
+    variance-preserving schedule (x_t = a x0 + s noise, a^2 + s^2 = 1) the same fraction,
+    s / (a + s). It depends on the timestep alone: not on the number of steps, the flow shift
+    or a video-to-video strength, which only choose the timesteps."""
+    t = float(t)
+    if is_flow_matching(scheduler):
+        return t / float(scheduler.config.num_train_timesteps)
+    alphas = scheduler.alphas_cumprod
+    ab = float(alphas[min(max(int(round(t)), 0), len(alphas) - 1)])
+    a, s = math.sqrt(ab), math.sqrt(1.0 - ab)
+    return s / (a + s)
+
+
+def schedule_levels(scheduler, steps: int) -> list[float]:
+    """The noise level of each timestep of a `steps`-step schedule (a fresh copy of `scheduler`)."""
+    probe = type(scheduler).from_config(scheduler.config)
+    probe.set_timesteps(steps, device="cpu")
+    return [noise_level(probe, t) for t in probe.timesteps]
+
+
+ALL_LEVELS = 1.0  # a gate at least every noise level: the adapter acts at every step
+
+
+def gate_level(scheduler, steps: int, adapter_steps: int) -> float:
+    """The noise level where the adapter turns on when it acts in the last `adapter_steps` of a
+    `steps`-step schedule (the paper's rule, at tuning): the level of the first adapted step, or
+    ALL_LEVELS when every step is adapted."""
+    if adapter_steps >= steps:
+        return ALL_LEVELS
+    return schedule_levels(scheduler, steps)[steps - adapter_steps]
+
+
+def steps_within_gate(levels: list[float], gate: float) -> int:
+    """How many final steps of a schedule with these (falling) noise levels are at or below the
+    gate: the steps the adapter acts in, whatever the schedule."""
+    return sum(level <= gate + 1e-6 for level in levels)
+
+
+def predicted_clean(out, scheduler, sample: torch.Tensor, model_output: torch.Tensor, t) -> torch.Tensor:
+    """A scheduler step's estimate of the clean sample: what the scheduler reports (DDIM's
+    pred_original_sample, LCM's denoised), else computed from the model output at t: flow
+    matching x0 = x_t - sigma v; variance-preserving epsilon or v prediction from alphas_cumprod."""
     for name in ("pred_original_sample", "denoised"):
         value = getattr(out, name, None)
         if value is not None:
             return value
-    return latents
+    if is_flow_matching(scheduler):  # the step's own sigma (UniPC rounds its timesteps to integers)
+        index, sigmas = getattr(scheduler, "step_index", None), getattr(scheduler, "sigmas", None)
+        sigma = float(sigmas[index - 1]) if index and sigmas is not None else noise_level(scheduler, t)
+        return sample - sigma * model_output
+    ab = scheduler.alphas_cumprod[min(max(int(round(float(t))), 0), len(scheduler.alphas_cumprod) - 1)]
+    a, s = float(ab) ** 0.5, float(1 - ab) ** 0.5
+    if scheduler.config.get("prediction_type") == "v_prediction":
+        return a * sample - s * model_output
+    return (sample - s * model_output) / a
 
 
 def adapter_free_prefix(steps: int, adapter_steps: int, grad_steps: int, dead_final: bool = False) -> int:

@@ -7,6 +7,7 @@ resumes exactly."""
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -32,7 +33,7 @@ from .adapter import (
 from .face_crops import ReferenceFace, embed_crops, frame_faces, jittered_crops, mean_embedding
 from .offload import text_encoders_off, text_encoders_on
 from .prompts import PROMPTS, PromptSampler, identity_phrase
-from .sampling import adapted_steps, adapter_free_prefix, final_step_is_identity, initial_latents, sample
+from .sampling import adapted_steps, adapter_free_prefix, final_step_is_identity, gate_level, initial_latents, sample
 
 
 @dataclass
@@ -113,8 +114,10 @@ class TrajectoryPool:
     """`tune.trajectory_pool`: N fixed (prompt, noise) pairs, drawn once from the tune seed (and
     the process's rank). The adapter-free, no-grad early steps of a pair's trajectory do not
     depend on the adapter, so they are computed at the pair's first use and kept; later clips
-    of that pair run only the adapted tail. Which pair a clip uses comes from the tuner's
-    checkpointed noise generator, so resume stays exact (the kept latents are recomputed)."""
+    of that pair run only the adapted tail. The scheduler is kept with the latents (a multistep
+    solver such as UniPC steps on the history of the earlier steps), so
+    the tail is the full trajectory's. Which pair a clip uses comes from the tuner's checkpointed
+    noise generator, so resume stays exact (the kept latents are recomputed)."""
 
     def __init__(self, tuner: Tuner, rank: int):
         t = tuner.s.tune
@@ -127,10 +130,14 @@ class TrajectoryPool:
         seed = t.seed + 7919 * rank + 3
         rng = random.Random(seed)
         self.pairs = [(rng.choice(tuner.prompts.prompts), seed * 100003 + i) for i in range(t.trajectory_pool)]
-        self.kept: dict[int, torch.Tensor] = {}
+        self.kept: dict[int, tuple[torch.Tensor, object]] = {}
 
     def draw(self, generator: torch.Generator) -> tuple[str, torch.Tensor, int]:
         """(prompt, latents after the adapter-free steps, how many steps those are)."""
+        return self.draw_resumable(generator)[:3]
+
+    def draw_resumable(self, generator: torch.Generator) -> tuple[str, torch.Tensor, int, object]:
+        """`draw`, and the scheduler as the adapter-free steps left it (step copies of it, never it)."""
         i = int(torch.randint(len(self.pairs), (1,), generator=generator))
         prompt, seed = self.pairs[i]
         if i not in self.kept:
@@ -138,10 +145,11 @@ class TrajectoryPool:
             pair = torch.Generator("cpu").manual_seed(seed)  # the pair's noise, and any noise its steps add
             noise = initial_latents(tu.bb, t.frames, t.height, t.width, pair)
             with torch.no_grad():
-                self.kept[i] = sample(tu.bb, tu.embeds(prompt), tu.uncond, noise, t.num_inference_steps,
-                                      t.guidance_scale, adapter_steps=tu.adapter_steps, stop=self.start,
-                                      generator=pair).latents
-        return prompt, self.kept[i], self.start
+                head = sample(tu.bb, tu.embeds(prompt), tu.uncond, noise, t.num_inference_steps, t.guidance_scale,
+                              adapter_steps=tu.adapter_steps, stop=self.start, generator=pair)
+            self.kept[i] = head.latents, head.scheduler
+        latents, scheduler = self.kept[i]
+        return prompt, latents, self.start, scheduler
 
 
 class Tuner:
@@ -171,6 +179,9 @@ class Tuner:
         warm = max(1, t.warmup_steps)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: min(1.0, (i + 1) / warm))
         self.adapter_steps = adapted_steps(t.num_inference_steps, settings.adapter.active_fraction)
+        # the noise level where the adapter turns on (the paper's rule picks it on the tuning
+        # schedule): the identity records it and generation gates by it, whatever its schedule
+        self.gate = gate_level(backbone.scheduler, t.num_inference_steps, self.adapter_steps)
         # a final step that returns its input (DDIM at t=0) is not run and carries no gradient
         self.dead_final = final_step_is_identity(backbone.scheduler, t.num_inference_steps)
         live = self.adapter_steps - int(self.dead_final)
@@ -186,7 +197,9 @@ class Tuner:
         self.embeds = PromptEmbeddings(backbone)
         # the negative prompt generation guides with (generate.negative_prompt): the adapter learns
         # on the trajectories it will be used on
-        self.uncond = self.embeds(settings.generate.negative_prompt) if t.guidance_scale > 1 else None
+        # (a guidance-distilled backbone takes the scale as an input and never reads one: none encoded)
+        cfg = t.guidance_scale > 1 and not getattr(backbone, "embedded_guidance", False)
+        self.uncond = self.embeds(settings.generate.negative_prompt) if cfg else None
         if t.offload_text_encoder == "always" or (t.offload_text_encoder == "auto" and backbone.device.type != "cpu"):
             self.embeds.offload(self.prompts.prompts)  # the pool (the held-out measure uses its first prompt)
         # fp16 denoiser: gradients below fp16's range vanish on their way to the fp32 adapter unless
@@ -207,14 +220,16 @@ class Tuner:
 
     # ------------------------------------------------------------------ sampling
     def _final(self, prompt: str, latents: torch.Tensor, grad: bool, adapter: bool = True, start: int = 0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """The clip's final latents, what generation decodes (from noise, or from `start`)."""
+               generator: torch.Generator | None = None, scheduler=None) -> torch.Tensor:
+        """The clip's final latents, what generation decodes (from noise, or from `start` with a copy
+        of `scheduler`, the scheduler as the first `start` steps left it)."""
         t = self.s.tune
         ctx = nullcontext() if adapter else adapter_disabled(self.bb.denoiser)
+        resumed = copy.deepcopy(scheduler) if scheduler is not None else None
         with ctx:
             return sample(self.bb, self.embeds(prompt), self.uncond, latents, t.num_inference_steps, t.guidance_scale,
                           grad_steps=self.grad_steps if grad else 0, adapter_steps=self.adapter_steps, start=start,
-                          generator=generator).latents
+                          generator=generator, scheduler=resumed).latents
 
     def _step_reference(self) -> torch.Tensor:
         if not (self.refs and self.s.tune.reference_augment):
@@ -228,16 +243,16 @@ class Tuner:
         A non-finite loss is returned as is (the caller stops every process on it)."""
         t = self.s.tune
         if self.pool:
-            prompt, latents, start = self.pool.draw(self.noise)
+            prompt, latents, start, resume = self.pool.draw_resumable(self.noise)
         else:
-            prompt, start = self.prompts(), 0
+            prompt, start, resume = self.prompts(), 0, None
             latents = initial_latents(self.bb, t.frames, t.height, t.width, self.noise)
         window = range(t.supervised_window or t.frames)  # the frames the losses may read
         idx = sorted(self.frame_rng.sample(window, t.supervised_frames))
         scr_idx = sorted(self.frame_rng.sample(window, t.scr_frames)) if t.scr_weight > 0 else []
         decoded_idx = sorted(set(idx) | set(scr_idx))
         noise_state = self.noise.get_state()  # the frozen clip draws the same step noise (LCM)
-        final = self._final(prompt, latents, grad=True, start=start, generator=self.noise)
+        final = self._final(prompt, latents, grad=True, start=start, generator=self.noise, scheduler=resume)
         decoded = self.bb.decode_frames(final, decoded_idx)[0]  # (K, 3, H, W): only the frames a loss reads
         at = {f: k for k, f in enumerate(decoded_idx)}
         frames = decoded[[at[i] for i in idx]]
@@ -252,7 +267,7 @@ class Tuner:
             with torch.no_grad():
                 same_noise = torch.Generator("cpu").set_state(noise_state)
                 frozen_final = self._final(prompt, latents, grad=False, adapter=False, start=start,
-                                           generator=same_noise)
+                                           generator=same_noise, scheduler=resume)
                 frozen_scores = self.scorer.score(self.bb.decode_frames(frozen_final, scr_idx)[0], prompt)
             scr = scr_loss(self.scorer.score(decoded[[at[i] for i in scr_idx]], prompt), frozen_scores)
             losses.append(t.scr_weight * scr)

@@ -10,7 +10,9 @@
 
 Both carry flat `pv.*` string metadata: identity, trigger phrase, the backbone's own ids (base model, ...),
 target set, rank/alpha, active fraction, steps, seed, encoder, pv version and a hash of the
-exported tensors. Late-step gating does not travel: other tools apply a LoRA at every step."""
+exported tensors. Late-step gating does not travel in a LoRA file (other tools apply a LoRA at every
+step); a family that registers a workflow for the format (`workflows=`, e.g. a ComfyUI workflow)
+writes one beside the file that applies it from the identity's gate, as pv does."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from .. import __version__
 from ..context import Context
 from ..errors import PVError
-from ..identity_files import read_adapter, tensor_hash
+from ..identity_files import read_adapter, read_settings, tensor_hash
 from ..paths import check_output, write_error
 from ..store import atomic_write_file
 
@@ -130,6 +132,19 @@ def check_any_format(ctx: Context, fmt: str) -> None:
     check_format(fmt)
 
 
+def family_workflow(ctx: Context, backbone: str | None, fmt: str):
+    """The workflow writer the identity's backbone plugin registered for `fmt` (`workflows=`), if any."""
+    entry = ctx.registry.entries["backbones"].get(backbone) if backbone else None
+    return entry.workflows.get(fmt) if entry is not None else None
+
+
+def expert_tag(meta: dict) -> str:
+    """`_low_noise` for an adapter on one expert of a multi-expert model (its `expert`, e.g.
+    "low-noise (transformer_2)"): the file's name says which expert it is for."""
+    expert = str(meta.get("expert") or "").split("(")[0].strip()
+    return "_" + "".join(c if c.isalnum() else "_" for c in expert).strip("_") if expert else ""
+
+
 def lora_writer(ctx: Context, meta: dict, fmt: str):
     """(format label, writer): the backbone family's own layout for `fmt` first, else pv's built-ins."""
     own = family_formats(ctx, meta.get("backbone"))
@@ -152,26 +167,42 @@ def export_lora(ctx: Context, name: str, fmt: str, output: Path | None = None, f
     state, meta = read_adapter(ctx.store.folder(name))
     meta = {**meta, "identity": name}
     kind, writer = lora_writer(ctx, meta, fmt)
-    example = Path(f"{name}.safetensors" if kind == "diffusers" else f"{name}_{kind}.safetensors")
+    tag = expert_tag(meta)
+    example = Path(f"{name}{tag}.safetensors" if kind == "diffusers" else f"{name}_{kind}{tag}.safetensors")
     output = Path(output).expanduser() if output is not None else example
     _check_writable(output, force, example.name)
     if output.suffix.lower() != ".safetensors":
         raise PVError(f"-o {output}: a LoRA export is a .safetensors file, not {output.suffix or 'a file without suffix'}",
                       f"e.g. -o {output.with_suffix('.safetensors')}")
+    flow = family_workflow(ctx, meta.get("backbone"), fmt)
+    workflow_path = output.with_name(f"{output.stem}_workflow.json") if flow is not None else None
+    if workflow_path is not None and workflow_path.exists() and not force:
+        raise PVError(f"{workflow_path} already exists (the workflow written beside the LoRA)",
+                      "pass --force to replace it, or choose another -o")
     tensors, header = writer(state, meta)
     if kind != "diffusers":
         header = {**trainer_header(meta), **header}
     header.update(pv_metadata(name, meta, kind, tensors))
+    # everything is built before anything is written
+    workflow, wiring = flow(meta, read_settings(ctx.store.path(name)), output.name) if flow is not None else (None, None)
     try:  # the temporary file beside `output` is removed whatever fails
         atomic_write_file(output, lambda tmp: save_file(tensors, str(tmp), metadata=header))
     except OSError as exc:
         raise write_error(output, "-o", exc) from None
-    note = gating_note(meta)
+    if workflow is not None:
+        try:
+            atomic_write_file(workflow_path, lambda tmp: tmp.write_text(json.dumps(workflow, indent=1) + "\n"))
+        except OSError as exc:
+            output.unlink(missing_ok=True)  # nothing half-written: the LoRA goes with its workflow
+            raise write_error(workflow_path, "-o", exc) from None
+        ctx.reporter.status(f"{wiring}; {workflow_path.name} wires it")
+    note = gating_note(meta) if workflow is None else ""  # a workflow carries the gating
     if note:
         ctx.reporter.warn(f"{name}: {note}")
     return {"identity": name, "path": str(output), "format": kind, "tensors": len(tensors),
             "bytes": output.stat().st_size, "trigger_phrase": header["pv.trigger_phrase"],
-            "tensors_sha256": header["pv.tensors_sha256"], "gating": note or None}
+            "tensors_sha256": header["pv.tensors_sha256"], "gating": note or None,
+            **({"workflow": str(workflow_path), "wiring": wiring} if workflow is not None else {})}
 
 
 def _check_writable(output: Path, force: bool, example: str = "") -> None:

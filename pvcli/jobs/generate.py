@@ -70,6 +70,9 @@ class IdentityRenderer:
         add_adapter(self.backbone, meta.get("targets", settings.adapter.targets), int(meta["rank"]), float(meta["alpha"]))
         load_adapter_state_dict(self.backbone.denoiser, state)
         self.fraction = float(meta.get("active_fraction", 1.0))
+        # the noise level the adapter turns on at (recorded at tuning); identities from before
+        # it gate by step index as they always did: the last active_fraction of the steps
+        self.gate = float(meta["gate_noise_level"]) if meta.get("gate_noise_level") else None
         self.phrase = identity_phrase(meta.get("token", "sks"), meta.get("class_word", "person"))
 
     def plan(self, g: GenerateSettings, addons: list[AddOn], video: str | Path | None = None):
@@ -131,13 +134,19 @@ class IdentityRenderer:
 
     def frames(self, prompt: str, g: GenerateSettings, plan, adapter: bool, on_step):
         """(frames, what the clip's record adds) of one clip with the identity's adapter (or without)."""
-        from ..engine.generate import generate_frames
+        from ..engine.generate import denoising_steps, gated_steps, generate_frames, plan_strength
         from ..engine.sampling import adapted_steps
 
         scale = g.adapter_scale if adapter else 0.0
-        frames = generate_frames(self.backbone, prompt, g, adapter_steps=adapted_steps(g.steps, self.fraction),
-                                 on_step=on_step, plan=plan, adapter_scale=scale)
-        return frames, {"adapter_scale": scale, "active_fraction": self.fraction}
+        steps = denoising_steps(g.steps, plan_strength(plan))
+        if self.gate is not None:  # the steps at or below the identity's noise level, whatever the schedule
+            gating, adapted = {"gate": self.gate}, gated_steps(self.backbone, g.steps, steps, self.gate)
+        else:
+            gating = {"adapter_steps": adapted_steps(g.steps, self.fraction)}
+            adapted = min(gating["adapter_steps"], steps)
+        frames = generate_frames(self.backbone, prompt, g, on_step=on_step, plan=plan, adapter_scale=scale, **gating)
+        return frames, {"adapter_scale": scale, "active_fraction": self.fraction, "gate_noise_level": self.gate,
+                        "adapted_steps": adapted}
 
 
 DEFAULT_OUTPUT = "{name}_{slug}_s{seed}.mp4"
@@ -210,6 +219,8 @@ def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddO
     accepts = None
     if info.get("backbone"):
         ctx.registry.check_frames(info["backbone"], g.frames, "--frames")
+        options = (read_settings(ctx.store.path(name)).get("backbone") or {}).get("options") or {}
+        ctx.registry.check_size(info["backbone"], options, g.height, g.width, ("--height", "--width"))
         accepts = ctx.registry.get("backbones", info["backbone"]).accepts
     if video is not None and accepts is not None and "video" not in accepts:
         raise PVError(f"--video is not available on the {info['backbone']} backbone: it has no video-to-video pipeline",

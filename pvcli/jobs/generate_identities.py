@@ -171,7 +171,7 @@ class GroupRenderer(IdentityRenderer):
         for m in members:
             check_backbone_matches(ctx.store.load_info(m.name), settings.backbone.name, m.name)
         self.backbone = build_backbone(ctx, settings)
-        self.adapters, self.fractions, self.phrases = [], [], {}
+        self.adapters, self.fractions, self.gates, self.phrases = [], [], [], {}
         for k, m in enumerate(members):
             state, meta = read_adapter(ctx.store.path(m.name))
             adapter = f"pv_person{k + 1}"
@@ -180,6 +180,7 @@ class GroupRenderer(IdentityRenderer):
             load_adapter_state_dict(self.backbone.denoiser, state, adapter)
             self.adapters.append(adapter)
             self.fractions.append(float(meta.get("active_fraction", 1.0)))
+            self.gates.append(float(meta["gate_noise_level"]) if meta.get("gate_noise_level") else None)
             self.phrases[m.name] = identity_phrase(meta.get("token", "sks"), meta.get("class_word", "person"))
 
     def full_prompt(self, prompt: str) -> str:
@@ -198,23 +199,27 @@ class GroupRenderer(IdentityRenderer):
         return regions_from_faces(faces, len(self.members), first.shape[1], first.shape[2], self.ctx.reporter.warn)
 
     def frames(self, prompt: str, g: GenerateSettings, plan, adapter: bool, on_step):
-        from ..engine.generate import denoising_steps, gate_switch, generate_frames, plan_strength
+        from ..engine.generate import denoising_steps, gate_switch, gated_steps, generate_frames, plan_strength
         from ..engine.regions import LayerMixer, Person, RegionMixer
         from ..engine.sampling import adapted_steps
 
         boxes = self.boxes or self.auto_boxes(prompt, g, plan)
         run = denoising_steps(g.steps, plan_strength(plan))
-        people = [Person(a, (m.weight * g.adapter_scale) if adapter else 0.0,
-                         gate_switch(run, min(adapted_steps(g.steps, f), run)))
-                  for a, m, f in zip(self.adapters, self.members, self.fractions, strict=True)]
+        # each identity's own gate: its noise level where it recorded one, else its step fraction
+        adapted = [gated_steps(self.backbone, g.steps, run, gate) if gate is not None
+                   else min(adapted_steps(g.steps, f), run) for gate, f in zip(self.gates, self.fractions, strict=True)]
+        people = [Person(a, (m.weight * g.adapter_scale) if adapter else 0.0, gate_switch(run, n))
+                  for a, m, n in zip(self.adapters, self.members, adapted, strict=True)]
         mixer = (LayerMixer if self.region_mode == "layer" else RegionMixer)(self.backbone, people, boxes,
                                                                              plan.loras, self.feather)
         frames = generate_frames(self.backbone, prompt, g, on_step=on_step, plan=plan, regions=mixer)
         if not mixer.calls and any(p.scale for p in people):
             raise PVError("this backbone's pipeline did not run the identities' regions (it calls another module)",
                           "generate the identities one at a time")
-        regions = [{"identity": m.name, "box": list(b), "weight": p.scale, "active_fraction": f}
-                   for m, b, p, f in zip(self.members, boxes, people, self.fractions, strict=True)]
+        regions = [{"identity": m.name, "box": list(b), "weight": p.scale, "active_fraction": f,
+                    "gate_noise_level": gate, "adapted_steps": n}
+                   for m, b, p, f, gate, n in zip(self.members, boxes, people, self.fractions, self.gates, adapted,
+                                                  strict=True)]
         # "identity" is one identity's name in a single clip's record: a group clip names its identities
         return frames, {"identity": None, "identities": [m.name for m in self.members], "region_mode": self.region_mode,
                         "layout": "auto" if not self.boxes else "given",

@@ -151,6 +151,7 @@ def _start(ctx: Context, request: TuneRequest, name: str, dp=None) -> dict:
     if not request.photos:
         raise PVError("tune needs reference photo(s)", "e.g. pv tune face.jpg --name alice")
     ctx.registry.check_frames(request.settings.backbone.name, request.settings.tune.frames, "tune.frames")
+    check_sizes(ctx, request.settings)
     paths = expand_photos(request.photos)
     prompts = load_prompt_file(request.prompts_file) if request.prompts_file else None
     try:
@@ -372,6 +373,14 @@ def _loop(s: _Session, progress: _Progress) -> None:
     progress.seconds = time.perf_counter() - start
 
 
+def check_sizes(ctx: Context, settings: Settings) -> None:
+    """The backbone's size multiple for the tuning clips and the samples (generate.*), before it loads."""
+    b = settings.backbone
+    for section in ("tune", "generate"):
+        size = getattr(settings, section)
+        ctx.registry.check_size(b.name, b.options, size.height, size.width, (f"{section}.height", f"{section}.width"))
+
+
 def _finish(s: _Session, progress: _Progress) -> dict:
     """Held-out similarity after tuning, then the identity, written atomically; the run goes."""
     from ..engine.adapter import adapter_state_dict
@@ -394,7 +403,8 @@ def _finish(s: _Session, progress: _Progress) -> dict:
     a = settings.adapter
     metadata = {
         **described, "targets": a.targets, "rank": str(a.rank), "alpha": str(a.alpha),
-        "active_fraction": str(a.active_fraction), "steps": str(t.steps), "seed": str(t.seed), "token": t.token,
+        "active_fraction": str(a.active_fraction), "gate_noise_level": repr(tuner.gate), "steps": str(t.steps),
+        "seed": str(t.seed), "token": t.token,
         "component": backbone.component,
         "class_word": t.class_word,
         "lora_adapter_metadata": {"r": a.rank, "lora_alpha": a.alpha, "target_modules": backbone.adapter_targets(a.targets),
@@ -406,7 +416,8 @@ def _finish(s: _Session, progress: _Progress) -> dict:
         "photos": [p.name for p in r.paths],  # file names only: no paths of this machine in an identity
         "adapter_layers": len(tuner.layers),
         "adapter_parameters": sum(v.numel() for v in adapter.values()), "active_fraction": a.active_fraction,
-        "steps": t.steps, "resumed_at": s.first_step or None, "seconds": round(seconds, 2),
+        "gate_noise_level": round(tuner.gate, 4), "steps": t.steps, "resumed_at": s.first_step or None,
+        "seconds": round(seconds, 2),
         "seconds_per_step": round(per_step, 3),
         "id_sim_first": _round(sims[0]) if sims else None, "id_sim_last": _round(sims[-1]) if sims else None,
         "held_out_id_sim_before": _round(s.before), "held_out_id_sim_after": _round(after),
@@ -483,15 +494,13 @@ def _write_sample(backbone, settings: Settings, tuner, run, step: int):
 
     from ..engine.generate import generate_frames
     from ..engine.offload import text_encoders_on
-    from ..engine.sampling import adapted_steps
     from ..video import write_mp4
 
     g = settings.generate
     prompt = tuner.prompts.prompts[0]
     # the pipeline encodes its prompts itself: offloaded text encoders come back for the clip
     with text_encoders_on(backbone) if tuner.embeds.offloaded else nullcontext():
-        frames = generate_frames(backbone, prompt, g,
-                                 adapter_steps=adapted_steps(g.steps, settings.adapter.active_fraction))
+        frames = generate_frames(backbone, prompt, g, gate=tuner.gate)
     stem = run.samples / f"step_{step:07d}"
     write_mp4(frames.numpy(), stem.with_suffix(".mp4"), g.fps, metadata={"step": step, "prompt": prompt, "seed": g.seed,
                                                                            "fps": g.fps})
