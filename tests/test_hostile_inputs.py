@@ -1,0 +1,184 @@
+"""Hostile inputs on the newest surfaces (issue 30's sweep): files of a few bytes that claim huge
+images or clips, LoRAs that would do nothing or poison the clip, bench/gpu.py's arguments, and
+the Wan / HunyuanVideo / VACE / tracker / judge / export flags given the ways users get them
+wrong. Each ends in one line naming the input and its fault, exit 1, no traceback, nothing
+written, and, where the input can be checked without a model, before any model loads (the
+`loads` fixture of test_bad_inputs records every model built)."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import tarfile
+import zlib
+
+import pytest
+from conftest import run
+from test_bad_inputs import MODELS, loads, one_error  # noqa: F401 (loads: a fixture)
+
+GEN = ("generate", "alice", "a walk", "--frames", "2", "--steps", "1", "-q")
+
+
+@pytest.fixture
+def built(loads):  # noqa: F811 (the imported fixture, requested)
+    """The kinds of plugin objects built during the test (test_bad_inputs' `loads`)."""
+    return loads
+
+
+def no_model_loaded(built) -> None:
+    assert not [k for k in built if k in MODELS], built
+
+
+# --------------------------------------------------------------------------- image bombs
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid PNG header (IHDR, CRCs right) for an RGB image of that size, with a few bytes of data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def gif_claiming(width: int, height: int) -> bytes:
+    """A GIF whose screen and only frame claim that size (29 bytes)."""
+    return (b"GIF89a" + struct.pack("<HHBBB", width, height, 0, 0, 0) + b","
+            + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x44\x01\x00;")
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A baseline JPEG's frame header (SOF0) and scan header for that size, then a few bytes."""
+    sof = struct.pack(">BHHB", 8, height, width, 3) + b"\x01\x11\x00\x02\x11\x00\x03\x11\x00"
+    return (b"\xff\xd8\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof + b"\xff\xda" + struct.pack(">H", 12)
+            + b"\x03\x01\x00\x02\x11\x03\x11\x00\x3f\x00" + b"\x00" * 16 + b"\xff\xd9")
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory):
+    """Files of 29 to 69 bytes that claim a 60000 x 50000 image (3 gigapixels, 9 GB as RGB)."""
+    d = tmp_path_factory.mktemp("bombs")
+    (d / "bomb.png").write_bytes(png_claiming(60000, 50000))
+    (d / "bomb.jpg").write_bytes(jpeg_claiming(60000, 50000))
+    (d / "bomb.gif").write_bytes(gif_claiming(60000, 50000))
+    (d / "frames").mkdir()
+    (d / "frames" / "f_000.png").write_bytes(png_claiming(60000, 50000))
+    return d
+
+
+BOMB = ["claims a 60000 x 50000 image", "3.0 gigapixels", "limit of 67.1 megapixels"]
+
+BOMB_CASES = [
+    ("video-png", ["generate", *GEN[1:], "--video", "{b}/bomb.png"], ["--video {b}/bomb.png", *BOMB]),
+    ("video-gif", ["generate", *GEN[1:], "--video", "{b}/bomb.gif"], ["--video {b}/bomb.gif", *BOMB]),
+    ("video-frames-folder", ["generate", *GEN[1:], "--video", "{b}/frames"], ["f_000.png", *BOMB]),
+    ("control-jpeg", ["generate", *GEN[1:], "--control", "canny={b}/bomb.jpg"], ["canny={b}/bomb.jpg", *BOMB]),
+    ("control-raw-png", ["generate", *GEN[1:], "--control-raw", "canny={b}/bomb.png"], ["canny={b}/bomb.png", *BOMB]),
+    ("eval-ref", ["eval", "alice", "--ref", "{b}/bomb.jpg", "-q"], ["photo {b}/bomb.jpg", *BOMB]),
+    ("eval-video", ["eval", "{b}/bomb.gif", "--ref", "alice", "-q"], ["{b}/bomb.gif", *BOMB]),
+    ("tune-photo", ["tune", "{b}/bomb.png", "--name", "bob", "--profile", "tiny", "-q"], ["photo {b}/bomb.png", *BOMB]),
+]
+
+
+@pytest.fixture(scope="module")
+def home(alice_home):
+    return alice_home
+
+
+@pytest.mark.parametrize("args,expected", [c[1:] for c in BOMB_CASES], ids=[c[0] for c in BOMB_CASES])
+def test_an_image_bomb_is_refused_from_its_header_before_any_model_loads(home, bombs, built, monkeypatch, tmp_path,
+                                                                       args, expected):
+    """Before: OpenCV raised out of its decoder (a traceback) or allocated the claimed size."""
+    monkeypatch.setenv("PV_HOME", str(home))
+    fill = [str(a).replace("{b}", str(bombs)) for a in args]
+    out = ["-o", tmp_path / "clip.mp4"] if fill[0] == "generate" else []
+    one_error(run(*fill, *out), *[e.replace("{b}", str(bombs)) for e in expected])
+    no_model_loaded(built)
+    assert not list(tmp_path.iterdir()) and not (home / "identities" / "bob").exists()
+
+
+def _bundle_with(src, dst, member: str, data: bytes):
+    """A copy of bundle `src` with `member` replaced by `data` (its manifest hash updated)."""
+    import hashlib
+
+    with tarfile.open(src) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar}
+    members[member] = data
+    manifest = json.loads(members["manifest.json"])
+    manifest["files"][member]["sha256"] = hashlib.sha256(data).hexdigest()
+    members["manifest.json"] = json.dumps(manifest).encode()
+    with tarfile.open(dst, "w:gz") as tar:
+        for name, body in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return dst
+
+
+def test_a_bundle_whose_face_image_is_a_bomb_is_refused_and_nothing_imported(home, tmp_path, monkeypatch):
+    monkeypatch.setenv("PV_HOME", str(home))
+    good = tmp_path / "alice.pvid"
+    assert run("export", "alice", "--bundle", good).exit_code == 0
+    bad = _bundle_with(good, tmp_path / "bomb.pvid", "refs/face_0.png", png_claiming(60000, 50000))
+    one_error(run("import", bad, "--name", "bob"), str(bad), "refs/face_0.png", *BOMB)
+    assert not (home / "identities" / "bob").exists()
+
+
+def test_a_clip_over_the_pixel_limit_is_refused_from_its_metadata(home, tmp_path, built, monkeypatch):
+    """The frame size and count come from the container (PyAV, nothing decoded); the limit and
+    the clip's numbers are in the line. The limit is lowered here to a 9-frame 96x64 clip's size."""
+    import numpy as np
+
+    import pvcli.images
+    from pvcli.video import video_info, write_video
+
+    clip = write_video(np.zeros((9, 64, 96, 3), np.uint8), tmp_path / "long.mp4", 8)
+    info = video_info(clip)
+    assert (info.width, info.height, info.frames, info.fps) == (96, 64, 9, 8.0)
+    monkeypatch.setattr(pvcli.images, "MAX_CLIP_PIXELS", 8 * 96 * 64)
+    monkeypatch.setenv("PV_HOME", str(home))
+    out = tmp_path / "out"
+    out.mkdir()
+    one_error(run(*GEN, "-o", out / "clip.mp4", "--video", clip), f"--video {clip}", "claims 9 frames of 96 x 64",
+              "per clip")
+    one_error(run(*GEN, "-o", out / "clip.mp4", "--control", f"canny={clip}"), f"canny={clip}", "claims 9 frames")
+    no_model_loaded(built)
+    monkeypatch.setattr(pvcli.images, "MAX_CLIP_PIXELS", 2**30)
+    monkeypatch.setattr(pvcli.images, "MAX_PIXELS", 95 * 64)  # one frame over the per-frame limit
+    one_error(run("eval", clip, "--ref", "alice", "-q"), str(clip), "claims a 96 x 64 image", "per image")
+    assert not list(out.iterdir())
+
+
+def test_a_video_cut_short_is_refused_before_any_model_loads(home, tmp_path, built, monkeypatch):
+    """Its header lists more frames than the file holds: counted from the packets, not decoded."""
+    import numpy as np
+
+    from pvcli.video import write_video
+
+    rng = np.random.default_rng(0)
+    whole = write_video((rng.random((9, 64, 96, 3)) * 255).astype(np.uint8), tmp_path / "whole.mp4", 8)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    monkeypatch.setenv("PV_HOME", str(home))
+    one_error(run(*GEN, "-o", tmp_path / "clip.mp4", "--video", cut), f"--video {cut}", "truncated",
+              "lists 9 frames")
+    no_model_loaded(built)
+    assert not (tmp_path / "clip.mp4").exists()
+
+
+def test_video_metadata_is_read_by_a_library_not_from_ffmpeg_text(tmp_path):
+    """The record pv writes into an .mp4 comes back through PyAV's container tags (issue 33):
+    ffmpeg is never run to print them (its ffmetadata escaping was parsed by hand before)."""
+    import subprocess
+    from unittest import mock
+
+    import numpy as np
+
+    from pvcli.video import read_metadata, write_video
+
+    record = {"prompt": "a=b; #c \\ d\nnew line", "seed": 3}
+    clip = write_video(np.zeros((5, 32, 32, 3), np.uint8), tmp_path / "r.mp4", 8, metadata=record)
+    with mock.patch.object(subprocess, "run", side_effect=AssertionError("ffmpeg run to read metadata")), \
+            mock.patch.object(subprocess, "Popen", side_effect=AssertionError("ffmpeg run to read metadata")):
+        assert read_metadata(clip) == record
