@@ -10,12 +10,15 @@ hookspec = pluggy.HookspecMarker("pv")
 @hookspec
 def register_backbones(register):
     """Register text-to-video backbones: register(name, factory, description="", frames=None,
-    lora_formats=None, accepts=None); `frames(count, flag)` raises PVError for a frame count the family cannot
+    lora_formats=None, accepts=None, refuse=None); `frames(count, flag)` raises PVError for a frame count the family cannot
     render (checked before the backbone loads); `lora_formats` maps `pv export --format` names to
     writers `(adapter_state, identity_meta) -> (tensors, header)` for the family's own LoRA key
     layouts (used for identities tuned on this backbone, before pv's built-in formats); `accepts`
     is the backbone class's `accepts` (add-on kinds), so what it cannot take is refused before it
-    loads."""
+    loads; `refuse(info, options, wanted)` raises PVError for what one model of the family cannot
+    take though the family can (`info`: what the identity recorded of its backbone, `describe()`;
+    `options`: the backbone options in effect; `wanted`: the add-ons asked for, as (kind, options)
+    pairs, ("video", {"source": ...}) for a driving clip), also before it loads."""
 
 
 @hookspec

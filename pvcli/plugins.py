@@ -39,6 +39,11 @@ class Entry:
     # backbones: the add-on kinds it takes (Backbone.accepts), so a --video or --control it cannot
     # take is refused before it loads; None: the plugin did not say (refused after loading)
     accepts: frozenset | None = None
+    # backbones: refuse(info, options, wanted) raises PVError for what the model the identity was
+    # tuned on cannot take, though its family can (`info`: what the identity recorded of its
+    # backbone, Backbone.describe(); `options`: backbone.options in effect; `wanted`: the add-ons
+    # asked for as (kind, options) pairs, ("video", {"source": ...}) for --video): refused before it loads
+    refuse: Callable[[dict, dict, list[tuple[str, dict]]], None] | None = None
 
 
 @dataclass
@@ -67,14 +72,14 @@ class Registry:
 
             def register(name: str, factory: Callable, description: str = "", frames: Callable | None = None,
                          lora_formats: dict[str, Callable] | None = None, accepts: frozenset | None = None,
-                         _plugin: str = plugin) -> None:
+                         refuse: Callable | None = None, _plugin: str = plugin) -> None:
                 table = self.entries[kind]
                 if name in table:
                     warn(f"plugin {_plugin!r} registers {_SINGULAR[kind]} {name!r}, already registered by "
                          f"{table[name].plugin!r}: ignored")
                     return
                 table[name] = Entry(name, factory, _plugin, description, frames, dict(lora_formats or {}),
-                                    None if accepts is None else frozenset(accepts))
+                                    None if accepts is None else frozenset(accepts), refuse)
                 self.plugins.setdefault(_plugin, PluginInfo(_plugin, None)).registered.setdefault(kind, []).append(name)
 
             try:
