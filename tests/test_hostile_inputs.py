@@ -182,3 +182,73 @@ def test_video_metadata_is_read_by_a_library_not_from_ffmpeg_text(tmp_path):
     with mock.patch.object(subprocess, "run", side_effect=AssertionError("ffmpeg run to read metadata")), \
             mock.patch.object(subprocess, "Popen", side_effect=AssertionError("ffmpeg run to read metadata")):
         assert read_metadata(clip) == record
+
+
+# --------------------------------------------------------------------------- Wan: refused before loading
+
+
+@pytest.fixture(scope="module")
+def wan_home(tmp_path_factory, astronaut):
+    """`w` (one expert) and `w2` (two experts, as Wan 2.2 A14B) tuned on tiny-wan, 1 step each."""
+    from conftest import NO_HELD_OUT, tune_home
+
+    home = tmp_path_factory.mktemp("wanhome")
+    tune_home(home, astronaut, "w", "tiny-wan", *NO_HELD_OUT, "--steps", "1")
+    tune_home(home, astronaut, "w2", "tiny-wan", *NO_HELD_OUT, "--steps", "1", "--set", "backbone.options.experts=2")
+    return home
+
+
+WAN_CASES = [
+    ("a14b-video", ["w2", "--video", "{photo}"], ["--video is not available on Wan 2.2 (A14B, two experts)"]),
+    ("a14b-control", ["w2", "--control", "canny={photo}"], ["--control is not available", "two experts"]),
+    ("a14b-lora", ["w2", "--lora", "{style}"], ["--lora", "Wan 2.2 A14B's two experts"]),
+    ("video-with-control", ["w", "--video", "{photo}", "--control", "canny={photo}"], ["--video and --control"]),
+    ("two-controls", ["w", "--control", "canny={photo}", "--control", "depth={photo}"], ["one control video, got 2"]),
+    ("control-model", ["w", "--control", "canny={photo}", "--control-model", "canny=tiny"],
+     ["--control-model canny=", "brings its own control model"]),
+    ("no-vace-model", ["w", "--control", "canny={photo}", "--set", "backbone.options.vace_model="],
+     ["--control: no VACE model is known for tiny-wan"]),
+    ("frames-not-4k+1", ["w", "--frames", "4"], ["--frames", "4"]),
+]
+
+
+@pytest.mark.parametrize("args,expected", [c[1:] for c in WAN_CASES], ids=[c[0] for c in WAN_CASES])
+def test_what_a_wan_model_cannot_take_is_refused_before_it_loads(wan_home, astronaut, built, monkeypatch, tmp_path,
+                                                                 args, expected):
+    """Before: Wan 2.2's --video / --control / --lora and --video with --control were refused only
+    once the model had loaded (minutes on a real one)."""
+    import torch
+    from safetensors.torch import save_file
+
+    style = tmp_path / "style.safetensors"
+    layer = "transformer.blocks.0.attn2.to_q"
+    save_file({f"{layer}.lora_A.weight": torch.zeros(4, 64), f"{layer}.lora_B.weight": torch.zeros(64, 4)}, str(style))
+    monkeypatch.setenv("PV_HOME", str(wan_home))
+    fill = [a.replace("{photo}", str(astronaut)).replace("{style}", str(style)) for a in args]
+    one_error(run("generate", fill[0], "a walk", "--steps", "1", "-q", "-o", tmp_path / "clip.mp4", *fill[1:]),
+              *expected)
+    no_model_loaded(built)
+    assert not (tmp_path / "clip.mp4").exists()
+
+
+VIDEO, CONTROL, LORA = ("video", {"source": "moves.mp4"}), ("controlnet", {"type": "pose"}), ("lora", {"source": "s"})
+
+
+@pytest.mark.parametrize("info,wanted,expected", [
+    ({"architecture": "wan2.2-ti2v-5b"}, [VIDEO], "--video is not available on Wan 2.2 (TI2V-5B)"),
+    ({"architecture": "wan2.2-ti2v-5b", "base_model": "Wan-AI/Wan2.2-TI2V-5B-Diffusers"}, [CONTROL],
+     "no VACE model is known for Wan-AI/Wan2.2-TI2V-5B-Diffusers"),
+    ({"architecture": "wan2.2-a14b", "expert": "low-noise (transformer_2)"}, [LORA], "two experts"),
+])
+def test_real_wan_22_models_are_refused_from_what_the_identity_recorded(info, wanted, expected):
+    """The real `wan` backbone's check reads what make_wan records of a Wan 2.2 model."""
+    from pv_wan import refuse_wan
+
+    from pvcli.errors import PVError
+
+    options = {"model": info.get("base_model", "Wan-AI/Wan2.2-T2V-A14B-Diffusers")}
+    with pytest.raises(PVError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        refuse_wan(info, options, wanted)
+    refuse_wan({}, {}, [CONTROL, LORA])  # Wan 2.1 1.3B (the default model): its VACE model is known
+    if "expert" not in info:  # TI2V-5B with a VACE model named: --control and --lora go through
+        refuse_wan(info, {**options, "vace_model": "my/vace"}, [CONTROL, LORA])
