@@ -252,3 +252,72 @@ def test_real_wan_22_models_are_refused_from_what_the_identity_recorded(info, wa
     refuse_wan({}, {}, [CONTROL, LORA])  # Wan 2.1 1.3B (the default model): its VACE model is known
     if "expert" not in info:  # TI2V-5B with a VACE model named: --control and --lora go through
         refuse_wan(info, {**options, "vace_model": "my/vace"}, [CONTROL, LORA])
+
+
+# --------------------------------------------------------------------------- style LoRAs that do nothing or poison
+
+
+@pytest.fixture(scope="module")
+def loras(tmp_path_factory):
+    """LoRA files for the tiny UNet (32 wide) and for Wan, each named for what is wrong with it."""
+    import torch
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("loras")
+    q = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    k = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k"
+
+    def pair(layer, width, a=0.1):
+        return {f"{layer}.lora_A.weight": torch.full((4, width), a), f"{layer}.lora_B.weight": torch.full((width, 4), 0.1)}
+
+    save_file({**pair(q, 32, float("nan")), **pair(k, 32)}, str(d / "nan.safetensors"))
+    save_file({**pair(q, 32), **pair(k, 32, float("inf"))}, str(d / "inf.safetensors"))
+    # ComfyUI's native Wan keys: a Wan LoRA given to an SD identity
+    save_file(pair("diffusion_model.blocks.0.cross_attn.q", 64), str(d / "wan_comfy.safetensors"))
+    # keys that no loader knows: kohya-style names of layers in no model
+    save_file({"lora_te9_nothing_here.lora_down.weight": torch.zeros(4, 32),
+               "lora_te9_nothing_here.lora_up.weight": torch.zeros(32, 4)}, str(d / "nowhere.safetensors"))
+    # one layer the tiny UNet has, and one of the same width it does not (a LoRA for a related model)
+    save_file({**pair(q, 32), **pair("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn9.to_q", 32)},
+              str(d / "partial.safetensors"))
+    # SD 1.x UNet keys given to a Wan identity
+    save_file(pair(q, 32), str(d / "sd_on_wan.safetensors"))
+    return d
+
+
+LORA_CASES = [
+    ("nan", "alice", "nan.safetensors", ["nan.safetensors", "NaN or infinite", "128 of 128", "clip black"], True),
+    ("inf", "alice", "inf.safetensors", ["inf.safetensors", "NaN or infinite", "attn1.to_k.lora_A"], True),
+    ("wan-keys-on-sd", "alice", "wan_comfy.safetensors", ["wan_comfy.safetensors", "transformer (DiT)", "SD 1.x"], True),
+    ("keys-of-no-model", "alice", "nowhere.safetensors", ["nowhere.safetensors", "matches no layer of animatediff-tiny",
+                                                          "would do nothing"], False),
+    ("sd-keys-on-wan", "w", "sd_on_wan.safetensors", ["sd_on_wan.safetensors", "wan-tiny"], False),
+]
+
+
+@pytest.mark.parametrize("who,name,expected,before_loading", [c[1:] for c in LORA_CASES], ids=[c[0] for c in LORA_CASES])
+def test_a_lora_that_would_poison_the_clip_or_do_nothing_is_refused(home, wan_home, loras, built, monkeypatch, tmp_path,
+                                                                     who, name, expected, before_loading):
+    """Before: a NaN LoRA rendered a black clip and a LoRA whose keys match nothing rendered the
+    plain clip, both with exit 0. NaN and another family's keys are found before any model
+    loads; keys of no model at all once the backbone is there to match them against."""
+    import shutil
+
+    monkeypatch.setenv("PV_HOME", str(home if who == "alice" else wan_home))
+    frames = "2" if who == "alice" else "5"
+    r = run("generate", who, "a walk", "--frames", frames, "--steps", "1", "-q", "-o", tmp_path / "clip.mp4",
+            "--lora", loras / name)
+    one_error(r, *[str(loras / e) if e == name else e for e in expected])
+    if before_loading:
+        no_model_loaded(built)
+    assert not (tmp_path / "clip.mp4").exists()
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_lora_that_matches_only_part_of_the_model_warns_with_the_count(home, loras, monkeypatch, tmp_path):
+    monkeypatch.setenv("PV_HOME", str(home))
+    r = run(*GEN, "-o", tmp_path / "clip.mp4", "--lora", loras / "partial.safetensors")
+    assert r.exit_code == 0, r.stderr
+    warned = [ln for ln in r.stderr.splitlines() if ln.startswith("Warning:")]
+    assert len(warned) == 1 and f"{loras}/partial.safetensors: only 1 of its 2 layers match" in warned[0], r.stderr
+    assert (tmp_path / "clip.mp4").is_file()

@@ -92,6 +92,8 @@ class IdentityRenderer:
                                                    device=str(self.backbone.device))
             self.ctx.reporter.status(f"adding {addon.name}")
             conditioner.apply(self.backbone, plan)
+        for line in plan.warnings:
+            self.ctx.reporter.warn(line)
         return plan
 
     def render(self, prompt: str, output: Path | None = None, adapter: bool = True,
