@@ -321,3 +321,61 @@ def test_a_lora_that_matches_only_part_of_the_model_warns_with_the_count(home, l
     warned = [ln for ln in r.stderr.splitlines() if ln.startswith("Warning:")]
     assert len(warned) == 1 and f"{loras}/partial.safetensors: only 1 of its 2 layers match" in warned[0], r.stderr
     assert (tmp_path / "clip.mp4").is_file()
+
+
+# --------------------------------------------------------------------------- bench/gpu.py
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """bench/gpu.py as a module (test_bench_gpu's way of loading it)."""
+    import importlib.util
+
+    from test_bench_gpu import BENCH
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("pv_bench_gpu_hostile", BENCH / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--budget-s", "nan"], "--budget-s must be 0 (no budget) or more seconds, got nan"),
+    (["--budget-s", "inf"], "--budget-s must be 0 (no budget) or more seconds, got inf"),
+    (["--budget-s", "-1"], "--budget-s must be 0 (no budget) or more seconds, got -1"),
+    (["--budget-s", "soon"], "argument --budget-s: invalid float value: 'soon'"),
+    (["--repeats", "many"], "argument --repeats: invalid int value: 'many'"),
+    (["--out", "{t}/notes.txt/r.json"], "--out {t}/notes.txt/r.json: cannot write there"),
+    (["--out", "{t}/old.json"], "{t}/old.json holds an earlier result; pass --force to replace it, or another --out"),
+    (["--out", "{t}/oldmd.json"], "{t}/oldmd.md holds an earlier result"),
+    (["--out", "{t}/afolder"], "{t}/afolder is a folder"),
+    (["--out", "{t}/r.md"], "give the .json file"),
+])
+def test_bench_gpu_refuses_bad_numbers_and_outputs_in_one_line_and_keeps_earlier_results(bench, capsys, tmp_path,
+                                                                                          argv, says):
+    """Before: a NaN or infinite budget was taken, an unwritable --out was a traceback after the
+    measuring, and an earlier result was overwritten."""
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "old.json").write_text("earlier")
+    (tmp_path / "oldmd.md").write_text("earlier")
+    (tmp_path / "afolder").mkdir()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    args = [a.replace("{t}", str(tmp_path)) for a in argv]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "r.json")]
+    assert bench.main(["--device", "cpu", "--tiny", *args, *out]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
+    assert says.replace("{t}", str(tmp_path)) in captured.err and "Traceback" not in captured.err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # nothing new, nothing changed
+
+
+def test_bench_gpu_force_replaces_an_earlier_result(bench, capsys, tmp_path, monkeypatch):
+    """--force passes the check (the run then goes on: here it stops at the CUDA check, before writing)."""
+    import torch
+
+    (tmp_path / "old.json").write_text("earlier")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main(["--device", "cuda", "--out", str(tmp_path / "old.json"), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and "earlier result" not in err
