@@ -262,7 +262,7 @@ class Identity:
         items = [requests] if isinstance(requests, (str, ClipRequest)) else requests
         return render_batch(self.context, self.name, renderer, resolved.generate, items, output=output,
                             seeds=list(seeds) if seeds is not None else None, adapter=adapter, addons=extras,
-                            video=video, one_bar=not _single, backbone_options=resolved.backbone.options)
+                            video=video, one_bar=not _single, backbone=resolved.backbone)
 
     def evaluate(self, **kwargs: Any) -> dict:
         """`pv eval NAME`: generate clips of this identity and score them (see `evaluate`)."""

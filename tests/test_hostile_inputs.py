@@ -379,3 +379,102 @@ def test_bench_gpu_force_replaces_an_earlier_result(bench, capsys, tmp_path, mon
     assert bench.main(["--device", "cuda", "--out", str(tmp_path / "old.json"), "--force"]) == 2
     err = capsys.readouterr().err
     assert "CUDA is not available" in err and "earlier result" not in err
+
+
+# --------------------------------------------------------------------------- the sweep of the newest surfaces
+
+# (id, command line ({photo}, {d}: a folder with notes.txt and a folder `afolder`), what the line says);
+# `w` is a tiny-wan identity, `w2` a two-expert one, `alice` tiny AnimateDiff; tune cases name `bob`
+SWEEP = [
+    # Wan / HunyuanVideo profiles and their options
+    ("wan-frames-not-4k+1", ["generate", "w", "x", "--frames", "6"], ["--frames 6", "4k+1"]),
+    ("hunyuan-frames-not-4k+1", ["tune", "{photo}", "--name", "bob", "--profile", "tiny-hunyuan", "--set",
+                                 "tune.frames=6"], ["tune.frames", "6"]),
+    ("wan-height-absurd", ["generate", "w", "x", "--height", "99999999"], ["generate.height", "99999999"]),
+    ("wan-width-negative", ["generate", "w", "x", "--width", "-64"], ["generate.width", "-64"]),
+    ("wan-height-text", ["tune", "{photo}", "--name", "bob", "--profile", "tiny-wan", "--set", "tune.height=tall"],
+     ["tune.height", "'tall'"]),
+    ("other-family-profile", ["generate", "w", "x", "--profile", "tiny-hunyuan", "--frames", "5"],
+     ["'w' was tuned on backbone 'wan-tiny', not 'hunyuanvideo-tiny'"]),
+    ("wan-guidance-inf", ["generate", "w", "x", "--guidance", "inf"], ["generate.guidance_scale", "inf"]),
+    # VACE --control
+    ("vace-scale-nan", ["generate", "w", "x", "--control", "canny={photo}", "--control-scale", "nan"], ["scale", "nan"]),
+    ("vace-start-after-end", ["generate", "w", "x", "--control", "canny={photo}", "--control-start", "0.5",
+                              "--control-end", "0.1"], ["start/end", "0.5/0.1"]),
+    ("vace-model-missing", ["generate", "w", "x", "--control", "canny={photo}", "--set",
+                            "backbone.options.vace_model={d}/nowhere"], ["vace_model {d}/nowhere: not found"]),
+    ("vace-model-a-file", ["generate", "w", "x", "--control", "canny={photo}", "--set",
+                           "backbone.options.vace_model={d}/notes.txt"], ["vace_model {d}/notes.txt: is a file"]),
+    ("vace-control-text", ["generate", "w", "x", "--control", "canny={d}/notes.txt"], ["canny={d}/notes.txt", "as a video"]),
+    # Wan-layout style LoRAs
+    ("wan-lora-weight-inf", ["generate", "w", "x", "--lora", "{d}/style.safetensors:inf"], ["weight 'inf'"]),
+    ("wan-lora-text", ["generate", "w", "x", "--lora", "{d}/notes.txt"], ["{d}/notes.txt", "not a safetensors file"]),
+    ("wan-lora-folder", ["generate", "w", "x", "--lora", "{d}/afolder"], ["{d}/afolder", "no .safetensors"]),
+    # tune.supervised_window
+    ("window-nan", ["tune", "{photo}", "--name", "bob", "--profile", "tiny-wan", "--set", "tune.supervised_window=nan"],
+     ["tune.supervised_window", "'nan'"]),
+    ("window-negative", ["tune", "{photo}", "--name", "bob", "--profile", "tiny-wan", "--set",
+                         "tune.supervised_window=-3"], ["tune.supervised_window", "-3"]),
+    ("window-over-frames", ["tune", "{photo}", "--name", "bob", "--profile", "tiny-wan", "--set",
+                            "tune.supervised_window=99"], ["tune.supervised_window (99) cannot exceed tune.frames"]),
+    ("window-fraction", ["tune", "{photo}", "--name", "bob", "--profile", "tiny-wan", "--set",
+                         "tune.supervised_window=2.5"], ["tune.supervised_window", "2.5"]),
+    # backbone options of the new families, checked before the weights
+    ("experts-three", ["tune", "{photo}", "--name", "bob", "--profile", "tiny-wan", "--set",
+                       "backbone.options.experts=3"], ["backbone.options.experts must be 1 or 2"]),
+    ("boundary-ratio-absurd", ["tune", "{photo}", "--name", "bob", "--profile", "tiny-wan", "--set",
+                               "backbone.options.experts=2", "--set", "backbone.options.boundary_ratio=7"],
+     ["backbone.options.boundary_ratio must be between 0 and 1", "got 7"]),
+    # ComfyUI exports
+    ("comfy-into-a-file", ["export", "w", "--format", "comfy", "-o", "{d}/notes.txt/w.safetensors"],
+     ["{d}/notes.txt", "is a file"]),
+    ("comfy-suffix", ["export", "w", "--format", "comfy", "-o", "{d}/w.txt"], ["{d}/w.txt", ".safetensors"]),
+    ("comfy-into-a-folder", ["export", "w", "--format", "comfy", "-o", "{d}/afolder"], ["{d}/afolder", "is a folder"]),
+    ("kohya-of-a-transformer", ["export", "w", "--format", "kohya", "-o", "{d}/w.safetensors"],
+     ["--format kohya writes UNet LoRA keys"]),
+    ("format-empty", ["export", "w", "--format", "", "-o", "{d}/w.safetensors"], ["unknown export format ''"]),
+    # trackers
+    ("report-to-unknown", ["tune", "{photo}", "--name", "bob", "--profile", "tiny", "--report-to", "mlflow"],
+     ["tune.report_to", "'mlflow'"]),
+    ("report-to-empty", ["tune", "{photo}", "--name", "bob", "--profile", "tiny", "--report-to", ""],
+     ["tune.report_to", "''"]),
+    ("report-to-number", ["tune", "{photo}", "--name", "bob", "--profile", "tiny", "--set", "tune.report_to=5"],
+     ["tune.report_to", "5"]),
+    # the dlib judge and other encoders of pv eval
+    ("judge-twice", ["eval", "alice", "--encoder", "dlib", "--encoder", "dlib"], ["--encoder dlib is given twice"]),
+    ("encoder-empty", ["eval", "alice", "--encoder", "facenet", "--encoder", ""], ["unknown encoder ''"]),
+    ("judge-unknown", ["eval", "alice", "--encoder", "dlib2"], ["unknown encoder 'dlib2'"]),
+]
+
+
+@pytest.mark.parametrize("args,expected", [c[1:] for c in SWEEP], ids=[c[0] for c in SWEEP])
+def test_the_newest_surfaces_refuse_a_bad_input_in_one_line_before_any_model_loads(home, wan_home, astronaut, built,
+                                                                                   monkeypatch, tmp_path, args, expected):
+    """Each case is refused before a model (backbone, encoder, scorer) is built and before
+    anything is written; before this sweep, a profile of another family, a VACE model path, a
+    judge named twice or an empty encoder name, and an absurd boundary ratio got past that point."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    # the two homes side by side: alice with w and w2
+    both = tmp_path / "home"
+    shutil.copytree(home, both)
+    for ident in ("w", "w2"):
+        shutil.copytree(wan_home / "identities" / ident, both / "identities" / ident)
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "notes.txt").write_text("x")
+    (d / "afolder").mkdir()
+    save_file({"transformer.blocks.0.attn2.to_q.lora_A.weight": torch.zeros(4, 64),
+               "transformer.blocks.0.attn2.to_q.lora_B.weight": torch.zeros(64, 4)}, str(d / "style.safetensors"))
+    monkeypatch.setenv("PV_HOME", str(both))
+    fill = [a.replace("{photo}", str(astronaut)).replace("{d}", str(d)) for a in args]
+    extra = {"generate": ["--steps", "1", "-o", str(tmp_path / "clip.mp4"), "-q"], "tune": ["--steps", "1", "-q"],
+             "eval": ["-q"], "export": []}[fill[0]]
+    before = sorted(p.name for p in d.iterdir())
+    one_error(run(*fill, *extra), *[e.replace("{d}", str(d)) for e in expected])
+    no_model_loaded(built)
+    assert not (tmp_path / "clip.mp4").exists() and not (both / "identities" / "bob").exists()
+    assert sorted(p.name for p in d.iterdir()) == before

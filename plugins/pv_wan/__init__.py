@@ -54,6 +54,21 @@ def no_lora_on_experts(source: str = "") -> PVError:
                    "use a Wan 2.1 or Wan 2.2 TI2V-5B profile with --lora")
 
 
+def check_vace_path(ref: str) -> None:
+    """A VACE model given as a local path is a folder (a diffusers layout), checked before any model loads."""
+    from pathlib import Path
+
+    from pvcli.hub import looks_like_path
+
+    path = Path(ref).expanduser()
+    if path.exists() and not path.is_dir():
+        raise PVError(f"backbone.options.vace_model {ref}: is a file, not a VACE model's diffusers folder",
+                      "point it at the folder (with transformer/) or a hub id")
+    if not path.exists() and looks_like_path(ref):
+        raise PVError(f"backbone.options.vace_model {ref}: not found",
+                      "check the path, or point --set backbone.options.vace_model=PATH at a local copy")
+
+
 def _refuse(info: dict, wanted: list[tuple[str, dict]], vace_model: str) -> None:
     """What this Wan model (as the identity recorded it) cannot take, before it loads: the same
     refusals as the backbone's own once loaded."""
@@ -68,6 +83,8 @@ def _refuse(info: dict, wanted: list[tuple[str, dict]], vace_model: str) -> None
         raise no_control_on_experts(base)
     if controls and not vace_model:
         raise no_vace(base)
+    if controls and vace_model != "tiny":
+        check_vace_path(vace_model)
     if len(controls) > 1:
         raise one_control(len(controls), ", ".join(controls))
     if controls and "video" in kinds:

@@ -314,6 +314,9 @@ def make_tiny_wan(options: dict | None = None, device: str | None = "cpu") -> Wa
     dev = resolve_device(device)
     if opts.experts not in (1, 2):
         raise PVError(f"backbone.options.experts must be 1 or 2, got {opts.experts}")
+    if not 0 < opts.boundary_ratio < 1:
+        raise PVError(f"backbone.options.boundary_ratio must be between 0 and 1 (the share of the timesteps the "
+                      f"high-noise expert takes from the top), got {opts.boundary_ratio:g}")
     c = build_tiny_components(opts.seed, opts.shift, opts.experts)
     info = {"base_model": f"tiny-wan(seed={opts.seed})", "scheduler": f"flow-match-euler(shift={opts.shift:g})"}
     experts = {} if opts.experts == 1 else {"transformer_2": c["transformer_2"], "boundary_ratio": opts.boundary_ratio}

@@ -13,7 +13,7 @@ from .. import __version__
 from ..context import Context
 from ..errors import PVError
 from ..identity_files import read_adapter, read_settings
-from ..settings import GenerateSettings, Settings, from_dict
+from ..settings import BackboneSettings, GenerateSettings, Settings, from_dict
 from .resources import build_backbone, out_of_memory_hint
 
 
@@ -189,17 +189,19 @@ def output_path(template: str | Path, name: str, prompt: str, seed: int, index: 
 
 
 def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddOn], video=None,
-                 backbone_options: dict | None = None) -> None:
+                 backbone: BackboneSettings | None = None) -> None:
     """What can be known wrong before any model loads: the driving clip is readable, each add-on
     is registered, takes its options, and finds its files usable for the identity's backbone
     (`Conditioner.check`, given what the identity recorded of it), and the model the identity was
     tuned on takes what is asked of it (its family's `accepts`, then its registered `refuse`,
-    given `backbone_options`, the backbone options in effect)."""
+    given `backbone`, the backbone settings the clips render with: its name must be the identity's)."""
     from ..video import probe_source
 
     if video is not None:
         probe_source(video, "--video")
     info = ctx.store.load_info(name)
+    if backbone is not None and backbone.name and info.get("backbone"):
+        check_backbone_matches(info, backbone.name, name)
     accepts = None
     entry = ctx.registry.get("backbones", info["backbone"]) if info.get("backbone") else None
     if entry is not None:
@@ -210,7 +212,7 @@ def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddO
                       "generate from text, or use a profile whose backbone restyles clips (pv profiles)")
     if entry is not None and entry.refuse is not None:
         wanted = [(a.name, {**g.conditioners.get(a.name, {}), **a.options}) for a in addons]
-        entry.refuse(info, dict(backbone_options or {}), wanted + ([("video", {"source": str(video)})] if video is not None
+        entry.refuse(info, dict(backbone.options if backbone is not None else {}), wanted + ([("video", {"source": str(video)})] if video is not None
                                                                    else []))
     if not addons:
         return
@@ -227,13 +229,13 @@ def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddO
 
 def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, requests, *, output=None,
                  seeds: list[int] | None = None, adapter: bool = True, addons: list[AddOn] | None = None,
-                 video=None, one_bar: bool = True, backbone_options: dict | None = None):
+                 video=None, one_bar: bool = True, backbone: BackboneSettings | None = None):
     """Render every request (a prompt or ClipRequest, read lazily) once per seed (default the
     settings' seed; a request's own seed renders once), yielding each Video as soon as it is
     written. `renderer()` gives the loaded IdentityRenderer; `output` is a file template ({name},
     {slug}, {seed}, {index}; None: no files unless a request names one). `one_bar`: one progress
-    bar for the batch instead of one per clip. `backbone_options`: the backbone options the clips
-    render with (what the model cannot take is refused before it loads)."""
+    bar for the batch instead of one per clip. `backbone`: the backbone settings the clips render
+    with (a mismatch with the identity's, or what the model cannot take, is refused before it loads)."""
     import dataclasses
 
     from ..engine.generate import denoising_steps
@@ -241,7 +243,7 @@ def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, request
 
     if output is not None and one_bar:
         check_video_path(output_path(output, name, "prompt", 0, 0))  # before minutes of work
-    check_inputs(ctx, name, g, addons or [], video, backbone_options)  # a bad file or add-on fails before any model loads
+    check_inputs(ctx, name, g, addons or [], video, backbone)  # a bad file or add-on fails before any model loads
     seed_list = seeds if seeds is not None else [g.seed]
     if not seed_list:
         raise PVError("no seeds to render")
