@@ -451,8 +451,8 @@ SWEEP = [
 def test_the_newest_surfaces_refuse_a_bad_input_in_one_line_before_any_model_loads(home, wan_home, astronaut, built,
                                                                                    monkeypatch, tmp_path, args, expected):
     """Each case is refused before a model (backbone, encoder, scorer) is built and before
-    anything is written; before this sweep, a profile of another family, a VACE model path, a
-    judge named twice or an empty encoder name, and an absurd boundary ratio got past that point."""
+    anything is written; before this sweep, a VACE model path that is missing or a file, a judge
+    named twice, an empty encoder name and an absurd boundary ratio got past that point."""
     import shutil
 
     import torch
