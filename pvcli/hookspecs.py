@@ -15,9 +15,9 @@ def register_backbones(register):
     writers `(adapter_state, identity_meta) -> (tensors, header)` for the family's own LoRA key
     layouts (used for identities tuned on this backbone, before pv's built-in formats); `accepts`
     is the backbone class's `accepts` (add-on kinds), so what it cannot take is refused before it
-    loads; `refuse(info, options, wanted)` raises PVError for what one model of the family cannot
+    loads; `refuse(info, options, asked)` raises PVError for what one model of the family cannot
     take though the family can (`info`: what the identity recorded of its backbone, `describe()`;
-    `options`: the backbone options in effect; `wanted`: the add-ons asked for, as (kind, options)
+    `options`: the backbone options in effect; `asked`: the add-ons asked for, as (kind, options)
     pairs, ("video", {"source": ...}) for a driving clip), also before it loads."""
 
 

@@ -39,9 +39,9 @@ class Entry:
     # backbones: the add-on kinds it takes (Backbone.accepts), so a --video or --control it cannot
     # take is refused before it loads; None: the plugin did not say (refused after loading)
     accepts: frozenset | None = None
-    # backbones: refuse(info, options, wanted) raises PVError for what the model the identity was
+    # backbones: refuse(info, options, asked) raises PVError for what the model the identity was
     # tuned on cannot take, though its family can (`info`: what the identity recorded of its
-    # backbone, Backbone.describe(); `options`: backbone.options in effect; `wanted`: the add-ons
+    # backbone, Backbone.describe(); `options`: backbone.options in effect; `asked`: the add-ons
     # asked for as (kind, options) pairs, ("video", {"source": ...}) for --video): refused before it loads
     refuse: Callable[[dict, dict, list[tuple[str, dict]]], None] | None = None
 
