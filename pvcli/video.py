@@ -177,7 +177,7 @@ def _open_video(path: Path, what: str):
 
     try:
         container = av.open(str(path), metadata_errors="ignore")
-    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
+    except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
         raise _video_error(path, what, _av_reason(exc)) from None
     try:
         if not container.streams.video:
@@ -233,7 +233,7 @@ def _decode(path: Path, what: str, limit: int | None = None) -> np.ndarray:
                     check_pixels(label, rgb.shape[1], rgb.shape[0], len(frames) + 1)
                 if limit is not None and len(frames) >= limit:
                     break
-        except av.FFmpegError as exc:
+        except av.error.FFmpegError as exc:
             where = f" at frame {len(frames) + 1}" if frames else ""
             raise _video_error(path, what, f"{_av_reason(exc)}{where}") from None
     h, w = (frames[0].shape[:2]) if frames else (info.height, info.width)
@@ -380,7 +380,7 @@ def _check_packets(path: Path, what: str) -> None:
         try:
             for packet in container.demux(stream):
                 count += bool(packet.size)
-        except av.FFmpegError as exc:
+        except av.error.FFmpegError as exc:
             raise _video_error(path, what, f"{_av_reason(exc)} after {count} frames") from None
     if listed and count < listed:
         raise PVError(f"{_label(path, what)} is truncated: its header lists {listed} frames, the file holds "

@@ -234,13 +234,13 @@ def test_what_a_wan_model_cannot_take_is_refused_before_it_loads(wan_home, astro
 VIDEO, CONTROL, LORA = ("video", {"source": "moves.mp4"}), ("controlnet", {"type": "pose"}), ("lora", {"source": "s"})
 
 
-@pytest.mark.parametrize("info,wanted,expected", [
+@pytest.mark.parametrize("info,asked,expected", [
     ({"architecture": "wan2.2-ti2v-5b"}, [VIDEO], "--video is not available on Wan 2.2 (TI2V-5B)"),
     ({"architecture": "wan2.2-ti2v-5b", "base_model": "Wan-AI/Wan2.2-TI2V-5B-Diffusers"}, [CONTROL],
      "no VACE model is known for Wan-AI/Wan2.2-TI2V-5B-Diffusers"),
     ({"architecture": "wan2.2-a14b", "expert": "low-noise (transformer_2)"}, [LORA], "two experts"),
 ])
-def test_real_wan_22_models_are_refused_from_what_the_identity_recorded(info, wanted, expected):
+def test_real_wan_22_models_are_refused_from_what_the_identity_recorded(info, asked, expected):
     """The real `wan` backbone's check reads what make_wan records of a Wan 2.2 model."""
     from pv_wan import refuse_wan
 
@@ -248,7 +248,7 @@ def test_real_wan_22_models_are_refused_from_what_the_identity_recorded(info, wa
 
     options = {"model": info.get("base_model", "Wan-AI/Wan2.2-T2V-A14B-Diffusers")}
     with pytest.raises(PVError, match=expected.replace("(", r"\(").replace(")", r"\)")):
-        refuse_wan(info, options, wanted)
+        refuse_wan(info, options, asked)
     refuse_wan({}, {}, [CONTROL, LORA])  # Wan 2.1 1.3B (the default model): its VACE model is known
     if "expert" not in info:  # TI2V-5B with a VACE model named: --control and --lora go through
         refuse_wan(info, {**options, "vace_model": "my/vace"}, [CONTROL, LORA])

@@ -69,14 +69,14 @@ def check_vace_path(ref: str) -> None:
                       "check the path, or point --set backbone.options.vace_model=PATH at a local copy")
 
 
-def _refuse(info: dict, wanted: list[tuple[str, dict]], vace_model: str) -> None:
+def _refuse(info: dict, asked: list[tuple[str, dict]], vace_model: str) -> None:
     """What this Wan model (as the identity recorded it) cannot take, before it loads: the same
     refusals as the backbone's own once loaded."""
     base = info.get("base_model") or info.get("backbone", "this Wan model")
     two_experts = bool(info.get("expert")) or info.get("architecture") == "wan2.2-a14b"
     kind = "A14B, two experts" if two_experts else "TI2V-5B" if info.get("architecture") == "wan2.2-ti2v-5b" else ""
-    kinds = [k for k, _ in wanted]
-    controls = [o.get("type") or "control" for k, o in wanted if k == "controlnet"]
+    kinds = [k for k, _ in asked]
+    controls = [o.get("type") or "control" for k, o in asked if k == "controlnet"]
     if "video" in kinds and kind:
         raise no_video(kind)
     if controls and two_experts:
@@ -89,17 +89,17 @@ def _refuse(info: dict, wanted: list[tuple[str, dict]], vace_model: str) -> None
         raise one_control(len(controls), ", ".join(controls))
     if controls and "video" in kinds:
         raise VIDEO_WITH_CONTROL
-    for k, o in wanted:
+    for k, o in asked:
         if k == "lora" and two_experts:
             raise no_lora_on_experts(str(o.get("source", "")))
 
 
-def refuse_wan(info: dict, options: dict, wanted: list[tuple[str, dict]]) -> None:
-    _refuse(info, wanted, options.get("vace_model") or VACE_MODELS.get(options.get("model") or DEFAULT_MODEL, ""))
+def refuse_wan(info: dict, options: dict, asked: list[tuple[str, dict]]) -> None:
+    _refuse(info, asked, options.get("vace_model") or VACE_MODELS.get(options.get("model") or DEFAULT_MODEL, ""))
 
 
-def refuse_wan_tiny(info: dict, options: dict, wanted: list[tuple[str, dict]]) -> None:
-    _refuse(info, wanted, options.get("vace_model", "tiny"))
+def refuse_wan_tiny(info: dict, options: dict, asked: list[tuple[str, dict]]) -> None:
+    _refuse(info, asked, options.get("vace_model", "tiny"))
 
 
 def wan(**kwargs):

@@ -211,8 +211,8 @@ def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddO
         raise PVError(f"--video is not available on the {info['backbone']} backbone: it has no video-to-video pipeline",
                       "generate from text, or use a profile whose backbone restyles clips (pv profiles)")
     if entry is not None and entry.refuse is not None:
-        wanted = [(a.name, {**g.conditioners.get(a.name, {}), **a.options}) for a in addons]
-        entry.refuse(info, dict(backbone.options if backbone is not None else {}), wanted + ([("video", {"source": str(video)})] if video is not None
+        asked = [(a.name, {**g.conditioners.get(a.name, {}), **a.options}) for a in addons]
+        entry.refuse(info, dict(backbone.options if backbone is not None else {}), asked + ([("video", {"source": str(video)})] if video is not None
                                                                    else []))
     if not addons:
         return
