@@ -20,7 +20,9 @@ For each profile, in the profile's dtype and with its tuning settings, through p
   diffusers pipeline on the same modules, interleaved.
 
 Writes --out (JSON) and the same path with .md (tables in BENCHMARKS.md's format), after every
-profile; prints both paths on stdout, progress on stderr. --budget-s (default 450) splits the time
+profile; prints both paths on stdout, progress on stderr. An existing result is never overwritten:
+the run is refused at once unless --force (or another --out) is given; an --out that cannot be
+written is refused before anything is measured. --budget-s (default 450) splits the time
 among the profiles: extra repeats are taken only where they fit, and a profile that would start past
 the budget is recorded as skipped. Exit 1 if a configuration failed for another reason than memory.
 """
@@ -31,6 +33,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -570,6 +573,15 @@ def write(result: dict, out: Path) -> Path:
     return md
 
 
+def _write(result: dict, out: Path) -> Path | None:
+    """write(), or None after one line on stderr when the disk refuses (full, gone read-only)."""
+    try:
+        return write(result, out)
+    except OSError as exc:
+        print(f"bench/gpu.py: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return None
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -589,16 +601,37 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="a setting for every profile, key=value")
     ap.add_argument("--out", type=Path, default=None, help=f"JSON file (default {DEFAULT_OUT.relative_to(HERE.parent)}; "
                                                          "the table goes beside it as .md)")
+    ap.add_argument("--force", action="store_true", help="replace the results of an earlier run at --out")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         raise Refused(f"--repeats must be at least 1, got {args.repeats}")
-    if args.budget_s < 0:
-        raise Refused(f"--budget-s must be 0 (no budget) or more, got {args.budget_s:g}")
+    if not math.isfinite(args.budget_s) or args.budget_s < 0:
+        raise Refused(f"--budget-s must be 0 (no budget) or more seconds, got {args.budget_s:g}")
     if args.device != "cpu" and not args.device.startswith("cuda"):
         raise Refused(f"--device must be cuda, cuda:N or cpu, got {args.device!r}")
     if args.device == "cpu" and not args.tiny:
         raise Refused("real-size models on the CPU would take hours: use a CUDA device, or --device cpu --tiny")
+    check_out(args.out or DEFAULT_OUT, args.force)
     return args
+
+
+def check_out(out: Path, force: bool) -> None:
+    """--out and the .md beside it can be written, and hold no earlier result unless --force;
+    checked before anything is built or measured (its folder is created here)."""
+    if out.suffix.lower() == ".md":
+        raise Refused(f"--out {out}: give the .json file; the table is written beside it as .md")
+    for path in (out, out.with_suffix(".md")):
+        if path.is_dir():
+            raise Refused(f"--out {out}: {path} is a folder")
+        if path.exists() and not force:
+            raise Refused(f"--out {out}: {path} holds an earlier result; pass --force to replace it, or another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.with_name(f".{out.name}.{os.getpid()}.probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise Refused(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
 
 
 def plan(args) -> list[tuple[str, str]]:
@@ -654,7 +687,6 @@ def main(argv: list[str] | None = None) -> int:
     with torch.device("meta"):  # counted, not allocated
         net = InceptionResnetV1()
     out = args.out or DEFAULT_OUT
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {"environment": environment(dev, args.tiny), "settings_overrides": args.sets,
               "identity_network": identity_note(weight_count(net)), "profiles": []}
     budget = Budget(args.budget_s)
@@ -668,8 +700,12 @@ def main(argv: list[str] | None = None) -> int:
         failed |= rec["status"] == "error" or any(x and x.get("status") == "error"
                                                    for x in [*rec["tuning"], rec["generation"]])
         result["profiles"].append(rec)
-        md = write(result, out)
-    md = write(result, out)
+        md = _write(result, out)
+        if md is None:
+            return 2
+    md = _write(result, out)
+    if md is None:
+        return 2
     print(out)
     print(md)
     return 1 if failed else 0

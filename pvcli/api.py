@@ -266,7 +266,8 @@ class Identity:
         items = [requests] if isinstance(requests, (str, ClipRequest)) else requests
         return render_batch(self.context, self.name, renderer, resolved.generate, items, output=output,
                             seeds=list(seeds) if seeds is not None else None, adapter=adapter,
-                            addons=_extras(controls, loras, addons), video=video, one_bar=not _single)
+                            addons=_extras(controls, loras, addons), video=video, one_bar=not _single,
+                            backbone=resolved.backbone)
 
     def evaluate(self, **kwargs: Any) -> dict:
         """`pv eval NAME`: generate clips of this identity and score them (see `evaluate`)."""
@@ -324,7 +325,7 @@ class _Group(Identity):
         return render_batch(self.context, name, renderer, resolved.generate, items, output=output,
                             seeds=list(seeds) if seeds is not None else None, adapter=adapter,
                             addons=_extras(controls, loras, addons), video=video, one_bar=not _single,
-                            check_name=self.name)
+                            check_name=self.name, backbone=resolved.backbone)
 
 
 def generate_clips(name: str | None, prompt: str | None = None, *, prompts_file: str | Path | None = None, stdin=None,

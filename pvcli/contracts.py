@@ -284,6 +284,7 @@ class GenerationPlan:
     context_stride: int = 4  # long clips: the windows' stride
     call_kwargs: dict = field(default_factory=dict)  # anything else for the pipeline call
     record: dict = field(default_factory=dict)  # what the clip's metadata should say about the add-ons
+    warnings: list[str] = field(default_factory=list)  # for the user (one line each), shown before the clip renders
 
 
 class Conditioner(ABC):

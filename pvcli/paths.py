@@ -87,7 +87,7 @@ def check_photos(items: list[str]) -> None:
     import cv2
     import numpy as np
 
-    from .images import expand_photos
+    from .images import check_image_size, expand_photos
 
     for path in expand_photos(items):
         try:
@@ -96,5 +96,6 @@ def check_photos(items: list[str]) -> None:
             raise PVError(f"cannot read photo {path}: {exc.strerror or exc}") from None
         if not data.size:
             raise PVError(f"photo {path} is an empty file (0 bytes)", "give JPEG, PNG, BMP, WebP or TIFF photos")
+        check_image_size(data.tobytes(), f"photo {path}")
         if cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
             raise PVError(f"photo {path} is not an image pv can read", "give JPEG, PNG, BMP, WebP or TIFF photos")

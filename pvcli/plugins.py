@@ -47,6 +47,11 @@ class Entry:
     # backbones: size_multiple(options) -> the multiple of pixels a clip's height and width must be
     # (VAE factor x patch size), from the backbone options alone, so a bad size fails before loading
     size_multiple: Callable[[dict], int] | None = None
+    # backbones: refuse(info, options, asked) raises PVError for what the model the identity was
+    # tuned on cannot take, though its family can (`info`: what the identity recorded of its
+    # backbone, Backbone.describe(); `options`: backbone.options in effect; `asked`: the add-ons
+    # asked for as (kind, options) pairs, ("video", {"source": ...}) for --video): refused before it loads
+    refuse: Callable[[dict, dict, list[tuple[str, dict]]], None] | None = None
 
 
 @dataclass
@@ -76,7 +81,7 @@ class Registry:
             def register(name: str, factory: Callable, description: str = "", frames: Callable | None = None,
                          lora_formats: dict[str, Callable] | None = None, accepts: frozenset | None = None,
                          workflows: dict[str, Callable] | None = None, size_multiple: Callable | None = None,
-                         _plugin: str = plugin) -> None:
+                         refuse: Callable | None = None, _plugin: str = plugin) -> None:
                 table = self.entries[kind]
                 if name in table:
                     warn(f"plugin {_plugin!r} registers {_SINGULAR[kind]} {name!r}, already registered by "
@@ -84,7 +89,7 @@ class Registry:
                     return
                 table[name] = Entry(name, factory, _plugin, description, frames, dict(lora_formats or {}),
                                     None if accepts is None else frozenset(accepts), dict(workflows or {}),
-                                    size_multiple)
+                                    size_multiple, refuse)
                 self.plugins.setdefault(_plugin, PluginInfo(_plugin, None)).registered.setdefault(kind, []).append(name)
 
             try:

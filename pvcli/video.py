@@ -1,14 +1,20 @@
 """Clips in and out. Output by suffix: .mp4 (default), .gif, .webp (animated), or a path without
 a suffix: a folder of PNG frames. Writes go to a temporary file or folder renamed into place.
 The JSON record (prompt, seed, identity, pv version, ...) travels inside: the mp4 `comment` tag,
-the GIF comment, the WebP EXIF image description, each PNG's `pv` text chunk."""
+the GIF comment, the WebP EXIF image description, each PNG's `pv` text chunk.
+
+Libraries, one job each: PyAV reads video files (stream metadata, the `comment` tag, frames: no
+ffmpeg text is parsed), moviepy writes .mp4 (through imageio-ffmpeg's ffmpeg), Pillow reads and
+writes GIF, WebP and PNG frames, OpenCV decodes still images (images.py). Every reader checks the
+size a file claims against images.MAX_PIXELS / MAX_CLIP_PIXELS before it decodes."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
-import subprocess
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +26,6 @@ from .store import atomic_write_file, make_dirs, make_temp, swap_into_place, swe
 OUTPUT_SUFFIXES = (".mp4", ".gif", ".webp")
 FRAME_PATTERN = "frame_{:05d}.png"
 EXIF_DESCRIPTION = 0x010E
-
-
-def _ffmpeg() -> str:
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def check_video_path(path: Path) -> Path:
@@ -135,13 +135,6 @@ def _label(path, what: str) -> str:
     return f"{what}{path}" if what.endswith("=") else f"{what} {path}" if what else str(path)
 
 
-def _ffmpeg_reason(exc: Exception) -> str:
-    """ffmpeg's own last line ("Invalid data found when processing input"), without the file name."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    last = lines[-1] if lines else type(exc).__name__
-    return last.rsplit(": ", 1)[-1] if ": " in last else last
-
-
 def _unreadable(path: Path, what: str) -> PVError | None:
     """Why `path` cannot be a clip, when it is plain from the file itself (missing, empty, a
     text or other non-media file), else None."""
@@ -152,11 +145,104 @@ def _unreadable(path: Path, what: str) -> PVError | None:
     return None
 
 
+@dataclass
+class VideoInfo:
+    """What a video file's container says of its first video stream, read by PyAV without
+    decoding a frame: the frame size, the frame count (None when the container does not say: it
+    is then counted as it decodes), the frame rate, and the container's tags (lower-case keys)."""
+
+    width: int
+    height: int
+    frames: int | None
+    fps: float | None
+    tags: dict
+
+
+def _av_reason(exc: Exception) -> str:
+    """FFmpeg's own reason ("Invalid data found when processing input"), without the file name."""
+    reason = getattr(exc, "strerror", None) or str(exc).split(": '")[0] or type(exc).__name__
+    return str(reason).strip().rstrip(".")
+
+
+def _video_error(path: Path, what: str, reason: str) -> PVError:
+    kind = f" ({path.suffix} file)" if path.suffix and path.suffix.lower() not in VIDEO_SUFFIXES else ""
+    return PVError(f"cannot read {_label(path, what)} as a video{kind}: {reason}", VIDEO_HINT)
+
+
+@contextmanager
+def _open_video(path: Path, what: str):
+    """The PyAV container and its first video stream; what FFmpeg cannot open is one PVError."""
+    import av
+
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
+        raise _video_error(path, what, _av_reason(exc)) from None
+    try:
+        if not container.streams.video:
+            raise _video_error(path, what, "it holds no video stream")
+        yield container, container.streams.video[0]
+    finally:
+        container.close()
+
+
+def _info(container, stream) -> VideoInfo:
+    width, height = int(stream.codec_context.width or stream.width or 0), int(stream.codec_context.height or 0)
+    rate = stream.average_rate or stream.guessed_rate
+    fps = float(rate) if rate else None
+    frames = int(stream.frames or 0) or None
+    if frames is None and fps:  # mkv, webm: no frame count; the duration tells it
+        seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else \
+            (container.duration / 1e6 if container.duration else None)
+        frames = max(1, round(seconds * fps)) if seconds else None
+    tags = {str(k).lower(): v for k, v in (container.metadata or {}).items()}
+    return VideoInfo(width, height, frames, fps, tags)
+
+
+def video_info(path: Path, what: str = "") -> VideoInfo:
+    """The container's own account of a video file (no frame decoded); refuses what FFmpeg cannot
+    open and a size over pv's pixel limits (images.MAX_PIXELS per frame, MAX_CLIP_PIXELS per clip)."""
+    from .images import check_pixels
+
+    path = Path(path)
+    with _open_video(path, what) as (container, stream):
+        info = _info(container, stream)
+    check_pixels(_label(path, what), info.width, info.height, info.frames or 1)
+    return info
+
+
+def _decode(path: Path, what: str, limit: int | None = None) -> np.ndarray:
+    """(F, H, W, 3) uint8 RGB frames of a video file (at most `limit`), the size checked from the
+    stream's metadata before the first frame decodes and counted again as frames come (a
+    container that under-states its frame count is stopped at the clip limit)."""
+    import av
+
+    from .images import MAX_CLIP_PIXELS, check_pixels
+
+    label = _label(path, what)
+    frames: list[np.ndarray] = []
+    with _open_video(path, what) as (container, stream):
+        info = _info(container, stream)
+        check_pixels(label, info.width, info.height, info.frames or 1)
+        try:
+            for frame in container.decode(stream):
+                rgb = frame.to_ndarray(format="rgb24")
+                frames.append(rgb)
+                if (len(frames) + 1) * rgb.shape[0] * rgb.shape[1] > MAX_CLIP_PIXELS:
+                    check_pixels(label, rgb.shape[1], rgb.shape[0], len(frames) + 1)
+                if limit is not None and len(frames) >= limit:
+                    break
+        except av.error.FFmpegError as exc:
+            where = f" at frame {len(frames) + 1}" if frames else ""
+            raise _video_error(path, what, f"{_av_reason(exc)}{where}") from None
+    h, w = (frames[0].shape[:2]) if frames else (info.height, info.width)
+    return np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)
+
+
 def read_frames(path: Path, what: str = "") -> np.ndarray:
     """(F, H, W, 3) uint8 RGB of a video file, an animated GIF/WebP or a folder of frames.
-    `what` names the input in errors (e.g. "--video")."""
-    import imageio_ffmpeg
-
+    `what` names the input in errors (e.g. "--video"). Sizes over pv's pixel limits are refused
+    from the header, before decoding (images.MAX_PIXELS, MAX_CLIP_PIXELS)."""
     path = Path(path)
     if path.is_dir():
         return read_source(path, what)
@@ -167,22 +253,15 @@ def read_frames(path: Path, what: str = "") -> np.ndarray:
         raise bad
     if path.suffix.lower() in (".gif", ".webp"):
         return _read_animation(path, what)
-    reader = imageio_ffmpeg.read_frames(str(path))
-    try:
-        meta = next(reader)
-        w, h = meta["size"]
-        frames = [np.frombuffer(buf, np.uint8).reshape(h, w, 3) for buf in reader]
-    except (OSError, RuntimeError, StopIteration, KeyError, ValueError) as exc:
-        kind = f" ({path.suffix} file)" if path.suffix and path.suffix.lower() not in VIDEO_SUFFIXES else ""
-        raise PVError(f"cannot read {_label(path, what)} as a video{kind}: {_ffmpeg_reason(exc)}", VIDEO_HINT) from None
-    finally:
-        reader.close()
-    return np.stack(frames) if frames else np.zeros((0, h, w, 3), np.uint8)
+    return _decode(path, what)
 
 
 def _read_animation(path: Path, what: str = "") -> np.ndarray:
     from PIL import Image, ImageSequence
 
+    from .images import check_image_size
+
+    check_image_size(path, _label(path, what))  # the header's size and frame count, before decoding
     try:
         with Image.open(path) as img:
             return np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(img)])
@@ -203,12 +282,17 @@ def read_metadata(path: Path) -> dict:
                 text = img.info.get("pv") or img.info.get("comment") or img.getexif().get(EXIF_DESCRIPTION)
         except OSError:
             return {}
-        try:
-            data = json.loads(text.decode() if isinstance(text, bytes) else text) if text else {}
-        except (ValueError, UnicodeDecodeError):  # ValueError: not JSON, or a number of over 4300 digits
+    else:
+        try:  # the container's `comment` tag, read by PyAV (no frame decoded)
+            with _open_video(path, "") as (container, _):
+                text = {str(k).lower(): v for k, v in (container.metadata or {}).items()}.get("comment")
+        except PVError:
             return {}
-        return _checked_record(path, data)
-    return _checked_record(path, _mp4_metadata(path))
+    try:
+        data = json.loads(text.decode() if isinstance(text, bytes) else text) if text else {}
+    except (ValueError, UnicodeDecodeError):  # ValueError: not JSON, or a number of over 4300 digits
+        return {}
+    return _checked_record(path, data)
 
 
 # the fields of a clip's record that pv reads back (pv eval, pv report), and what each must be
@@ -241,30 +325,16 @@ def _checked_record(path: Path, data) -> dict:
     return data
 
 
-def _mp4_metadata(path: Path) -> dict:
-    out = subprocess.run([_ffmpeg(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
-                         capture_output=True, text=True, check=False)
-    # json.dumps never writes a raw newline, so the tag is one line; ffmetadata escapes
-    # '=', ';', '#' and '\\' with a backslash.
-    line = next((ln for ln in out.stdout.split("\n") if ln.startswith("comment=")), None)
-    if line is None:
-        return {}
-    unescaped = re.sub(r"\\(.)", r"\1", line[len("comment="):])
-    try:
-        return json.loads(unescaped)
-    except ValueError:  # not JSON, or a number of over 4300 digits
-        return {}
-
-
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".gif", ".webp", ".avi")
 
 
 def _image(path: Path, what: str) -> np.ndarray:
-    from .images import load_image
+    from .images import check_image_size, load_image
 
     bad = _unreadable(path, what)
     if bad:
         raise bad
+    check_image_size(path, _label(path, what))
     try:
         return load_image(path)
     except PVError:
@@ -304,10 +374,8 @@ def read_source(source: str | Path, what: str = "") -> np.ndarray:
 
 def probe_source(source: str | Path, what: str = "") -> None:
     """What `read_source` would refuse, found cheaply before any model loads: a missing path, an
-    empty or non-media file, a folder without images, a video ffmpeg cannot open (only its first
-    frame is decoded)."""
-    import imageio_ffmpeg
-
+    empty or non-media file, a folder without images, a video FFmpeg cannot open, a size over pv's
+    pixel limits (from the headers; only a video's first frame is decoded)."""
     from .images import IMAGE_SUFFIXES
 
     path = Path(source).expanduser()
@@ -323,18 +391,30 @@ def probe_source(source: str | Path, what: str = "") -> None:
     if path.suffix.lower() in (".gif", ".webp"):
         _read_animation(path, what)
         return
-    reader = imageio_ffmpeg.read_frames(str(path))
-    try:
-        next(reader)
-        next(reader)  # one frame decodes
-    except StopIteration:
-        raise PVError(f"{_label(source, what)} has no frames", VIDEO_HINT) from None
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
-        kind = f" ({path.suffix} file)" if path.suffix and path.suffix.lower() not in VIDEO_SUFFIXES else ""
-        raise PVError(f"cannot read {_label(source, what)} as a video{kind}: {_ffmpeg_reason(exc)}",
-                      VIDEO_HINT) from None
-    finally:
-        reader.close()
+    if not len(_decode(path, what, limit=1)):  # the size from the metadata, then one frame decodes
+        raise PVError(f"{_label(source, what)} has no frames", VIDEO_HINT)
+    _check_packets(path, what)
+
+
+def _check_packets(path: Path, what: str) -> None:
+    """Every frame's packet read from the file without decoding (cheap): a file cut short (fewer
+    frames than its header lists) and a frame count over the clip limit are refused here."""
+    import av
+
+    from .images import check_pixels
+
+    with _open_video(path, what) as (container, stream):
+        info, listed = _info(container, stream), int(stream.frames or 0)
+        count = 0
+        try:
+            for packet in container.demux(stream):
+                count += bool(packet.size)
+        except av.error.FFmpegError as exc:
+            raise _video_error(path, what, f"{_av_reason(exc)} after {count} frames") from None
+    if listed and count < listed:
+        raise PVError(f"{_label(path, what)} is truncated: its header lists {listed} frames, the file holds "
+                      f"{count}", "copy or export it again")
+    check_pixels(_label(path, what), info.width, info.height, count)
 
 
 def resample(frames: np.ndarray, count: int, height: int, width: int) -> np.ndarray:

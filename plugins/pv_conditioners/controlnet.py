@@ -33,6 +33,11 @@ DEFAULT_MODELS = {
 _LOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def own_control_model(kind: str, backbone: str) -> PVError:
+    return PVError(f"--control-model {kind}=...: the {backbone} backbone brings its own control model",
+                   "drop --control-model (its backbone options name the control model)")
+
+
 @dataclass
 class ControlNetOptions:
     type: str = "canny"  # preprocessor: canny, depth, pose, lineart (the map kind when raw)
@@ -71,6 +76,8 @@ class ControlNetConditioner(Conditioner):
         accepts = (target or {}).get("accepts")
         if accepts is not None and not accepts & {"controlnet", "control_maps"}:
             raise no_control(target["backbone"])
+        if accepts is not None and "controlnet" not in accepts and o.model:  # its own control model
+            raise own_control_model(o.type, target.get("backbone", "this"))
         if not o.source:
             raise PVError("a ControlNet needs a source", "e.g. --control canny=clip.mp4")
         probe_source(o.source, self.flag)
@@ -89,8 +96,7 @@ class ControlNetConditioner(Conditioner):
         if not o.source:
             raise PVError("a ControlNet needs a source", "e.g. --control canny=clip.mp4")
         if own_model and o.model:
-            raise PVError(f"--control-model {o.type}=...: the {backbone.name} backbone brings its own control model",
-                          "drop --control-model (its backbone options name the control model)")
+            raise own_control_model(o.type, backbone.name)
         frames = resample(read_source(o.source, self.flag), plan.frames, plan.height, plan.width)
         maps = frames if o.raw else self._preprocess(frames)
         tensor = torch.from_numpy(maps).permute(0, 3, 1, 2).float() / 255

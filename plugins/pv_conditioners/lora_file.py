@@ -21,6 +21,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LORA_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes into a folder
 MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+DOWN_MARKS = ("lora_A.", "lora_down.", "lora.down.")  # the down matrix of a layer: diffusers/PEFT, kohya, old diffusers
 FORMAT_HINT = ("a LoRA is a .safetensors file whose tensors are named *lora_A*/*lora_B* (diffusers, PEFT) or "
                "*lora_down*/*lora_up* (kohya, A1111)")
 
@@ -56,6 +57,11 @@ class LoraFile:
     @property
     def family(self) -> str | None:
         return detect_family(self.shapes, self.metadata)
+
+    @property
+    def layers(self) -> list[str]:
+        """The layers it adapts: one down (A) matrix each, in every key format."""
+        return [k for k in self.shapes if any(m in k for m in DOWN_MARKS)]
 
 
 def _is_pickle(head: bytes) -> bool:
@@ -184,8 +190,9 @@ def detect_family(shapes: dict[str, list[int]], metadata: dict[str, str]) -> str
         return "flux"
     if any("joint_blocks" in k for k in keys):
         return "sd3"
-    if any(k.startswith(("transformer.", "lora_transformer_")) for k in keys):
-        return "transformer"
+    if any(k.startswith(("transformer.", "lora_transformer_", "diffusion_model.blocks.", "lora_unet_blocks_"))
+           for k in keys):
+        return "transformer"  # diffusers' DiT keys; ComfyUI's and musubi-tuner's native Wan keys
     for name, shape in shapes.items():
         low = name.lower()
         if ("attn2" in low and ("to_k" in low or "to_v" in low) and len(shape) == 2
@@ -207,3 +214,19 @@ def check_family(lora: LoraFile, source: str, target: dict) -> None:
     backbone = target.get("backbone") or "this backbone"
     raise PVError(f"--lora {source} is a LoRA for {FAMILY_NAMES[made_for]}; this identity renders with {backbone}, "
                   f"an {FAMILY_NAMES[ours]} model", f"use a LoRA made for {FAMILY_NAMES[ours]}{other}")
+
+
+def check_finite(lora: LoraFile, source: str) -> None:
+    """Refuse a LoRA with NaN or infinite values (it would turn every frame black), reading its
+    tensors one at a time (safetensors, never pickle)."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(lora.path), framework="pt") as fh:
+        for name in fh.keys():
+            tensor = fh.get_tensor(name)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise PVError(f"--lora {source} holds NaN or infinite values ({bad} of {tensor.numel()} in {name}): it "
+                              "would turn the clip black", "the file is damaged or was saved from a diverged training "
+                              "run; use another copy or an earlier checkpoint")

@@ -11,6 +11,95 @@ from __future__ import annotations
 
 from pvcli import hookimpl
 from pvcli.contracts import latent_frame_rule
+from pvcli.errors import PVError
+
+DEFAULT_MODEL = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"  # backbone.options.model when a profile names none
+# --control's VACE model for each T2V model it was built on (vace.py builds it around the T2V transformer)
+VACE_MODELS = {
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "Wan-AI/Wan2.1-VACE-1.3B-diffusers",
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers": "Wan-AI/Wan2.1-VACE-14B-diffusers",
+}
+WAN21 = "use a Wan 2.1 profile (wan2.1-1.3b, wan2.1-14b)"
+
+
+def no_video(kind: str) -> PVError:
+    # diffusers' WanVideoToVideoPipeline has no transformer_2 (A14B's low-noise expert, where the
+    # identity lives) and no 16x VAE / expand_timesteps (TI2V-5B): it would run the wrong model
+    return PVError(f"--video is not available on Wan 2.2 ({kind}): diffusers' Wan video-to-video pipeline "
+                   "drives only Wan 2.1's single transformer and VAE", f"{WAN21} for --video")
+
+
+def no_control_on_experts(base: str) -> PVError:
+    return PVError(f"--control is not available on {base} (two experts)", f"{WAN21} for --control")
+
+
+def no_vace(base: str) -> PVError:
+    return PVError(f"--control: no VACE model is known for {base}",
+                   "set backbone.options.vace_model to the VACE model built on it (a diffusers folder or hub id)")
+
+
+def one_control(count: int, labels: str = "") -> PVError:
+    return PVError(f"Wan VACE takes one control video, got {count}{f' ({labels})' if labels else ''}",
+                   "give one --control")
+
+
+VIDEO_WITH_CONTROL = PVError("--video and --control together are not available on Wan (VACE's control video is the "
+                             "only clip it takes)", "use one of them")
+
+
+def no_lora_on_experts(source: str = "") -> PVError:
+    # diffusers' loader would put it on `transformer` (the high-noise expert), outside the modules
+    # whose LoRA weights pv sets (lora_modules): its :WEIGHT would be ignored
+    return PVError(f"--lora{' ' + source if source else ''}: style LoRAs on Wan 2.2 A14B's two experts are not supported yet",
+                   "use a Wan 2.1 or Wan 2.2 TI2V-5B profile with --lora")
+
+
+def check_vace_path(ref: str) -> None:
+    """A VACE model given as a local path is a folder (a diffusers layout), checked before any model loads."""
+    from pathlib import Path
+
+    from pvcli.hub import looks_like_path
+
+    path = Path(ref).expanduser()
+    if path.exists() and not path.is_dir():
+        raise PVError(f"backbone.options.vace_model {ref}: is a file, not a VACE model's diffusers folder",
+                      "point it at the folder (with transformer/) or a hub id")
+    if not path.exists() and looks_like_path(ref):
+        raise PVError(f"backbone.options.vace_model {ref}: not found",
+                      "check the path, or point --set backbone.options.vace_model=PATH at a local copy")
+
+
+def _refuse(info: dict, asked: list[tuple[str, dict]], vace_model: str) -> None:
+    """What this Wan model (as the identity recorded it) cannot take, before it loads: the same
+    refusals as the backbone's own once loaded."""
+    base = info.get("base_model") or info.get("backbone", "this Wan model")
+    two_experts = bool(info.get("expert")) or info.get("architecture") == "wan2.2-a14b"
+    kind = "A14B, two experts" if two_experts else "TI2V-5B" if info.get("architecture") == "wan2.2-ti2v-5b" else ""
+    kinds = [k for k, _ in asked]
+    controls = [o.get("type") or "control" for k, o in asked if k == "controlnet"]
+    if "video" in kinds and kind:
+        raise no_video(kind)
+    if controls and two_experts:
+        raise no_control_on_experts(base)
+    if controls and not vace_model:
+        raise no_vace(base)
+    if controls and vace_model != "tiny":
+        check_vace_path(vace_model)
+    if len(controls) > 1:
+        raise one_control(len(controls), ", ".join(controls))
+    if controls and "video" in kinds:
+        raise VIDEO_WITH_CONTROL
+    for k, o in asked:
+        if k == "lora" and two_experts:
+            raise no_lora_on_experts(str(o.get("source", "")))
+
+
+def refuse_wan(info: dict, options: dict, asked: list[tuple[str, dict]]) -> None:
+    _refuse(info, asked, options.get("vace_model") or VACE_MODELS.get(options.get("model") or DEFAULT_MODEL, ""))
+
+
+def refuse_wan_tiny(info: dict, options: dict, asked: list[tuple[str, dict]]) -> None:
+    _refuse(info, asked, options.get("vace_model", "tiny"))
 
 
 def wan(**kwargs):
@@ -76,7 +165,7 @@ ACCEPTS = frozenset({"lora", "video", "control_maps"})
 def register_backbones(register):
     register("wan", wan, description="Wan 2.1 text-to-video (diffusion transformer, flow matching), real weights",
              frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS, workflows=WORKFLOWS,
-             size_multiple=size_multiple)
+             size_multiple=size_multiple, refuse=refuse_wan)
     register("wan-tiny", wan_tiny, description="tiny Wan built in-process, random weights (offline)",
              frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS, workflows=WORKFLOWS,
-             size_multiple=tiny_size_multiple)
+             size_multiple=tiny_size_multiple, refuse=refuse_wan_tiny)

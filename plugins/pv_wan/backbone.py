@@ -25,8 +25,17 @@ from pvcli.errors import PVError
 from pvcli.hub import load_pretrained
 from pvcli.settings import validate_options
 
-from . import ACCEPTS
-from .vace import VACE_MODELS
+from . import (
+    ACCEPTS,
+    DEFAULT_MODEL,
+    VACE_MODELS,
+    VIDEO_WITH_CONTROL,
+    no_control_on_experts,
+    no_lora_on_experts,
+    no_vace,
+    no_video,
+    one_control,
+)
 
 _BLOCK = r"blocks\.\d+"
 _CROSS = rf"{_BLOCK}\.attn2\.(to_q|to_k|to_v|to_out\.0)"
@@ -180,13 +189,8 @@ class WanBackbone(Backbone):
                                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                    generator=generator, callback_on_step_end=callback_on_step_end)
         video = plan.video is not None
-        if video and (self.high_noise is not None or self.expand_timesteps):
-            # diffusers' WanVideoToVideoPipeline has no transformer_2 (A14B's low-noise expert, where the
-            # identity lives) and no 16x VAE / expand_timesteps (TI2V-5B): it would run the wrong model
-            kind = "A14B, two experts" if self.high_noise is not None else "TI2V-5B"
-            raise PVError(f"--video is not available on Wan 2.2 ({kind}): diffusers' Wan video-to-video pipeline "
-                          "drives only Wan 2.1's single transformer and VAE",
-                          "use a Wan 2.1 profile (wan2.1-1.3b, wan2.1-14b) for --video")
+        if video and (self.high_noise is not None or self.expand_timesteps):  # refused before loading too (refuse_wan)
+            raise no_video("A14B, two experts" if self.high_noise is not None else "TI2V-5B")
         pipe = self.pipeline(video=video)
         pipe.scheduler = self.new_scheduler()
         kwargs = dict(plan.call_kwargs)
@@ -211,12 +215,10 @@ class WanBackbone(Backbone):
             from .vace import load_vace, tiny_vace
 
             if self.high_noise is not None:
-                raise PVError(f"--control is not available on {self.info.get('base_model', self.name)} (two experts)",
-                              "use a Wan 2.1 profile (wan2.1-1.3b, wan2.1-14b) for --control")
+                raise no_control_on_experts(self.info.get("base_model", self.name))
             ref = self.vace_model
             if not ref:
-                raise PVError(f"no VACE model is known for {self.info.get('base_model', self.name)}",
-                              "set backbone.options.vace_model to the VACE model built on it (a diffusers folder or hub id)")
+                raise no_vace(self.info.get("base_model", self.name))
             vace = tiny_vace(self.denoiser, self.vae, self.vace_seed) if ref == "tiny" else \
                 load_vace(ref, self.denoiser, self.info.get("base_model", self.name))
             self._vace_pipe = WanVACEPipeline(tokenizer=self.tokenizer, text_encoder=self.text_encoder, vae=self.vae,
@@ -232,11 +234,9 @@ class WanBackbone(Backbone):
         from .vace import control_window
 
         if len(plan.controls) > 1:
-            raise PVError(f"Wan VACE takes one control video, got {len(plan.controls)} "
-                          f"({', '.join(c.label or 'control' for c in plan.controls)})", "give one --control")
+            raise one_control(len(plan.controls), ", ".join(c.label or "control" for c in plan.controls))
         if plan.video is not None:
-            raise PVError("--video and --control together are not available on Wan (VACE's control video is the "
-                          "only clip it takes)", "use one of them")
+            raise VIDEO_WITH_CONTROL
         control = plan.controls[0]
         pipe = self.vace_pipeline()
         pipe.scheduler = self.new_scheduler()
@@ -260,10 +260,7 @@ class WanBackbone(Backbone):
                            "use a Wan 2.1 LoRA of the same size (diffusers, ComfyUI or musubi-tuner keys)")
 
         if self.high_noise is not None:
-            # diffusers' loader would put it on `transformer` (the high-noise expert), outside the
-            # modules whose LoRA weights pv sets (lora_modules): its :WEIGHT would be ignored
-            raise PVError(f"--lora {source}: style LoRAs on Wan 2.2 A14B's two experts are not supported yet",
-                          "use a Wan 2.1 or Wan 2.2 TI2V-5B profile with --lora")
+            raise no_lora_on_experts(source)
         load_pipeline_lora(self.pipeline(), source, name, error)
 
     def lora_modules(self) -> list[torch.nn.Module]:
@@ -336,6 +333,9 @@ def make_tiny_wan(options: dict | None = None, device: str | None = "cpu") -> Wa
     dev = resolve_device(device)
     if opts.experts not in (1, 2):
         raise PVError(f"backbone.options.experts must be 1 or 2, got {opts.experts}")
+    if not 0 < opts.boundary_ratio < 1:
+        raise PVError(f"backbone.options.boundary_ratio must be between 0 and 1 (the share of the timesteps the "
+                      f"high-noise expert takes from the top), got {opts.boundary_ratio:g}")
     if opts.scheduler not in TINY_SCHEDULERS:
         raise PVError(f"backbone.options.scheduler must be one of {', '.join(TINY_SCHEDULERS)}, got {opts.scheduler!r}")
     c = build_tiny_components(opts.seed, opts.shift, opts.experts, opts.scheduler)
@@ -352,7 +352,7 @@ def make_tiny_wan(options: dict | None = None, device: str | None = "cpu") -> Wa
 
 @dataclass
 class WanOptions(SpeedOptions):
-    model: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"  # hub id, HF cache or a local folder in diffusers layout
+    model: str = DEFAULT_MODEL  # hub id, HF cache or a local folder in diffusers layout
     dtype: str = "auto"  # auto: bfloat16 on CUDA (the VAE stays fp32), float32 on CPU
     flow_shift: float = 0.0  # 0: the repo's scheduler as shipped; else its flow shift (3 for 480p, 5 for 720p)
     max_sequence_length: int = 512

@@ -33,10 +33,6 @@ import torch
 from pvcli.errors import PVError
 
 # T2V model -> its VACE model (diffusers layout); backbone.options.vace_model overrides
-VACE_MODELS = {
-    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "Wan-AI/Wan2.1-VACE-1.3B-diffusers",
-    "Wan-AI/Wan2.1-T2V-14B-Diffusers": "Wan-AI/Wan2.1-VACE-14B-diffusers",
-}
 TINY_VACE_LAYERS = (0, 1)  # the tiny transformer has 2 blocks: a hint after each
 _BRANCH = ("vace_",)  # module-name prefixes of the control branch
 

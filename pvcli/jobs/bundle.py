@@ -315,10 +315,17 @@ def _validate(path: Path, members: dict[str, bytes]) -> tuple[dict, dict]:
 
 
 def _check_image(path: Path, name: str, data: bytes) -> None:
-    """An image member decodes to a colour image of sane size (cv2 parses; nothing else runs)."""
+    """An image member decodes to a colour image of sane size (its header is sized first, against
+    pv's pixel limit; cv2 parses; nothing else runs)."""
     import cv2
     import numpy as np
 
+    from ..images import check_image_size
+
+    try:
+        check_image_size(data, name)
+    except PVError as exc:
+        raise _bad(path, exc.message) from None
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if image is None or image.ndim != 3 or min(image.shape[:2]) < 1:
         raise _bad(path, f"{name} is not a readable image")

@@ -138,6 +138,10 @@ def check_inputs(ctx: Context, req: EvalRequest) -> None:
                           "give a photo, a folder of photos, a glob, or an identity (see `pv list`)")
         if Path(ref).expanduser().exists():
             check_photos([ref])  # an unreadable photo fails before the encoders load
+    for i, name in enumerate(req.encoders):  # every one named before the first loads
+        ctx.registry.get("encoders", name)
+        if name in req.encoders[:i]:
+            raise PVError(f"--encoder {name} is given twice", "name each encoder once")
     ctx.registry.get("scorers", req.scorer)  # "unknown scorer ..." (a known one that cannot load is a note)
     if req.csv:
         check_output(req.csv, "--csv", "metrics.csv")

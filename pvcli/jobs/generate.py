@@ -13,7 +13,7 @@ from .. import __version__
 from ..context import Context
 from ..errors import PVError
 from ..identity_files import adapter_metadata, read_adapter, read_settings
-from ..settings import GenerateSettings, Settings, check_seed, from_dict
+from ..settings import BackboneSettings, GenerateSettings, Settings, check_seed, from_dict
 from .resources import build_backbone, out_of_memory_hint
 
 
@@ -95,6 +95,8 @@ class IdentityRenderer:
                                                    device=str(self.backbone.device))
             self.ctx.reporter.status(f"adding {addon.name}")
             conditioner.apply(self.backbone, plan)
+        for line in plan.warnings:
+            self.ctx.reporter.warn(line)
         return plan
 
     def render(self, prompt: str, output: Path | None = None, adapter: bool = True,
@@ -206,25 +208,36 @@ def output_path(template: str | Path, name: str, prompt: str, seed: int, index: 
                       "use {name}, {slug}, {seed} and {index}, e.g. -o 'clips/{slug}_s{seed}.gif'") from None
 
 
-def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddOn], video=None) -> None:
+def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddOn], video=None,
+                 backbone: BackboneSettings | None = None) -> None:
     """What can be known wrong before any model loads: the driving clip is readable, each add-on
     is registered, takes its options, and finds its files usable for the identity's backbone
-    (`Conditioner.check`, given what the identity recorded of it)."""
+    (`Conditioner.check`, given what the identity recorded of it), and the model the identity was
+    tuned on takes what is asked of it (its family's `accepts`, then its registered `refuse`,
+    given `backbone`, the backbone settings the clips render with: its name must be the identity's)."""
     from ..video import probe_source
 
     if video is not None:
         probe_source(video, "--video")
     info = ctx.store.load_info(name)
     adapter_metadata(ctx.store.path(name))  # a damaged adapter fails here, not once the model is loaded
+    if backbone is not None and backbone.name and info.get("backbone"):
+        check_backbone_matches(info, backbone.name, name)
     accepts = None
-    if info.get("backbone"):
+    entry = ctx.registry.get("backbones", info["backbone"]) if info.get("backbone") else None
+    if entry is not None:
         ctx.registry.check_frames(info["backbone"], g.frames, "--frames")
-        options = (read_settings(ctx.store.path(name)).get("backbone") or {}).get("options") or {}
+        options = (dict(backbone.options) if backbone is not None
+                   else (read_settings(ctx.store.path(name)).get("backbone") or {}).get("options") or {})
         ctx.registry.check_size(info["backbone"], options, g.height, g.width, ("--height", "--width"))
-        accepts = ctx.registry.get("backbones", info["backbone"]).accepts
+        accepts = entry.accepts
     if video is not None and accepts is not None and "video" not in accepts:
         raise PVError(f"--video is not available on the {info['backbone']} backbone: it has no video-to-video pipeline",
                       "generate from text, or use a profile whose backbone restyles clips (pv profiles)")
+    if entry is not None and entry.refuse is not None:
+        asked = [(a.name, {**g.conditioners.get(a.name, {}), **a.options}) for a in addons]
+        entry.refuse(info, dict(backbone.options if backbone is not None else {}), asked + ([("video", {"source": str(video)})] if video is not None
+                                                                   else []))
     if not addons:
         return
     target = {k: str(info[k]) for k in ("backbone", "base_model", "base_model_version", "architecture") if info.get(k)}
@@ -240,13 +253,16 @@ def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddO
 
 def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, requests, *, output=None,
                  seeds: list[int] | None = None, adapter: bool = True, addons: list[AddOn] | None = None,
-                 video=None, one_bar: bool = True, check_name: str | None = None):
+                 video=None, one_bar: bool = True, check_name: str | None = None,
+                 backbone: BackboneSettings | None = None):
     """Render every request (a prompt or ClipRequest, read lazily) once per seed (default the
     settings' seed; a request's own seed renders once), yielding each Video as soon as it is
     written. `renderer()` gives the loaded IdentityRenderer; `output` is a file template ({name},
     {slug}, {seed}, {index}; None: no files unless a request names one). `one_bar`: one progress
     bar for the batch instead of one per clip. `check_name`: the identity whose record the inputs are
-    checked against, when `name` names a group of them."""
+    checked against, when `name` names a group of them. `backbone`: the backbone settings the clips
+    render with (a mismatch with the identity's, or what the model cannot take, is refused before it
+    loads)."""
     import dataclasses
 
     from ..engine.generate import denoising_steps
@@ -254,7 +270,8 @@ def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, request
 
     if output is not None and one_bar:
         check_video_path(output_path(output, name, "prompt", 0, 0))  # before minutes of work
-    check_inputs(ctx, check_name or name, g, addons or [], video)  # a bad file or add-on fails before any model loads
+    # a bad file or add-on fails before any model loads
+    check_inputs(ctx, check_name or name, g, addons or [], video, backbone)
     seed_list = seeds if seeds is not None else [g.seed]
     if not seed_list:
         raise PVError("no seeds to render")

@@ -8,7 +8,7 @@ from .. import __version__
 from ..context import Context
 
 PACKAGES = ("torch", "diffusers", "transformers", "peft", "onnxruntime", "onnxruntime-gpu", "insightface",
-            "opencv-python", "moviepy", "imageio-ffmpeg")
+            "opencv-python", "av", "moviepy", "imageio-ffmpeg")
 
 
 def plugins(ctx: Context) -> list[dict]:

@@ -42,15 +42,11 @@ def _video_fps(path: Path, meta: dict) -> float | None:
             pass
     if path.is_dir() or path.suffix.lower() in (".gif", ".webp"):
         return None
-    try:
-        import imageio_ffmpeg
+    from ..video import video_info
 
-        reader = imageio_ffmpeg.read_frames(str(path))
-        try:
-            return float(next(reader).get("fps") or 0) or None
-        finally:
-            reader.close()
-    except Exception:
+    try:
+        return video_info(path).fps
+    except PVError:
         return None
 
 
