@@ -504,7 +504,7 @@ def export(name: str, fmt: str | None = None, output: str | Path | None = None, 
         return export_bundle(ctx, name, Path(bundle), force=force)
     from .jobs.export import export_lora
 
-    return export_lora(ctx, name, fmt or "diffusers", Path(output) if output is not None else None, force=force)
+    return export_lora(ctx, name, "diffusers" if fmt is None else fmt, Path(output) if output is not None else None, force=force)
 
 
 def import_identity(bundle: str | Path, *, name: str | None = None, force: bool = False, progress: Progress = None,
