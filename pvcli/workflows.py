@@ -69,7 +69,7 @@ def gate_step(meta: dict, scheduler, steps: int) -> tuple[int, float | None]:
     """(the step the identity's adapter turns on at in a `steps`-step schedule of `scheduler`, its
     noise level): the steps at or below the recorded gate; an identity without one, the last
     active_fraction of the steps (pv's rule for it)."""
-    from .engine.sampling import adapted_steps, schedule_levels, steps_within_gate
+    from .schedules import adapted_steps, schedule_levels, steps_within_gate
 
     if meta.get("gate_noise_level"):
         gate = float(meta["gate_noise_level"])

@@ -221,8 +221,6 @@ def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddO
         probe_source(video, "--video")
     info = ctx.store.load_info(name)
     adapter_metadata(ctx.store.path(name))  # a damaged adapter fails here, not once the model is loaded
-    if backbone is not None and backbone.name and info.get("backbone"):
-        check_backbone_matches(info, backbone.name, name)
     accepts = None
     entry = ctx.registry.get("backbones", info["backbone"]) if info.get("backbone") else None
     if entry is not None:
@@ -239,6 +237,7 @@ def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddO
         entry.refuse(info, dict(backbone.options if backbone is not None else {}), asked + ([("video", {"source": str(video)})] if video is not None
                                                                    else []))
     if not addons:
+        _check_backbone(info, backbone, name)
         return
     target = {k: str(info[k]) for k in ("backbone", "base_model", "base_model_version", "architecture") if info.get(k)}
     if accepts is not None:
@@ -249,6 +248,13 @@ def check_inputs(ctx: Context, name: str, g: GenerateSettings, addons: list[AddO
         check = getattr(conditioner, "check", None)
         if check is not None:
             check(target)
+    _check_backbone(info, backbone, name)
+
+
+def _check_backbone(info: dict, backbone: BackboneSettings | None, name: str) -> None:
+    """The clips render on the backbone the identity was tuned on (after what the add-ons say of it)."""
+    if backbone is not None and backbone.name and info.get("backbone"):
+        check_backbone_matches(info, backbone.name, name)
 
 
 def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, requests, *, output=None,
