@@ -1,71 +1,72 @@
 """Data-parallel tuning: one identity on N processes started by `accelerate launch` or torchrun
 (`pv tune --processes N` starts torchrun itself). Each process samples its own prompts, noise and
-frames; gradients are summed across processes after each process's clips (then averaged over the
-clips that had a loss), so every replica takes the same optimizer step. Only the main process
-writes checkpoints, logs and the identity.
+frames; torch's DistributedDataParallel, set up by accelerate, averages the adapter's gradients
+across processes in each step's backward (and starts every replica from the main process's
+adapter), and the tuner rescales the average to the mean over the clips that had a loss, so every
+replica takes the same optimizer step. Only the main process writes checkpoints, logs and the
+identity.
 
-On CUDA the process group comes from accelerate's PartialState (NCCL, one GPU per local rank);
-on CPU it is gloo (accelerate treats torchrun on CPU as a single process)."""
+accelerate picks the process group: NCCL with one GPU per local rank on CUDA, gloo on CPU."""
 
 from __future__ import annotations
 
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import PVError
 
 
 @dataclass
 class DataParallel:
-    rank: int
-    world: int
-    device: str
+    accelerator: Any  # accelerate.Accelerator
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def device(self) -> str:
+        return str(self.accelerator.device)
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.accelerator.is_main_process
+
+    def attach(self, tuner) -> None:
+        """Run the tuner's clips through DDP over the adapter's parameters (DDP broadcasts the
+        main process's adapter as it wraps them); the clip statistics are summed by `sync`."""
+        from .engine.tune import ClipLoss
+
+        clip = self.accelerator.prepare(ClipLoss(tuner))
+        tuner.clip, tuner.replicas, tuner.grad_sync = clip, self.world, self.sync
+        tuner.accumulating = lambda: self.accelerator.no_sync(clip)
 
     def sync(self, params, contributed: int, losses: list[float], sims: list[float]):
-        """Sum every process's gradients and its clip statistics; returns the totals as the
-        tuner's `grad_sync` expects: (clips with a loss, [mean loss], [mean id sim])."""
+        """Every process's clip statistics, summed (DDP has averaged the gradients in backward);
+        returns what the tuner's `grad_sync` expects: (clips with a loss, [mean loss], [mean id sim])."""
         import torch
-        import torch.distributed as dist
 
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.flatten() for g in grads] + [torch.tensor(
-            [contributed, sum(losses), len(losses), sum(sims), len(sims)], dtype=grads[0].dtype, device=grads[0].device)])
-        dist.all_reduce(flat)
-        offset = 0
-        for p, g in zip(params, grads, strict=True):
-            n = g.numel()
-            p.grad = flat[offset:offset + n].view_as(g).clone()
-            offset += n
-        total, loss_sum, loss_n, sim_sum, sim_n = flat[offset:].tolist()
+        stats = torch.tensor([contributed, sum(losses), len(losses), sum(sims), len(sims)], dtype=torch.float64,
+                             device=self.accelerator.device)
+        total, loss_sum, loss_n, sim_sum, sim_n = self.accelerator.reduce(stats, "sum").tolist()
         return (int(total), [loss_sum / loss_n] if loss_n else [], [sim_sum / sim_n] if sim_n else [])
-
-    def broadcast(self, params) -> None:
-        """Start every replica from the main process's adapter."""
-        import torch.distributed as dist
-
-        for p in params:
-            dist.broadcast(p.data, 0)
 
     def drift(self, params) -> float:
         """The largest difference between replicas' adapter weights (0 when in sync)."""
         import torch
-        import torch.distributed as dist
 
         total = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1)
-        high, low = total.clone(), total.clone()
-        dist.all_reduce(high, op=dist.ReduceOp.MAX)
-        dist.all_reduce(low, op=dist.ReduceOp.MIN)
-        return float(high - low)
+        every = self.accelerator.gather(total)
+        return float(every.max() - every.min())
 
     def barrier(self) -> None:
-        import torch.distributed as dist
-
-        dist.barrier()
+        self.accelerator.wait_for_everyone()
 
 
 def process_group() -> DataParallel | None:
@@ -74,17 +75,12 @@ def process_group() -> DataParallel | None:
     if world <= 1:
         return None
     import torch
-    import torch.distributed as dist
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
-    if torch.cuda.is_available():
-        from accelerate import PartialState
-
-        device = str(PartialState().device)
-    else:
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        device = "cpu"
-    return DataParallel(dist.get_rank(), dist.get_world_size(), device)
+    # the wrapped module holds only the adapter's parameters and no buffers
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    return DataParallel(Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp]))
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -320,8 +320,7 @@ def _setup_models(ctx: Context, run, r: _RunInputs, dp, resume_from: dict | None
             reporter.status(f"resuming {name} at step {tuner.step_index}" if tuner.step_index < t.steps
                             else f"finishing {name}: its {t.steps} steps are done")
     if dp is not None:
-        tuner.grad_sync = dp.sync
-        dp.broadcast(tuner.params)
+        dp.attach(tuner)
         reporter.status(f"data parallel: {dp.world} processes, {dp.world * t.clips_per_step} clips per step")
     before = None
     if r.eval_held_out and t.held_out:
