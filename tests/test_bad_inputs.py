@@ -357,7 +357,7 @@ def test_a_cut_off_or_garbled_safetensors_header_is_named_in_one_line(tmp_path):
     cut, garbled = tmp_path / "cut.safetensors", tmp_path / "garbled.safetensors"
     cut.write_bytes(whole.read_bytes()[:-8])
     garbled.write_bytes((10).to_bytes(8, "little") + b"{not json}" + bytes(8))
-    for path, expected in [(cut, "is truncated"), (garbled, "its header is not valid")]:
+    for path, expected in [(cut, "is truncated"), (garbled, "is not a safetensors file (its header is not valid")]:
         with pytest.raises(PVError) as err:
             read_header(path, f"--lora {path.name}")
         assert err.value.message.startswith(f"--lora {path.name} {expected}"), err.value.message
