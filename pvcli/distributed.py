@@ -38,14 +38,39 @@ class DataParallel:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
-    def attach(self, tuner) -> None:
+    sharded: bool = False  # the frozen denoiser is split across the processes (`shard`)
+
+    def attach(self, tuner, shard: bool = False) -> None:
         """Run the tuner's clips through DDP over the adapter's parameters (DDP broadcasts the
-        main process's adapter as it wraps them); the clip statistics are summed by `sync`."""
+        main process's adapter as it wraps them); the clip statistics are summed by `sync`.
+        `shard` (tune.fsdp) first splits the frozen denoiser across the processes."""
         from .engine.tune import ClipLoss
 
+        if shard:
+            self.shard(tuner.bb.denoiser, tuner.params)
         clip = self.accelerator.prepare(ClipLoss(tuner))
         tuner.clip, tuner.replicas, tuner.grad_sync = clip, self.world, self.sync
         tuner.accumulating = lambda: self.accelerator.no_sync(clip)
+
+    def shard(self, denoiser, keep) -> None:
+        """FSDP2: each process keeps 1/N of the frozen denoiser's weights, and each block's are
+        gathered only while it runs; `keep` (the adapter's parameters) stays whole on every process
+        for DDP. Every process must then run the same denoiser calls (see jobs.tune)."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(self.accelerator.device.type, (self.world,))
+        # the blocks only: the denoiser's own few top-level weights stay whole (its output is a view,
+        # which FSDP2 warns an in-place op could cut from backward)
+        for module in shard_units(denoiser) or [denoiser]:
+            fully_shard(module, mesh=mesh, ignored_params=set(keep))
+        self.sharded = True
+
+    def from_main(self, value):
+        """The main process's `value` (any picklable object), on every process."""
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
 
     def sync(self, params, contributed: int, losses: list[float], sims: list[float]):
         """Every process's clip statistics, summed (DDP has averaged the gradients in backward);
@@ -69,6 +94,27 @@ class DataParallel:
         self.accelerator.wait_for_everyone()
 
 
+def shard_units(denoiser) -> list:
+    """The blocks FSDP2 gathers one at a time: the denoiser's modules of the classes it marks as not
+    to be split (diffusers' `_no_split_modules`), outermost only; else each entry of its top-level
+    module lists (down/up blocks, transformer blocks) and each other top-level child with weights."""
+    names = set(getattr(denoiser, "_no_split_modules", None) or ())
+    units: list = []
+    if names:
+        inside: set[int] = set()
+        for module in denoiser.modules():  # a block comes before the modules it holds
+            if id(module) not in inside and type(module).__name__ in names:
+                units.append(module)
+                inside.update(id(m) for m in module.modules())
+        return units
+    for child in denoiser.children():
+        if type(child).__name__ == "ModuleList":
+            units.extend(m for m in child if any(True for _ in m.parameters()))
+        elif any(True for _ in child.parameters()):
+            units.append(child)
+    return units
+
+
 def process_group() -> DataParallel | None:
     """The process group when pv runs under a distributed launcher, else None."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -76,11 +122,8 @@ def process_group() -> DataParallel | None:
         return None
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
 
-    # the wrapped module holds only the adapter's parameters and no buffers
-    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-    return DataParallel(Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp]))
+    return DataParallel(Accelerator(cpu=not torch.cuda.is_available()))
 
 
 def rank_and_world() -> tuple[int, int]:
