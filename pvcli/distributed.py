@@ -115,15 +115,24 @@ def shard_units(denoiser) -> list:
     return units
 
 
+_closing: list = []  # the atexit hook that ends the process group, once registered
+
+
 def process_group() -> DataParallel | None:
     """The process group when pv runs under a distributed launcher, else None."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         return None
-    import torch
-    from accelerate import Accelerator
+    import atexit
 
-    return DataParallel(Accelerator(cpu=not torch.cuda.is_available()))
+    import torch
+    from accelerate import Accelerator, PartialState
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if not _closing:  # the group's threads end before the interpreter's (gloo aborts otherwise)
+        _closing.append(atexit.register(PartialState().destroy_process_group))
+    return DataParallel(accelerator)
+
 
 
 def rank_and_world() -> tuple[int, int]:

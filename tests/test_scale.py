@@ -156,6 +156,6 @@ def test_sharding_the_frozen_denoiser_over_two_processes_keeps_half_of_it_each_a
                         str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["kept"]["false"] == 1.0 and out["kept"]["true"] < 0.6  # each process holds about half
-    assert out["moved"] > 0 and out["gap"] < 1e-6 * max(1.0, out["moved"]) + 1e-7
+    assert out["kept"]["false"] == 1.0 and out["kept"]["true"] < 0.6, out  # each process holds about half
+    assert out["moved"] > 0 and out["gap"] < 1e-6, out
     assert out["drift"] == 0.0
