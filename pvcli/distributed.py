@@ -56,10 +56,11 @@ class DataParallel:
         """FSDP2: each process keeps 1/N of the frozen denoiser's weights, and each block's are
         gathered only while it runs; `keep` (the adapter's parameters) stays whole on every process
         for DDP. Every process must then run the same denoiser calls (see jobs.tune)."""
-        from torch.distributed.device_mesh import init_device_mesh
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import DeviceMesh
         from torch.distributed.fsdp import fully_shard
 
-        mesh = init_device_mesh(self.accelerator.device.type, (self.world,))
+        mesh = DeviceMesh.from_group(dist.group.WORLD, self.accelerator.device.type)  # no second group
         # the blocks only: the denoiser's own few top-level weights stay whole (its output is a view,
         # which FSDP2 warns an in-place op could cut from backward)
         for module in shard_units(denoiser) or [denoiser]:

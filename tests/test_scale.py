@@ -159,3 +159,13 @@ def test_sharding_the_frozen_denoiser_over_two_processes_keeps_half_of_it_each_a
     assert out["kept"]["false"] == 1.0 and out["kept"]["true"] < 0.6, out  # each process holds about half
     assert out["moved"] > 0 and out["gap"] < 1e-6, out
     assert out["drift"] == 0.0
+
+
+def test_sharding_with_a_trajectory_pool_is_refused_in_one_line(tiny_settings):
+    import pytest
+
+    from pvcli.errors import PVError
+    from pvcli.settings import from_dict
+
+    with pytest.raises(PVError, match="tune.fsdp cannot be combined with tune.trajectory_pool"):
+        from_dict(tiny_settings.to_dict(), [{"tune": {"fsdp": True, "trajectory_pool": 4}}])
