@@ -65,6 +65,11 @@ class TuneSettings:
     # clips sampled (and gradients accumulated) per optimizer step: the effective batch on one
     # device; N processes with --processes multiply it by N
     clips_per_step: int = 1
+    # with --processes N: split the frozen denoiser's weights across the N processes (FSDP2), each
+    # keeping 1/N and gathering a block's only while it runs; the adapter stays whole on each.
+    # Alone it changes nothing. The processes then run the same denoiser calls (the held-out
+    # measure and the samples on every process), so it cannot be combined with tune.trajectory_pool
+    fsdp: bool = False
     # 0: fresh prompt and noise for every clip (the paper). N > 0: clips draw from N fixed
     # (prompt, noise) pairs and reuse their adapter-free early denoising steps (computed once per
     # pair), so a step costs only the adapted tail once the pool is warm. Needs late-step gating
@@ -244,6 +249,10 @@ def _validate(s: Settings) -> None:
                       f"({s.tune.num_inference_steps})")
     if s.tune.supervised_frames > s.tune.frames:
         raise PVError(f"tune.supervised_frames ({s.tune.supervised_frames}) cannot exceed tune.frames ({s.tune.frames})")
+    if s.tune.fsdp and s.tune.trajectory_pool:
+        raise PVError("tune.fsdp cannot be combined with tune.trajectory_pool: sharded processes must run the "
+                      "same denoiser calls, and each process's pool reuses its own",
+                      "set tune.trajectory_pool=0, or tune.fsdp=false")
     window = s.tune.supervised_window
     if window:
         if window > s.tune.frames:

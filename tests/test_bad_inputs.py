@@ -342,3 +342,22 @@ def test_values_of_the_wrong_type_are_usage_errors(home, astronaut, monkeypatch,
     assert r.exit_code == 2 and r.stdout == "", (r.exit_code, r.stderr)
     assert f"Invalid value for '{option}'" in " ".join(r.stderr.split())
     assert "Traceback" not in r.stderr and "bug in pv" not in r.stderr
+
+
+def test_a_cut_off_or_garbled_safetensors_header_is_named_in_one_line(tmp_path):
+    """LoRA and ControlNet files are read through safetensors' safe_open: its errors become pv's lines."""
+    from pv_conditioners.lora_file import read_header
+    from safetensors.torch import save_file
+
+    from pvcli.errors import PVError
+
+    whole = tmp_path / "style.safetensors"
+    save_file({"a.lora_A.weight": torch.zeros(4, 8)}, str(whole), metadata={"ss_network_alpha": "4"})
+    assert read_header(whole, "--lora style.safetensors") == ({"a.lora_A.weight": [4, 8]}, {"ss_network_alpha": "4"})
+    cut, garbled = tmp_path / "cut.safetensors", tmp_path / "garbled.safetensors"
+    cut.write_bytes(whole.read_bytes()[:-8])
+    garbled.write_bytes((10).to_bytes(8, "little") + b"{not json}" + bytes(8))
+    for path, expected in [(cut, "is truncated"), (garbled, "is not a safetensors file (its header is not valid")]:
+        with pytest.raises(PVError) as err:
+            read_header(path, f"--lora {path.name}")
+        assert err.value.message.startswith(f"--lora {path.name} {expected}"), err.value.message

@@ -118,22 +118,18 @@ def test_replica_drift_is_the_largest_difference_between_any_weight_of_two_repli
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
-    import torch.distributed as dist
 
     from pvcli.distributed import DataParallel
 
     world, posted, barrier, here = 2, [None, None], threading.Barrier(2), threading.local()
 
-    def all_reduce(tensor, op=dist.ReduceOp.SUM, **_):
-        posted[here.rank] = tensor.clone()
-        barrier.wait()
-        every = torch.stack(posted)
-        combined = every.amax(0) if op == dist.ReduceOp.MAX else every.amin(0) if op == dist.ReduceOp.MIN \
-            else every.sum(0)
-        barrier.wait()
-        tensor.copy_(combined)
-
-    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    class Gather:  # accelerate's gather over two replicas running as threads
+        def gather(self, tensor):
+            posted[here.rank] = tensor.clone()
+            barrier.wait()
+            every = torch.cat(posted)
+            barrier.wait()
+            return every
     base = [torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), torch.zeros(5)]
     moved = [p.clone() for p in base]
     moved[0][1, 2] += 0.25
@@ -141,9 +137,70 @@ def test_replica_drift_is_the_largest_difference_between_any_weight_of_two_repli
 
     def drift(rank, params):
         here.rank = rank
-        return DataParallel(rank, world, "cpu").drift(params)
+        return DataParallel(Gather()).drift(params)
 
     for other, expected in ((base, 0.0), (moved, 0.25)):
         with ThreadPoolExecutor(world) as pool:
             drifts = [f.result(timeout=60) for f in [pool.submit(drift, 0, base), pool.submit(drift, 1, other)]]
         assert drifts == [pytest.approx(expected, abs=1e-6)] * world
+
+
+SHARDED = '''
+import json, torch
+from pv_animatediff.backbone import make_tiny
+from pv_facenet.encoder import make_facenet
+from pvcli.distributed import process_group
+from pvcli.engine.adapter import ADAPTER_NAME, adapter_state_dict, load_adapter_state_dict
+from pvcli.engine.tune import Tuner
+from pvcli.settings import from_dict, resolve
+
+dp, encoder = process_group(), make_facenet()
+reference = torch.nn.functional.normalize(torch.randn(512, generator=torch.Generator().manual_seed(0)), dim=0)
+settings = from_dict(resolve("tiny")[1].to_dict(), [{"tune": {"held_out": 0, "clips_per_step": 2}}])
+after, kept = {}, {}
+for shard in (False, True):
+    torch.manual_seed(0)
+    tuner = Tuner(make_tiny(), encoder, settings, reference, rank=dp.rank)
+    if shard:  # the unsharded run's starting adapter
+        load_adapter_state_dict(tuner.bb.denoiser, start)
+    else:
+        start = adapter_state_dict(tuner.bb.denoiser)
+    dp.attach(tuner, shard=shard)
+    stats = tuner.step()
+    after[shard] = adapter_state_dict(tuner.bb.denoiser)
+    frozen = [p for n, p in tuner.bb.denoiser.named_parameters() if ADAPTER_NAME not in n]
+    local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in frozen)
+    kept[shard] = local / sum(p.numel() for p in frozen)
+gap = max(float((after[True][k] - after[False][k]).abs().max()) for k in after[False])
+moved = max(float((after[False][k] - start[k]).abs().max()) for k in start)
+if dp.is_main:
+    print(json.dumps({"gap": gap, "moved": moved, "kept": kept, "drift": dp.drift(tuner.params)}))
+else:
+    dp.drift(tuner.params)
+'''
+
+
+def test_sharding_the_frozen_denoiser_over_two_processes_keeps_half_of_it_each_and_the_same_step(tmp_path):
+    """tune.fsdp: FSDP2 (gloo on CPU) splits the frozen denoiser between the processes and DDP keeps
+    the adapter whole on each; a step (two clips per process, accumulated) moves the adapter exactly
+    as the unsharded processes do."""
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["kept"]["false"] == 1.0 and out["kept"]["true"] < 0.6, out  # each process holds about half
+    assert out["moved"] > 0 and out["gap"] < 1e-6, out
+    assert out["drift"] == 0.0
+
+
+def test_sharding_with_a_trajectory_pool_is_refused_in_one_line(tiny_settings):
+    import pytest
+
+    from pvcli.errors import PVError
+    from pvcli.settings import from_dict
+
+    with pytest.raises(PVError, match="tune.fsdp cannot be combined with tune.trajectory_pool"):
+        from_dict(tiny_settings.to_dict(), [{"tune": {"fsdp": True, "trajectory_pool": 4}}])

@@ -8,7 +8,6 @@ A source is local when it exists, or looks like a path: a weights suffix (.safet
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LORA_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes into a folder
-MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 DOWN_MARKS = ("lora_A.", "lora_down.", "lora.down.")  # the down matrix of a layer: diffusers/PEFT, kohya, old diffusers
 FORMAT_HINT = ("a LoRA is a .safetensors file whose tensors are named *lora_A*/*lora_B* (diffusers, PEFT) or "
                "*lora_down*/*lora_up* (kohya, A1111)")
@@ -77,40 +75,31 @@ def _convert_hint(path: Path) -> str:
 
 
 def read_header(path: Path, what: str, hint: str = FORMAT_HINT) -> tuple[dict[str, list[int]], dict[str, str]]:
-    """(tensor name -> shape, metadata) of a safetensors file, without torch. `what` names the
-    input in errors (e.g. "--lora style.safetensors"); `hint` says what the file should be."""
-    size = path.stat().st_size
-    if size == 0:
+    """(tensor name -> shape, metadata) of a safetensors file, read by safetensors' `safe_open`
+    without torch. `what` names the input in errors (e.g. "--lora style.safetensors"); `hint` says
+    what the file should be."""
+    from safetensors import SafetensorError, safe_open
+
+    if path.stat().st_size == 0:
         raise PVError(f"{what} is an empty file (0 bytes)", "download or export it again")
     with open(path, "rb") as fh:
         head = fh.read(8)
-        if _is_pickle(head):
-            pickle = "a PyTorch pickle (torch.save)"
-            if path.suffix.lower() == ".safetensors":
-                pickle += " renamed .safetensors"
-            raise PVError(f"{what} is not a safetensors file: it is {pickle}", _convert_hint(path))
-        length = int.from_bytes(head, "little") if len(head) == 8 else 0
-        if not 2 <= length <= min(MAX_HEADER, size - 8):
-            raise PVError(f"{what} is not a safetensors file (no valid safetensors header)", hint)
-        raw = fh.read(length)
+    if _is_pickle(head):
+        pickle = "a PyTorch pickle (torch.save)"
+        if path.suffix.lower() == ".safetensors":
+            pickle += " renamed .safetensors"
+        raise PVError(f"{what} is not a safetensors file: it is {pickle}", _convert_hint(path))
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        header = None
-    if not isinstance(header, dict):
-        raise PVError(f"{what} is not a safetensors file (its header is not valid)", hint)
-    metadata = header.pop("__metadata__", None) or {}
-    shapes, end = {}, 0
-    for name, entry in header.items():
-        if not (isinstance(entry, dict) and isinstance(entry.get("shape"), list)
-                and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2):
-            raise PVError(f"{what} is not a safetensors file (tensor {name!r} is malformed)", hint)
-        shapes[name] = entry["shape"]
-        end = max(end, int(entry["data_offsets"][1]))
-    if 8 + length + end > size:
-        raise PVError(f"{what} is truncated: its header lists {8 + length + end} bytes, the file has {size}",
-                      "download or export it again")
-    return shapes, metadata if isinstance(metadata, dict) else {}
+        with safe_open(path, framework="numpy") as fh:
+            return {name: fh.get_slice(name).get_shape() for name in fh.keys()}, fh.metadata() or {}
+    except SafetensorError as exc:
+        why = str(exc).removeprefix("Error while deserializing header: ")
+        if "incomplete metadata" in why:
+            raise PVError(f"{what} is truncated: its header lists more bytes than the file has",
+                          "download or export it again") from None
+        if "header too" in why:
+            raise PVError(f"{what} is not a safetensors file (no valid safetensors header)", hint) from None
+        raise PVError(f"{what} is not a safetensors file (its header is not valid: {why})", hint) from None
 
 
 def lora_file_in(folder: Path, what: str) -> Path:

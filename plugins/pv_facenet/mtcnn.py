@@ -13,21 +13,24 @@ from pvcli.faces import Face
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
+    """The boxes kept, best first. "union" (IoU) is OpenCV's NMSBoxes, given MTCNN's inclusive pixel
+    boxes as x, y, w, h (one pixel wider than x2 - x1); "min" (overlap over the smaller box, the
+    last stage's, which OpenCV does not offer) is the same greedy pass here."""
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
+    if mode == "union":
+        xywh = np.column_stack([boxes[:, :2], boxes[:, 2:4] - boxes[:, :2] + 1])
+        return np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, threshold), dtype=np.int64).reshape(-1)
     x1, y1, x2, y2 = boxes.T
     area = (x2 - x1 + 1) * (y2 - y1 + 1)
     order = np.argsort(scores)[::-1]
     keep = []
     while order.size:
-        i = order[0]
+        i, rest = order[0], order[1:]
         keep.append(i)
-        rest = order[1:]
         w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
         h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
-        inter = w * h
-        denom = np.minimum(area[i], area[rest]) if mode == "min" else area[i] + area[rest] - inter
-        order = rest[inter / denom <= threshold]
+        order = rest[w * h / np.minimum(area[i], area[rest]) <= threshold]
     return np.asarray(keep, dtype=np.int64)
 
 

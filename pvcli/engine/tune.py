@@ -152,6 +152,20 @@ class TrajectoryPool:
         return prompt, latents, self.start, scheduler
 
 
+class ClipLoss(torch.nn.Module):
+    """One clip's loss as a module whose parameters are the adapter's alone (the frozen model is
+    the tuner's, not the module's): what data parallel wraps in DDP, which then averages the
+    adapter's gradients across processes in backward."""
+
+    def __init__(self, tuner: Tuner):
+        super().__init__()
+        self.adapter = torch.nn.ParameterList(tuner.params)  # the same Parameter objects
+        self.tuner = tuner
+
+    def forward(self, reference: torch.Tensor):
+        return self.tuner._clip_loss(reference)
+
+
 class Tuner:
     def __init__(self, backbone: Backbone, encoder: IdentityEncoder, settings: Settings,
                  reference: torch.Tensor | list[ReferenceFace], prompts: list[str] | None = None,
@@ -215,7 +229,13 @@ class Tuner:
             self.reseed(0)
         self.on_step = on_step
         self.step_index = 0
-        # data-parallel: (params, clips with a loss, losses, sims) -> the same, summed over processes
+        # data parallel (distributed.DataParallel.attach): clips run through `clip` (DDP over the
+        # adapter, which averages gradients over `replicas` processes in backward), all but a step's
+        # last clip under `accumulating` (no reduction); `grad_sync`: (params, clips with a loss,
+        # losses, sims) -> the same, summed over processes
+        self.clip: Callable = self._clip_loss
+        self.replicas = 1
+        self.accumulating: Callable = nullcontext
         self.grad_sync: Callable | None = None
 
     # ------------------------------------------------------------------ sampling
@@ -292,23 +312,22 @@ class Tuner:
         self.bb.denoiser.train()
         self.optimizer.zero_grad(set_to_none=True)
         losses, sims, scrs, prompts, hits, total = [], [], [], [], 0, 0
-        for _ in range(t.clips_per_step):
-            loss, sim, scr, faces, prompt = self._clip_loss(reference)
-            prompts.append(prompt)
-            hits, total = hits + faces.hits, total + faces.total
-            if sim is not None:
-                sims.append(sim)
-            if scr is not None:
-                scrs.append(scr)
-            if loss is None:
-                continue
-            if not torch.isfinite(loss):  # no backward; reported to every process through the sync below
-                losses.append(float("nan"))
-                continue
-            self.scaler.scale(loss / t.clips_per_step).backward()  # one clip's graph at a time: memory of one clip
-            losses.append(float(loss.detach()))
+        for i in range(t.clips_per_step):
+            with self.accumulating() if i < t.clips_per_step - 1 else nullcontext():
+                loss, sim, scr, faces, prompt = self.clip(reference)
+                prompts.append(prompt)
+                hits, total = hits + faces.hits, total + faces.total
+                if sim is not None:
+                    sims.append(sim)
+                if scr is not None:
+                    scrs.append(scr)
+                if loss is not None:  # a non-finite loss: no backward; every process learns of it in the sync below
+                    finite = bool(torch.isfinite(loss))
+                    losses.append(float(loss.detach()) if finite else float("nan"))
+                    loss = loss if finite else None
+                self._backward(loss, t.clips_per_step)  # one clip's graph at a time: memory of one clip
         contributed = len(losses)
-        if self.grad_sync is not None:  # data-parallel: every process's gradients, averaged
+        if self.grad_sync is not None:  # data parallel: the clip statistics of every process
             contributed, losses, sims = self.grad_sync(self.params, contributed, losses, sims)
         if not all(math.isfinite(x) for x in losses):
             bad = "nan" if any(math.isnan(x) for x in losses) else "inf"
@@ -318,7 +337,8 @@ class Tuner:
         if contributed:
             for p in self.params:
                 if p.grad is not None:
-                    p.grad.mul_(t.clips_per_step / contributed)  # the mean over clips that had a loss
+                    # the mean over clips that had a loss (DDP averaged over processes, clips or not)
+                    p.grad.mul_(t.clips_per_step * self.replicas / contributed)
             self.scaler.unscale_(self.optimizer)
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
@@ -334,6 +354,16 @@ class Tuner:
         if self.on_step:
             self.on_step(stats)
         return stats
+
+    def _backward(self, loss: torch.Tensor | None, clips: int) -> None:
+        """Backward of one clip's loss. Data parallel: every process runs it for every clip, over
+        every adapter parameter (a zero where its clip had no loss or a non-finite one), so DDP's
+        reduction, which waits for all of them on all processes, never hangs."""
+        if self.replicas > 1:
+            joined = sum(p.sum() for p in self.params) * 0.0
+            loss = joined if loss is None else loss + joined
+        if loss is not None:
+            self.scaler.scale(loss / clips).backward()
 
     def run(self) -> list[StepStats]:
         return [self.step() for _ in range(self.step_index, self.s.tune.steps)]

@@ -104,10 +104,13 @@ class _Session:
     before: float | None
     first_step: int
     tracker: object = None  # trackers.Tracker on the main process with tune.report_to set
+    # sharded (tune.fsdp): a replica runs the main process's denoiser calls too; whether the main
+    # process measures the held-out similarity after tuning
+    measure_after: bool = False
 
 
 # Settings a resume may change; any other differing setting is refused, naming the run's value.
-RESUME_MAY_CHANGE = ("tune.steps", "tune.clips_per_step", "tune.report_to")
+RESUME_MAY_CHANGE = ("tune.steps", "tune.clips_per_step", "tune.report_to", "tune.fsdp")
 FLAGS = {"tune.steps": "--steps", "tune.lr": "--lr", "tune.seed": "--seed", "adapter.rank": "--rank",
          "adapter.targets": "--targets", "tune.class_word": "--class-word", "tune.prompts_mode": "--prompts-mode",
          "encoder.name": "--encoder", "tune.augment": "--augment/--no-augment",
@@ -254,6 +257,8 @@ def _tune(ctx: Context, run, r: _RunInputs, dp=None, resume_from: dict | None = 
         try:
             _loop(session, progress)
             if run is None:  # a replica waits until the main process has written the identity
+                if session.measure_after and dp.sharded:
+                    session.tuner.held_out_similarity(held_out_seeds(r.settings.tune.held_out))
                 dp.barrier()
                 return {}
             return _finish(session, progress)
@@ -321,19 +326,23 @@ def _setup_models(ctx: Context, run, r: _RunInputs, dp, resume_from: dict | None
             reporter.status(f"resuming {name} at step {tuner.step_index}" if tuner.step_index < t.steps
                             else f"finishing {name}: its {t.steps} steps are done")
     if dp is not None:
-        tuner.grad_sync = dp.sync
-        dp.broadcast(tuner.params)
-        reporter.status(f"data parallel: {dp.world} processes, {dp.world * t.clips_per_step} clips per step")
-    before = None
-    if r.eval_held_out and t.held_out:
+        dp.attach(tuner, shard=t.fsdp)
+        reporter.status(f"data parallel: {dp.world} processes, {dp.world * t.clips_per_step} clips per step"
+                        + (", the denoiser sharded" if dp.sharded else ""))
+    before, measure = None, False
+    if run is not None and r.eval_held_out and t.held_out:
         measured = run.measures()
-        if BEFORE in measured:
-            before = measured[BEFORE]
-        else:
-            progress.phase = "measuring the held-out similarity before tuning"
-            before = _round(tuner.held_out_similarity(held_out_seeds(t.held_out), adapter=False))
+        before, measure = measured.get(BEFORE), BEFORE not in measured
+    measure_after = run is not None and r.eval_held_out and t.held_out
+    if dp is not None and dp.sharded:  # the replicas run the main process's measuring with it
+        measure, measure_after = dp.from_main((measure, measure_after))
+    if measure:
+        progress.phase = "measuring the held-out similarity before tuning"
+        before = _round(tuner.held_out_similarity(held_out_seeds(t.held_out), adapter=False))
+        if run is not None:
             run.save_measures(**{BEFORE: before})
-    return _Session(ctx, run, r, dp, backbone, encoder, refs, per_photo, reference, tuner, before, tuner.step_index)
+    return _Session(ctx, run, r, dp, backbone, encoder, refs, per_photo, reference, tuner, before, tuner.step_index,
+                    measure_after=measure_after)
 
 
 def _loop(s: _Session, progress: _Progress) -> None:
@@ -353,6 +362,8 @@ def _loop(s: _Session, progress: _Progress) -> None:
             stats = tuner.step()
             drift = {"processes": dp.world, "replica_drift": dp.drift(tuner.params)} if dp is not None else {}
             if run is None:
+                if dp.sharded and t.sample_every and stats.step % t.sample_every == 0:
+                    _sample(s.backbone, s.r.settings, tuner)  # the main process's sample, in step with it
                 continue
             progress.done = copy.deepcopy(tuner.state_dict())
             progress.phase = f"saving step {stats.step}"
@@ -485,22 +496,28 @@ def _kept(run, r: _RunInputs, progress: _Progress, exc: BaseException) -> PVErro
     return PVError(f"{cause} (while {phase}); step {saved} of {n} is saved", hint, exit_code=code)
 
 
-def _write_sample(backbone, settings: Settings, tuner, run, step: int):
-    """A short clip and its first frame, with the adapter as it is now (fixed seed and prompt);
-    returns (frames, the clip's path, prompt)."""
+def _sample(backbone, settings: Settings, tuner):
+    """A short clip with the adapter as it is now (fixed seed and prompt): (frames, prompt)."""
     from contextlib import nullcontext
-
-    import cv2
 
     from ..engine.generate import generate_frames
     from ..engine.offload import text_encoders_on
+
+    g, prompt = settings.generate, tuner.prompts.prompts[0]
+    # the pipeline encodes its prompts itself: offloaded text encoders come back for the clip
+    with text_encoders_on(backbone) if tuner.embeds.offloaded else nullcontext():
+        return generate_frames(backbone, prompt, g, gate=tuner.gate), prompt
+
+
+def _write_sample(backbone, settings: Settings, tuner, run, step: int):
+    """A short clip and its first frame, with the adapter as it is now (fixed seed and prompt);
+    returns (frames, the clip's path, prompt)."""
+    import cv2
+
     from ..video import write_mp4
 
     g = settings.generate
-    prompt = tuner.prompts.prompts[0]
-    # the pipeline encodes its prompts itself: offloaded text encoders come back for the clip
-    with text_encoders_on(backbone) if tuner.embeds.offloaded else nullcontext():
-        frames = generate_frames(backbone, prompt, g, gate=tuner.gate)
+    frames, prompt = _sample(backbone, settings, tuner)
     stem = run.samples / f"step_{step:07d}"
     write_mp4(frames.numpy(), stem.with_suffix(".mp4"), g.fps, metadata={"step": step, "prompt": prompt, "seed": g.seed,
                                                                            "fps": g.fps})
