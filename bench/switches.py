@@ -125,10 +125,19 @@ def pairs(profile: str, size: int, encoder, reference) -> dict:
     out["decode_dtype=bfloat16"] = {"grad_cos": round(cosine(base[2], bf[2]), 5), "loss_diff": round(abs(base[0] - bf[0]), 6),
                                     "time_ratio": round(bf[3] / base[3], 3)}
     tuner.s.tune.decode_dtype = "float32"
-    tuner.bb.enable_decoder_checkpointing()
-    ck = one_clip(tuner)
+    checked = make_tuner(profile, size, encoder, reference, {"decoder_checkpointing": True}, fixed_face=False)
+    same_adapter(tuner, checked)
+    one_clip(checked)
+    ck = one_clip(checked)
     out["decoder_checkpointing"] = {"grad_max_abs_diff": float((base[2] - ck[2]).abs().max()),
                                     "loss_diff": abs(base[0] - ck[0]), "time_ratio": round(ck[3] / base[3], 3)}
+    off = make_tuner(profile, size, encoder, reference, {"offload": "blocks"}, fixed_face=False)
+    same_adapter(tuner, off)
+    one_clip(off)
+    ob = one_clip(off)
+    out["offload=blocks"] = {"grad_max_abs_diff": float((base[2] - ob[2]).abs().max()),
+                             "loss_diff": abs(base[0] - ob[0]), "time_ratio": round(ob[3] / base[3], 3),
+                             "note": "CPU: host and device are one memory, so this is the recomputation's cost only"}
     return out
 
 

@@ -40,7 +40,7 @@ from .face_crops import (
     mean_embedding,
     window_faces,
 )
-from .offload import text_encoders_off, text_encoders_on
+from .offload import offload_blocks, text_encoders_off, text_encoders_on
 from .prompts import PROMPTS, PromptSampler, identity_phrase
 from .sampling import adapted_steps, adapter_free_prefix, final_step_is_identity, initial_latents, sample
 
@@ -201,6 +201,8 @@ class Tuner:
         if t.offload_text_encoder == "always" or (t.offload_text_encoder == "auto" and backbone.device.type != "cpu"):
             self.embeds.offload(self.prompts.prompts)  # the pool (the held-out measure uses its first prompt)
         backbone.place_denoiser()  # a backbone that loaded it on the host: only now beside the step's memory
+        if t.offload == "blocks":
+            offload_blocks(backbone)
         # fp16 denoiser: gradients below fp16's range vanish on their way to the fp32 adapter unless
         # the loss is scaled (steps whose gradients overflow are skipped and the scale lowered)
         self.scaler = torch.amp.GradScaler(backbone.device.type, init_scale=2.0**12,
