@@ -1,7 +1,7 @@
 """The memory switches (issue 31) measured on the tiny backbones, CPU: what each changes in one
 tuning clip's loss, adapter gradient and face embeddings against the plain run, and its time.
 
-    python bench/switches.py [--size 256] [--margins 0 1 2 4 8] [--out bench/switches.json]
+    python bench/switches.py [--size 256] [--margins 2 4 8 -1] [--only faces|pairs|fp8] [--out FILE.json]
 
 face_decode=faces is measured with a face placed by hand (the tiny models draw none, and without a
 face the crop is the whole frame, which the window then covers exactly): the detector is replaced
@@ -108,7 +108,8 @@ def face_decode(profile: str, size: int, margins: list[int], encoder, reference)
 
         lat = size // tuner.bb.vae_scale_factor
         mats = [tuner.enc.align_matrix(tuner.enc.detect(__import__("numpy").zeros((size, size, 3)))[0])]
-        y0, y1, x0, x1 = face_window(mats, tuner.enc.input_size, tuner.bb.vae_scale_factor, m, (lat, lat))
+        own = tuner.bb.window_margin if m < 0 else m
+        y0, y1, x0, x1 = face_window(mats, tuner.enc.input_size, tuner.bb.vae_scale_factor, own, (lat, lat))
         out["margins"][m] = {"embedding_cos": round(cosine(emb, ew), 5), "grad_cos": round(cosine(grad, gw), 5),
                              "loss_diff": round(abs(loss - lw), 6), "window_share": round((y1 - y0) * (x1 - x0) / lat**2, 3),
                              "time_ratio": round(sw / sec, 3)}
@@ -131,7 +132,13 @@ def pairs(profile: str, size: int, encoder, reference) -> dict:
     ck = one_clip(checked)
     out["decoder_checkpointing"] = {"grad_max_abs_diff": float((base[2] - ck[2]).abs().max()),
                                     "loss_diff": abs(base[0] - ck[0]), "time_ratio": round(ck[3] / base[3], 3)}
-    off = make_tuner(profile, size, encoder, reference, {"offload": "blocks"}, fixed_face=False)
+    from pvcli.errors import PVError
+
+    try:
+        off = make_tuner(profile, size, encoder, reference, {"offload": "blocks"}, fixed_face=False)
+    except PVError as exc:
+        out["offload=blocks"] = {"refused": str(exc)}
+        return out
     same_adapter(tuner, off)
     one_clip(off)
     ob = one_clip(off)
@@ -183,7 +190,7 @@ def fp8(profile: str, size: int, encoder, reference, steps: int = 3) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--margins", type=int, nargs="+", default=[0, 1, 2, 4, 8])
+    ap.add_argument("--margins", type=int, nargs="+", default=[2, 4, 8, -1])  # -1: the backbone's window_margin
     ap.add_argument("--profiles", nargs="+", default=list(PROFILES))
     ap.add_argument("--only", choices=["faces", "pairs", "fp8"], default=None)
     ap.add_argument("--out", type=Path, default=None)
