@@ -99,8 +99,8 @@ class HunyuanVideoBackbone(Backbone):
         self.name = name
         self.random_weights = random_weights
         # on the host until place_denoiser (after the prompt pool is embedded) or its first denoising step
-        self.denoiser = transformer.to("cpu", dtype).eval().requires_grad_(False)
-        self.placed = torch.device(device).type == "cpu"
+        self.denoiser = transformer.to(dtype=dtype).eval().requires_grad_(False)  # where it loaded (the host)
+        self.placed = next(transformer.parameters()).device.type == torch.device(device).type
         self.vae = vae.to(device, vae_dtype).eval().requires_grad_(False)
         self.text_encoder = text_encoder.to(device, dtype).eval().requires_grad_(False)
         self.text_encoder_2 = text_encoder_2.to(device, dtype).eval().requires_grad_(False)

@@ -49,6 +49,12 @@ def _move(module: torch.nn.Module, device: str) -> None:
     module.to(device)
 
 
+def _loaded_on(module: torch.nn.Module, device) -> str:
+    """Where a module loaded, in the labels `_put` compares: the device's own if it is there already."""
+    here = next(module.parameters()).device
+    return str(device) if here.type == torch.device(device).type else HOST
+
+
 def latent_frames(frames: int) -> int:
     return (frames - 1) // TEMPORAL + 1
 
@@ -83,14 +89,15 @@ class WanBackbone(Backbone):
         if transformer_2 is not None:
             if boundary_ratio is None:
                 raise PVError("a Wan model with two experts needs its boundary_ratio (the pipeline's config)")
-            self.high_noise = transformer.to(HOST, dtype).eval().requires_grad_(False)
+            self.high_noise = transformer.to(dtype=dtype).eval().requires_grad_(False)
             self.frozen_parts = (*self.frozen_parts, "high_noise")
             transformer = transformer_2
         # the experts load on the host and reach the device in place_denoiser (after the prompt pool is
         # embedded) or when they first denoise; with swap_experts, only the expert at work is there
-        self.denoiser = transformer.to(HOST, dtype).eval().requires_grad_(False)
+        self.denoiser = transformer.to(dtype=dtype).eval().requires_grad_(False)  # where it loaded (the host)
         self.swap_experts = swap_experts
-        self.where: dict[str, str] = {"denoiser": HOST, **({"high_noise": HOST} if self.high_noise is not None else {})}
+        self.where: dict[str, str] = {part: _loaded_on(getattr(self, part), device)
+                                      for part in ("denoiser", "high_noise") if getattr(self, part) is not None}
         self.vae = vae.to(device, torch.float32).eval().requires_grad_(False)  # diffusers' advice: the Wan VAE in fp32
         self.text_encoder = text_encoder.to(device, dtype).eval().requires_grad_(False)
         self.tokenizer = tokenizer
