@@ -61,6 +61,8 @@ class Backbone(ABC):
     device: torch.device
     latent_channels: int
     vae_scale_factor: int
+    # latent pixels decode_window needs beyond what a loss reads (the decoder's receptive field there)
+    window_margin: int = 8
     max_frames: int  # the motion module's window
     long_videos: bool = False  # whether pipeline_call renders plan.frames > max_frames (sliding windows)
     random_weights: bool = False  # built in-process for offline runs and tests: it never draws a face
@@ -151,6 +153,17 @@ class Backbone(ABC):
         decodes what those frames need and picks them."""
         return self.decode(latents[:, :, list(indices)])
 
+    def decode_window(self, latents: torch.Tensor, indices: list[int], box: tuple[int, int, int, int]) -> torch.Tensor:
+        """Differentiably decode pixel frames `indices` of only the latent window `box` = (y0, y1, x0, x1)
+        (latent pixels, end exclusive): (B, K, 3, (y1 - y0) * s, (x1 - x0) * s) with s = vae_scale_factor,
+        pixel (0, 0) of the result at pixel (y0 * s, x0 * s) of the whole frame (`tune.face_decode=faces`
+        puts the face network on it). Approximate near the window's edges (the decoder's convolutions see
+        zeros past them, a spatial attention sees only the window): the engine widens the window by
+        `window_margin` latent pixels (tune.face_margin overrides it). Default: `decode_frames` of the cropped
+        latents."""
+        y0, y1, x0, x1 = box
+        return self.decode_frames(latents[..., y0:y1, x0:x1], indices)
+
     def latent_frames(self, frames: int) -> int:
         """Latent frames F' of a clip of `frames` pixel frames (1:1 unless the VAE compresses time)."""
         return frames
@@ -166,6 +179,42 @@ class Backbone(ABC):
         every module the loss backpropagates through (denoiser, decoder) should take part."""
         if hasattr(self.unet, "enable_gradient_checkpointing"):
             self.unet.enable_gradient_checkpointing()
+
+    def enable_decoder_checkpointing(self) -> None:
+        """Recompute the decoder's activations in backward (`tune.decoder_checkpointing`), for the decode
+        under gradient only. Default: the `vae` attribute's own switch (diffusers' `_supports_gradient_checkpointing`);
+        a backbone whose decoder has none says so in one line, or implements it."""
+        from .errors import PVError
+
+        vae = getattr(self, "vae", None)
+        if vae is None or not getattr(vae, "_supports_gradient_checkpointing", False):
+            raise PVError(f"tune.decoder_checkpointing: backbone {self.name!r} cannot checkpoint its decoder",
+                          "set tune.decoder_checkpointing=false")
+        vae.enable_gradient_checkpointing()
+
+    def place_denoiser(self) -> None:
+        """Put the denoiser on `device` if the backbone left it on the host when it loaded (so that
+        the prompt pool is embedded with the text encoders alone on the accelerator: no load peak of
+        both). Tuning calls it once its prompts are embedded (and the text encoders offloaded); a
+        backbone that defers also calls it before it denoises. Default: nothing (placed at load)."""
+        return None
+
+    def offload_blocks(self) -> list[torch.nn.Module]:
+        """The denoiser's repeated blocks whose frozen weights may wait on the host (`tune.offload=blocks`),
+        in order. Default: the top-level modules of the classes the denoiser lists in diffusers'
+        `_repeated_blocks`; none is one line."""
+        from .errors import PVError
+
+        kinds = set(getattr(self.denoiser, "_repeated_blocks", None) or ())
+        blocks, inside = [], ()
+        for name, module in self.denoiser.named_modules():
+            if type(module).__name__ in kinds and not any(name.startswith(f"{b}.") for b in inside):
+                blocks.append(module)
+                inside = (*inside, name)
+        if not blocks:
+            raise PVError(f"tune.offload=blocks: backbone {self.name!r} names no blocks to offload",
+                          "set tune.offload=none")
+        return blocks
 
     def new_scheduler(self):
         """A fresh scheduler with the backbone's configuration (samplers keep state)."""

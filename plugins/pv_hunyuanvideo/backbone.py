@@ -36,7 +36,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pv_animatediff.backbone import SpeedOptions, load_pipeline_lora, quiet_libraries, resolve_device, resolve_dtype
+from pv_animatediff.backbone import (
+    SpeedOptions,
+    load_pipeline_lora,
+    quiet_libraries,
+    resolve_device,
+    resolve_dtype,
+    store_frozen_weights,
+)
 
 from pvcli.contracts import Backbone
 from pvcli.errors import PVError
@@ -91,7 +98,9 @@ class HunyuanVideoBackbone(Backbone):
                  random_weights: bool = False, vae_dtype: torch.dtype = torch.float32):
         self.name = name
         self.random_weights = random_weights
-        self.denoiser = transformer.to(device, dtype).eval().requires_grad_(False)
+        # on the host until place_denoiser (after the prompt pool is embedded) or its first denoising step
+        self.denoiser = transformer.to(dtype=dtype).eval().requires_grad_(False)  # where it loaded (the host)
+        self.placed = next(transformer.parameters()).device.type == torch.device(device).type
         self.vae = vae.to(device, vae_dtype).eval().requires_grad_(False)
         self.text_encoder = text_encoder.to(device, dtype).eval().requires_grad_(False)
         self.text_encoder_2 = text_encoder_2.to(device, dtype).eval().requires_grad_(False)
@@ -143,9 +152,15 @@ class HunyuanVideoBackbone(Backbone):
         return {"prompt_embeds": embeds.to(self.dtype), "attention_mask": mask.to(self.dtype),
                 "pooled_projections": pooled.to(self.dtype)}
 
+    def place_denoiser(self) -> None:
+        if not self.placed:
+            self.denoiser.to(self.device)
+            self.placed = True
+
     def predict_noise(self, latents, t, embeds, guidance: float = 1.0):
         """The flow velocity (noise - clean) under embedded guidance `guidance` (as the pipeline:
         scale x 1000 into the transformer's guidance embedding)."""
+        self.place_denoiser()
         b = latents.shape[0]
         timestep = torch.as_tensor(t, device=self.device).expand(b).to(torch.float32)
         scale = torch.full((b,), float(guidance), dtype=self.dtype, device=self.device) * 1000.0
@@ -195,6 +210,7 @@ class HunyuanVideoBackbone(Backbone):
             raise PVError(f"--video is not available on the {self.name} backbone (diffusers has no HunyuanVideo "
                           "video-to-video pipeline)", "generate from text, or use a Wan or AnimateDiff profile")
         self.check_frames(plan.frames)
+        self.place_denoiser()
         pipe = self.pipeline()
         pipe.scheduler = self.new_scheduler()
         out = pipe(prompt=prompt, height=plan.height, width=plan.width, num_frames=plan.frames,
@@ -274,10 +290,10 @@ def make_tiny_hunyuanvideo(options: dict | None = None, device: str | None = "cp
     dev = resolve_device(device)
     c = build_tiny_components(opts.seed, opts.shift)
     info = {"base_model": f"tiny-hunyuanvideo(seed={opts.seed})", "scheduler": f"flow-match-euler(shift={opts.shift:g})"}
-    return HunyuanVideoBackbone("hunyuanvideo-tiny", c["transformer"], c["vae"], c["text_encoder"], c["tokenizer"],
-                                c["text_encoder_2"], c["tokenizer_2"], c["scheduler"], info, dev,
-                                resolve_dtype(opts.dtype, dev), c["prompt_template"], max_sequence_length=32,
-                                random_weights=True)
+    return store_frozen_weights(HunyuanVideoBackbone(
+        "hunyuanvideo-tiny", c["transformer"], c["vae"], c["text_encoder"], c["tokenizer"], c["text_encoder_2"],
+        c["tokenizer_2"], c["scheduler"], info, dev, resolve_dtype(opts.dtype, dev), c["prompt_template"],
+        max_sequence_length=32, random_weights=True), opts.weights)
 
 
 # --------------------------------------------------------------------------- real weights
@@ -309,9 +325,10 @@ def make_hunyuanvideo(options: dict | None = None, device: str | None = None) ->
     overrides = {"shift": opts.flow_shift} if opts.flow_shift else {}
     scheduler = HunyuanFlowScheduler.from_config(pipe.scheduler.config, **overrides)
     info = {"base_model": opts.model, "scheduler": f"flow-match-euler(shift={scheduler.config.shift:g})"}
-    return HunyuanVideoBackbone("hunyuanvideo", pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer,
-                                pipe.text_encoder_2, pipe.tokenizer_2, scheduler, info, dev, dtype,
-                                dict(DEFAULT_PROMPT_TEMPLATE), max_sequence_length=opts.max_sequence_length)
+    return store_frozen_weights(HunyuanVideoBackbone(
+        "hunyuanvideo", pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.text_encoder_2,
+        pipe.tokenizer_2, scheduler, info, dev, dtype, dict(DEFAULT_PROMPT_TEMPLATE),
+        max_sequence_length=opts.max_sequence_length), opts.weights)
 
 
 def with_speed_options(backbone: HunyuanVideoBackbone, options: dict | None) -> HunyuanVideoBackbone:

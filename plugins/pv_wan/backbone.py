@@ -18,7 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from pv_animatediff.backbone import SpeedOptions, load_pipeline_lora, quiet_libraries, resolve_device, resolve_dtype
+from pv_animatediff.backbone import (
+    SpeedOptions,
+    load_pipeline_lora,
+    quiet_libraries,
+    resolve_device,
+    resolve_dtype,
+    store_frozen_weights,
+)
 
 from pvcli.contracts import Backbone
 from pvcli.errors import PVError
@@ -41,6 +48,20 @@ _BLOCK = r"blocks\.\d+"
 _CROSS = rf"{_BLOCK}\.attn2\.(to_q|to_k|to_v|to_out\.0)"
 TARGETS = {"attention": _CROSS, "spatial": rf"{_CROSS}|{_BLOCK}\.ffn\.net\.(0\.proj|2)"}
 TEMPORAL = 4  # pixel frames per latent frame (after the first)
+EXPERTS = ("denoiser", "high_noise")  # what backbone.options.weights=fp8 stores in float8 (A14B: both experts)
+
+
+HOST = "cpu"
+
+
+def _move(module: torch.nn.Module, device: str) -> None:
+    module.to(device)
+
+
+def _loaded_on(module: torch.nn.Module, device) -> str:
+    """Where a module loaded, in the labels `_put` compares: the device's own if it is there already."""
+    here = next(module.parameters()).device
+    return str(device) if here.type == torch.device(device).type else HOST
 
 
 def latent_frames(frames: int) -> int:
@@ -59,14 +80,16 @@ class WanBackbone(Backbone):
     def __init__(self, name, transformer, vae, text_encoder, tokenizer, scheduler, info: dict, device, dtype,
                  max_sequence_length: int = 512, random_weights: bool = False, transformer_2=None,
                  boundary_ratio: float | None = None, expand_timesteps: bool = False, vace_model: str = "",
-                 vace_seed: int = 0):
+                 vace_seed: int = 0, swap_experts: bool = True):
         """`transformer_2` + `boundary_ratio` (Wan 2.2 A14B): two experts, `transformer` for the
         high-noise steps (t >= boundary_ratio * num_train_timesteps), `transformer_2` for the rest.
         The identity adapter goes on the low-noise expert, `transformer_2`: the late steps, where
         the paper's gating puts it anyway; the high-noise expert stays frozen and bit-identical.
         `expand_timesteps` (Wan 2.2 TI2V-5B) is passed to the pipeline as its repo ships it.
         `vace_model` (hub id or folder; "tiny": built in-process under `vace_seed`) is the VACE
-        model `--control` runs through, loaded on first use (vace.py)."""
+        model `--control` runs through, loaded on first use (vace.py). `swap_experts` (two experts):
+        while pv's sampler runs, the idle expert waits on the host (each clip's high-noise steps, all
+        without gradient, swap it in and the low-noise expert out, then back)."""
         self.name = name
         self.random_weights = random_weights
         self.high_noise = None
@@ -75,10 +98,15 @@ class WanBackbone(Backbone):
         if transformer_2 is not None:
             if boundary_ratio is None:
                 raise PVError("a Wan model with two experts needs its boundary_ratio (the pipeline's config)")
-            self.high_noise = transformer.to(device, dtype).eval().requires_grad_(False)
+            self.high_noise = transformer.to(dtype=dtype).eval().requires_grad_(False)
             self.frozen_parts = (*self.frozen_parts, "high_noise")
             transformer = transformer_2
-        self.denoiser = transformer.to(device, dtype).eval().requires_grad_(False)
+        # the experts load on the host and reach the device in place_denoiser (after the prompt pool is
+        # embedded) or when they first denoise; with swap_experts, only the expert at work is there
+        self.denoiser = transformer.to(dtype=dtype).eval().requires_grad_(False)  # where it loaded (the host)
+        self.swap_experts = swap_experts
+        self.where: dict[str, str] = {part: _loaded_on(getattr(self, part), device)
+                                      for part in ("denoiser", "high_noise") if getattr(self, part) is not None}
         self.vae = vae.to(device, torch.float32).eval().requires_grad_(False)  # diffusers' advice: the Wan VAE in fp32
         self.text_encoder = text_encoder.to(device, dtype).eval().requires_grad_(False)
         self.tokenizer = tokenizer
@@ -92,6 +120,10 @@ class WanBackbone(Backbone):
         self.vae_scale_factor = int(getattr(vae.config, "scale_factor_spatial", 0) or 2 ** len(vae.config.temperal_downsample))
         # 3D RoPE covers rope_max_seq_len positions per axis: latent frames beyond it have no position
         self.max_frames = TEMPORAL * (int(transformer.config.rope_max_seq_len) - 1) + 1
+        self.decoder_checkpointing = False  # enable_decoder_checkpointing
+        from .decoding import window_reach
+
+        self.window_margin = window_reach(vae)
         self._pipe = None
         self._video_pipe = None
         self.vace_model, self.vace_seed = vace_model, vace_seed
@@ -126,12 +158,29 @@ class WanBackbone(Backbone):
                                                   max_sequence_length=self.max_sequence_length, device=self.device)
         return embeds.to(self.dtype)
 
+    def _put(self, part: str, device) -> None:
+        where = str(device)
+        if self.where[part] != where:
+            _move(getattr(self, part), where)
+            self.where[part] = where
+
+    def place_denoiser(self) -> None:
+        """The low-noise expert (the only one without swap_experts: both) on the device."""
+        self._put("denoiser", self.device)
+        if self.high_noise is not None and not self.swap_experts:
+            self._put("high_noise", self.device)
+
     def expert(self, t) -> torch.nn.Module:
-        """The transformer that denoises at timestep t (WanPipeline's rule for two experts)."""
+        """The transformer that denoises at timestep t (WanPipeline's rule for two experts), on the
+        device (with swap_experts the other one goes to the host)."""
         if self.high_noise is not None:
             boundary = self.boundary_ratio * self.scheduler.config.num_train_timesteps
-            if float(t) >= boundary:
-                return self.high_noise
+            busy, idle = ("high_noise", "denoiser") if float(t) >= boundary else ("denoiser", "high_noise")
+            if self.swap_experts:
+                self._put(idle, HOST)
+            self._put(busy, self.device)
+            return getattr(self, busy)
+        self.place_denoiser()
         return self.denoiser
 
     def predict_noise(self, latents, t, embeds):
@@ -141,24 +190,49 @@ class WanBackbone(Backbone):
                               return_dict=False)[0].float()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self._decode(latents)
+
+    def _decode(self, latents: torch.Tensor, crop: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """Frames (B, F, 3, H, W) in [0, 1]; `crop` (y0, y1, x0, x1, latent pixels): only that window's
+        pixels, through the whole frame's mid block (decoding.py)."""
         c = self.vae.config
         lat = latents.float()
         mean = torch.tensor(c.latents_mean, device=lat.device).view(1, c.z_dim, 1, 1, 1)
         std = torch.tensor(c.latents_std, device=lat.device).view(1, c.z_dim, 1, 1, 1)
-        video = self.vae.decode(lat * std + mean, return_dict=False)[0]  # (B, 3, F, H, W) in [-1, 1]
+        z = lat * std + mean
+        checkpointed = self.decoder_checkpointing and torch.is_grad_enabled()
+        if (crop is not None or checkpointed) and not self.vae.use_tiling:
+            from .decoding import decode
+
+            video = decode(self.vae, z, checkpointed=checkpointed, crop=crop)
+        else:
+            video = self.vae.decode(z, return_dict=False)[0]  # (B, 3, F, H, W) in [-1, 1]
+            if crop is not None:  # tiled: the whole frame, then the window
+                s = self.vae_scale_factor
+                video = video[..., crop[0] * s:crop[1] * s, crop[2] * s:crop[3] * s]
         return (video.permute(0, 2, 1, 3, 4) / 2 + 0.5).clamp(0, 1)
 
-    def decode_frames(self, latents: torch.Tensor, indices: list[int]) -> torch.Tensor:
+    def decode_frames(self, latents: torch.Tensor, indices: list[int], crop=None) -> torch.Tensor:
         """The VAE is causal in time: pixel frame p needs latent frames 0..latent_frames(p+1)-1, and
         decoding that prefix gives the same frames as decoding the whole clip."""
         last = max(indices)
         needed = (0 if last == 0 else (last - 1) // TEMPORAL + 1) + 1  # latent frame of `last`, counted from 1
-        return self.decode(latents[:, :, :needed])[:, list(indices)]
+        prefix = latents[:, :, :needed]
+        return (self.decode(prefix) if crop is None else self._decode(prefix, crop))[:, list(indices)]
+
+    def decode_window(self, latents: torch.Tensor, indices: list[int], box: tuple[int, int, int, int]) -> torch.Tensor:
+        """The whole latent frames through the mid block, only the window through the up blocks: the
+        window's pixels are exact `window_margin` latent pixels in from its edges (decoding.py)."""
+        return self.decode_frames(latents, indices, crop=box)
 
     def enable_gradient_checkpointing(self) -> None:
         self.denoiser.enable_gradient_checkpointing()  # the high-noise expert runs only without grad
-        if getattr(self.vae, "_supports_gradient_checkpointing", False):
-            self.vae.enable_gradient_checkpointing()
+        self.enable_decoder_checkpointing()
+
+    def enable_decoder_checkpointing(self) -> None:
+        """diffusers' AutoencoderKLWan has no checkpointing: pv's own, per latent frame with its
+        feature cache (decoding.py), for decodes under gradient."""
+        self.decoder_checkpointing = True
 
     # ----------------------------------------------------------------- generation
     def pipeline(self, video: bool = False):
@@ -184,6 +258,8 @@ class WanBackbone(Backbone):
     def pipeline_call(self, plan, *, prompt, negative_prompt, num_inference_steps, guidance_scale, generator,
                       callback_on_step_end=None) -> torch.Tensor:
         self.check_frames(plan.frames)
+        for part in self.where:  # diffusers' pipelines call both experts: both on the device
+            self._put(part, self.device)
         if plan.controls:
             return self._vace_call(plan, prompt=prompt, negative_prompt=negative_prompt,
                                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
@@ -284,6 +360,7 @@ class TinyWanOptions(SpeedOptions):
     # under vace_seed); a folder or hub id loads a VACE checkpoint built on this transformer
     vace_model: str = "tiny"
     vace_seed: int = 0
+    swap_experts: bool = True  # two experts: the idle one waits on the host while pv's sampler runs
 
 
 TINY_SCHEDULERS = ("euler", "unipc")
@@ -342,9 +419,10 @@ def make_tiny_wan(options: dict | None = None, device: str | None = "cpu") -> Wa
     kind = "flow-match-euler" if opts.scheduler == "euler" else "unipc-flow"
     info = {"base_model": f"tiny-wan(seed={opts.seed})", "scheduler": f"{kind}(shift={opts.shift:g})"}
     experts = {} if opts.experts == 1 else {"transformer_2": c["transformer_2"], "boundary_ratio": opts.boundary_ratio}
-    return WanBackbone("wan-tiny", c["transformer"], c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"], info,
-                       dev, resolve_dtype(opts.dtype, dev), max_sequence_length=32, random_weights=True,
-                       vace_model=opts.vace_model, vace_seed=opts.vace_seed, **experts)
+    return store_frozen_weights(WanBackbone(
+        "wan-tiny", c["transformer"], c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"], info, dev,
+        resolve_dtype(opts.dtype, dev), max_sequence_length=32, random_weights=True, vace_model=opts.vace_model,
+        vace_seed=opts.vace_seed, swap_experts=opts.swap_experts, **experts), opts.weights, EXPERTS)
 
 
 # --------------------------------------------------------------------------- real weights
@@ -360,6 +438,7 @@ class WanOptions(SpeedOptions):
     # --control's VACE model (hub id or diffusers folder) built on `model`; empty: the known one
     # (Wan-AI/Wan2.1-VACE-1.3B-diffusers / -14B-diffusers for the 2.1 T2V models), loaded on first use
     vace_model: str = ""
+    swap_experts: bool = True  # Wan 2.2 A14B: the idle expert waits on the host while pv's sampler runs
 
 
 def make_wan(options: dict | None = None, device: str | None = None) -> WanBackbone:
@@ -384,10 +463,11 @@ def make_wan(options: dict | None = None, device: str | None = None) -> WanBackb
     if two_experts or pipe.config.get("expand_timesteps"):  # Wan 2.2 (A14B, TI2V-5B)
         info.update(base_model_version="wan2.2", architecture="wan2.2-a14b" if two_experts else "wan2.2-ti2v-5b")
     experts = {"transformer_2": pipe.transformer_2, "boundary_ratio": pipe.config.boundary_ratio} if two_experts else {}
-    return WanBackbone("wan", pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler, info, dev,
-                       dtype, max_sequence_length=opts.max_sequence_length,
-                       expand_timesteps=bool(pipe.config.get("expand_timesteps")),
-                       vace_model=opts.vace_model or VACE_MODELS.get(opts.model, ""), **experts)
+    return store_frozen_weights(WanBackbone(
+        "wan", pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler, info, dev, dtype,
+        max_sequence_length=opts.max_sequence_length, expand_timesteps=bool(pipe.config.get("expand_timesteps")),
+        vace_model=opts.vace_model or VACE_MODELS.get(opts.model, ""), swap_experts=opts.swap_experts, **experts),
+        opts.weights, EXPERTS)
 
 
 def with_speed_options(backbone: WanBackbone, options: dict | None) -> WanBackbone:

@@ -41,3 +41,56 @@ def text_encoders_on(backbone: Backbone) -> Iterator[None]:
         yield
     finally:
         text_encoders_off(backbone)
+
+
+# --------------------------------------------------------------------------- frozen blocks (tune.offload=blocks)
+
+
+def offload_blocks(backbone: Backbone) -> int:
+    """`tune.offload=blocks`: the frozen weights of the denoiser's blocks (`Backbone.offload_blocks`)
+    wait on the host; each block's forward copies them to the device for that call only, under
+    non-reentrant checkpointing, so that backward recomputes the block from fresh copies too and
+    autograd never holds a block's weights beyond its own forward or backward. Trainable (adapter)
+    weights stay on the device. Returns the number of blocks.
+
+    Not diffusers' group offloading: its hooks swap `param.data` back to the host after each forward,
+    and the weights autograd saved for backward are those same tensors."""
+    import torch
+
+    blocks = backbone.offload_blocks()
+    for block in blocks:
+        frozen = {n: p for n, p in block.named_parameters() if not p.requires_grad}
+        for p in frozen.values():
+            p.data = p.data.to(HOST)
+        _wrap(block, frozen, backbone.device, torch)
+    return len(blocks)
+
+
+def _wrap(block, frozen: dict, device, torch) -> None:
+    from torch.func import functional_call
+    from torch.utils.checkpoint import checkpoint
+
+    forward = block.forward
+
+    def run(*args, **kwargs):
+        on_device = {n: p.to(device, non_blocking=True) for n, p in frozen.items()}
+        with _plain_forward(block, forward):
+            return functional_call(block, on_device, args, kwargs, strict=False)
+
+    def offloaded(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return checkpoint(run, *args, use_reentrant=False, **kwargs)
+        return run(*args, **kwargs)
+
+    block.forward = offloaded
+
+
+@contextmanager
+def _plain_forward(block, forward):
+    """The block's own forward while functional_call runs it (not the offloading wrapper)."""
+    wrapper = block.forward
+    block.forward = forward
+    try:
+        yield
+    finally:
+        block.forward = wrapper
