@@ -10,12 +10,15 @@ hookspec = pluggy.HookspecMarker("pv")
 @hookspec
 def register_backbones(register):
     """Register text-to-video backbones: register(name, factory, description="", frames=None,
-    lora_formats=None, accepts=None); `frames(count, flag)` raises PVError for a frame count the family cannot
+    lora_formats=None, accepts=None, memory=None); `frames(count, flag)` raises PVError for a frame count the family cannot
     render (checked before the backbone loads); `lora_formats` maps `pv export --format` names to
     writers `(adapter_state, identity_meta) -> (tensors, header)` for the family's own LoRA key
     layouts (used for identities tuned on this backbone, before pv's built-in formats); `accepts`
     is the backbone class's `accepts` (add-on kinds), so what it cannot take is refused before it
-    loads."""
+    loads; `memory(options)` returns a `contracts.RealSizeModel`: the backbone at real size on the
+    meta device, built from the family's shipped configs for `options` (no weights, no download), which
+    pv's memory trace runs a tuning step on (`pv tune --dry-run`, `tune.memory`); a PVError names a
+    model it has no config for."""
 
 
 @hookspec

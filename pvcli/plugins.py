@@ -39,6 +39,9 @@ class Entry:
     # backbones: the add-on kinds it takes (Backbone.accepts), so a --video or --control it cannot
     # take is refused before it loads; None: the plugin did not say (refused after loading)
     accepts: frozenset | None = None
+    # backbones: memory(options) -> contracts.RealSizeModel, the backbone at real size on the meta
+    # device from the family's shipped configs (pv tune --dry-run's memory trace); None: not traced
+    memory: Callable | None = None
 
 
 @dataclass
@@ -67,14 +70,14 @@ class Registry:
 
             def register(name: str, factory: Callable, description: str = "", frames: Callable | None = None,
                          lora_formats: dict[str, Callable] | None = None, accepts: frozenset | None = None,
-                         _plugin: str = plugin) -> None:
+                         memory: Callable | None = None, _plugin: str = plugin) -> None:
                 table = self.entries[kind]
                 if name in table:
                     warn(f"plugin {_plugin!r} registers {_SINGULAR[kind]} {name!r}, already registered by "
                          f"{table[name].plugin!r}: ignored")
                     return
                 table[name] = Entry(name, factory, _plugin, description, frames, dict(lora_formats or {}),
-                                    None if accepts is None else frozenset(accepts))
+                                    None if accepts is None else frozenset(accepts), memory)
                 self.plugins.setdefault(_plugin, PluginInfo(_plugin, None)).registered.setdefault(kind, []).append(name)
 
             try:
