@@ -153,6 +153,16 @@ class Backbone(ABC):
         decodes what those frames need and picks them."""
         return self.decode(latents[:, :, list(indices)])
 
+    def decode_window(self, latents: torch.Tensor, indices: list[int], box: tuple[int, int, int, int]) -> torch.Tensor:
+        """Differentiably decode pixel frames `indices` of only the latent window `box` = (y0, y1, x0, x1)
+        (latent pixels, end exclusive): (B, K, 3, (y1 - y0) * s, (x1 - x0) * s) with s = vae_scale_factor,
+        pixel (0, 0) of the result at pixel (y0 * s, x0 * s) of the whole frame (`tune.face_decode=faces`
+        puts the face network on it). Approximate near the window's edges (the decoder's convolutions see
+        zeros past them, a spatial attention sees only the window): the engine adds a margin. Default:
+        `decode_frames` of the cropped latents."""
+        y0, y1, x0, x1 = box
+        return self.decode_frames(latents[..., y0:y1, x0:x1], indices)
+
     def latent_frames(self, frames: int) -> int:
         """Latent frames F' of a clip of `frames` pixel frames (1:1 unless the VAE compresses time)."""
         return frames
@@ -168,6 +178,18 @@ class Backbone(ABC):
         every module the loss backpropagates through (denoiser, decoder) should take part."""
         if hasattr(self.unet, "enable_gradient_checkpointing"):
             self.unet.enable_gradient_checkpointing()
+
+    def enable_decoder_checkpointing(self) -> None:
+        """Recompute the decoder's activations in backward (`tune.decoder_checkpointing`), for the decode
+        under gradient only. Default: the `vae` attribute's own switch (diffusers' `_supports_gradient_checkpointing`);
+        a backbone whose decoder has none says so in one line, or implements it."""
+        from .errors import PVError
+
+        vae = getattr(self, "vae", None)
+        if vae is None or not getattr(vae, "_supports_gradient_checkpointing", False):
+            raise PVError(f"tune.decoder_checkpointing: backbone {self.name!r} cannot checkpoint its decoder",
+                          "set tune.decoder_checkpointing=false")
+        vae.enable_gradient_checkpointing()
 
     def new_scheduler(self):
         """A fresh scheduler with the backbone's configuration (samplers keep state)."""
