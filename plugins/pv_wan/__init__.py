@@ -25,6 +25,18 @@ def wan_tiny(**kwargs):
     return make_tiny_wan(**kwargs)
 
 
+def real_size(options):
+    from .memory import real_size
+
+    return real_size(options)
+
+
+def tiny_real_size(options):
+    from .memory import tiny_real_size
+
+    return tiny_real_size(options)
+
+
 # Wan renders 4k+1 frames (its VAE folds 4 frames into one latent frame)
 check_frames = latent_frame_rule(4, "Wan")
 
@@ -46,6 +58,6 @@ ACCEPTS = frozenset({"lora", "video", "control_maps"})
 @hookimpl
 def register_backbones(register):
     register("wan", wan, description="Wan 2.1 text-to-video (diffusion transformer, flow matching), real weights",
-             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS)
+             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS, memory=real_size)
     register("wan-tiny", wan_tiny, description="tiny Wan built in-process, random weights (offline)",
-             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS)
+             frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS, memory=tiny_real_size)
