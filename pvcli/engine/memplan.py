@@ -8,12 +8,11 @@ file (shipped for the shipped profiles, so `pv profiles` is instant) and in pv's
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import PVError
-from ..settings import Settings, from_dict
+from ..settings import Settings, from_dict, parse_memory  # noqa: F401 (pv's one parser of GiB values)
 from .memtrace import ATTENTION_NOTE, GIB, StepShape, Switches, Trace, offloaded, trace_step
 
 RESERVE_GIB = 2.0  # CUDA context, cuBLAS/cuDNN workspaces, allocator fragmentation: kept free on every card
@@ -34,20 +33,6 @@ CANDIDATES = (
 # typical card: RTX 3060, RTX 4080, RTX 4090, L40S, H100) and its host link, for the time estimate
 THROUGHPUT_TFLOPS = {12: 20.0, 16: 40.0, 24: 65.0, 48: 70.0, 80: 350.0}
 HOST_LINK_GBS = 20.0
-
-
-def parse_memory(value: str | float | int, what: str = "tune.memory") -> float | None:
-    """`auto` -> None (detect the card), else a GiB number > 0; anything else is one line."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return None
-    try:
-        gib = float(value)
-    except (TypeError, ValueError):
-        gib = float("nan")
-    if isinstance(value, bool) or not math.isfinite(gib) or gib <= 0:
-        raise PVError(f"{what} must be auto or a number of GiB above 0, got {value!r}",
-                      "e.g. 24 for a 24 GB card, auto to detect this machine's GPU")
-    return gib
 
 
 def detect_gpu_gib(device: str | None = None) -> float | None:
@@ -109,8 +94,9 @@ def with_changes(settings: Settings, changes: dict) -> Settings:
 class Planner:
     """Traces (cached) and plans for one registry."""
 
-    def __init__(self, registry, home: Path | None = None, status=None):
+    def __init__(self, registry, home: Path | None = None, status=None, cache_only: bool = False):
         self.registry = registry
+        self.cache_only = cache_only  # a trace not in the cache raises LookupError instead of tracing
         self.user_cache = (home / "memory_traces.json") if home is not None else None
         self.status = status or (lambda msg: None)
         self.cache = _read(CACHE)
@@ -132,6 +118,8 @@ class Planner:
         sw.offload = "none"
         key = self.key(settings, sw, changes)
         if key not in self.cache:
+            if self.cache_only:
+                raise LookupError(key)
             self.cache[key] = self._fresh(settings, sw, changes).to_dict()
             self.traced += 1
             if self.user_cache is not None:
