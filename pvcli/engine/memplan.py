@@ -69,7 +69,8 @@ def shape_of(settings: Settings, changes: dict | None = None) -> StepShape:
     window = int(_get(settings, "tune.supervised_window", 0, changes))
     return StepShape(t.frames, t.height, t.width, t.grad_steps, t.supervised_frames, window,
                      t.guidance_scale, t.num_inference_steps, settings.adapter.targets, settings.adapter.rank,
-                     t.gradient_checkpointing, t.offload_text_encoder != "never")
+                     t.gradient_checkpointing, t.offload_text_encoder != "never", settings.generate.frames,
+                     settings.generate.height, settings.generate.width, settings.generate.guidance_scale)
 
 
 def _is_on(settings: Settings, path: str, value) -> bool:
@@ -174,8 +175,10 @@ class Planner:
         for path, value, _ in steps:
             if fits:
                 break
-            changes = {**changes, path: value}
-            fits, phases, trace = attempt(changes)
+            more = {**changes, path: value}
+            ok, p2, t2 = attempt(more)
+            if ok or max(p2.values()) < max(phases.values()):  # a switch that lowers nothing here is left off
+                changes, fits, phases, trace = more, ok, p2, t2
         if fits and len(changes) > 1:  # drop the cheaper switches the last one made unnecessary
             for path in list(changes)[:-1]:
                 fewer = {k: v for k, v in changes.items() if k != path}
@@ -184,6 +187,7 @@ class Planner:
                     changes, phases, trace = fewer, p2, t2
         return {"fits": fits, "gpu_memory_gib": round(gpu_gib, 2), "usable_gib": round(usable, 2),
                 "peak_gib": max(phases.values()), "phases_gib": phases,
+                "generation_gib": round(trace.phases["generation"] / GIB, 2) if "generation" in trace.phases else None,
                 "changes": changes, "switches": asdict(switches_of(settings, changes)),
                 "costs": {p: c for p, _, c in CANDIDATES if p in changes},
                 **self.timing(settings, changes, trace, gpu_gib),

@@ -47,6 +47,11 @@ class StepShape:
     rank: int
     gradient_checkpointing: bool
     offload_text_encoder: bool = True
+    # generation (pv generate): the clip it renders, every component on the GPU, nothing under grad
+    gen_frames: int = 0
+    gen_height: int = 0
+    gen_width: int = 0
+    gen_guidance_scale: float = 1.0
 
 
 @dataclass
@@ -261,6 +266,19 @@ def _run(model, encoder_network, shape: StepShape, switches: Switches) -> tuple[
             model.encode()
         peaks["prompt_encoding"], snaps["prompt_encoding"], flops["prompt_encoding"] = \
             tracker.peak, tracker.peak_snap, float(fc.get_total_flops())
+        extra = {"guidance": shape.guidance_scale} if bb.embedded_guidance else {}
+        if shape.gen_frames:  # generation: one denoiser step at the CFG batch, then the whole clip decoded
+            gcfg = 1 if bb.embedded_guidance or shape.gen_guidance_scale <= 1 else 2
+            with torch.no_grad(), FlopCounterMode(display=False) as fc:
+                latents = torch.empty(gcfg, bb.latent_channels, bb.latent_frames(shape.gen_frames),
+                                      shape.gen_height // bb.vae_scale_factor, shape.gen_width // bb.vae_scale_factor,
+                                      device=meta)
+                v = bb.predict_noise(latents, 500, model.conditioning(gcfg), **extra)
+                del latents
+                bb.decode(v[:1])
+                del v
+            peaks["generation"], snaps["generation"], flops["generation"] = \
+                tracker.peak, tracker.peak_snap, float(fc.get_total_flops())
         # the adapter's AdamW state exists from the first step on
         for p in params:
             p.grad = torch.zeros_like(p)
@@ -269,7 +287,6 @@ def _run(model, encoder_network, shape: StepShape, switches: Switches) -> tuple[
         cfg = 1 if bb.embedded_guidance or shape.guidance_scale <= 1 else 2
         h, w = shape.height // bb.vae_scale_factor, shape.width // bb.vae_scale_factor
         lat_frames = bb.latent_frames(shape.frames)
-        extra = {"guidance": shape.guidance_scale} if bb.embedded_guidance else {}
         # sampling: the no-grad denoiser at the CFG batch (the text encoders off the GPU by now)
         off = sum(_param_bytes(e) for e in encoders) if shape.offload_text_encoder else 0
         tracker.reset_peak()
@@ -351,7 +368,8 @@ def offloaded(trace: Trace) -> Trace:
     (the one that runs and the one being prefetched); every other byte is the trace's."""
     per_block = trace.block_param_bytes / max(trace.units, 1)
     saved = trace.block_param_bytes - RESIDENT_BLOCKS * per_block + trace.expert_param_bytes
-    phases = {k: int(v - saved) for k, v in trace.phases.items()}  # the blocks never reach the GPU whole
+    # the blocks never reach the GPU whole while tuning (generation does not offload)
+    phases = {k: int(v - saved) if k != "generation" else v for k, v in trace.phases.items()}
     return Trace(phases, trace.breakdown, trace.flops, trace.block_param_bytes, trace.expert_param_bytes, trace.units,
                  trace.seconds, [*trace.notes, "tune.offload=blocks modelled (not traced): the transformer blocks on "
                                  "the host but the running and the prefetched one"], trace.text_encoder_bytes)
