@@ -346,10 +346,10 @@ class RealSizeModel:
     text_encoders: the text encoders' modules by name (meta).
     encode: runs the text encoders' forward once on meta inputs of the real prompt length, no grad.
     conditioning(batch): meta conditioning as `encode_prompt` returns it, for `batch` prompts.
-    blocks: the names of the denoiser's repeated-block ModuleLists (Wan: ["blocks"]); the trace runs
+    blocks: the names of the denoiser's repeated-block ModuleLists (e.g. ["blocks"]); the trace runs
       a step with 1 and 2 units of them (a unit keeps the lists' proportions) and scales the per-unit
       bytes linearly to the full depth.
-    experts: other denoisers that sample beside the adapted one (Wan 2.2 A14B's high-noise expert),
+    experts: other denoisers that sample beside the adapted one (a high-noise expert of two),
       by name, meta; they run without grad.
     notes: what the model leaves out or approximates, said with the trace.
     """

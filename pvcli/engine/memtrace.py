@@ -136,7 +136,7 @@ def _tracker_class():
 def fused_attention():
     """F.scaled_dot_product_attention routed to the flash-attention op (it has meta kernels): what a
     GPU's fused kernel keeps (output and log-sum-exp) instead of the math path's N x N matrix. A mask
-    (HunyuanVideo's text padding, (B, 1, 1, N)) is dropped: it changes no size."""
+    (a text padding mask, (B, 1, 1, N)) is dropped: it changes no size."""
     import torch
     import torch.nn.functional as F
 
@@ -158,7 +158,7 @@ def fused_attention():
 
 def _units(module, names: list[str]) -> tuple[list, int]:
     """The module's repeated-block lists as they are, and how many units (a unit keeps the lists'
-    proportions: HunyuanVideo's 20 double + 40 single blocks are 20 units of 1 + 2)."""
+    proportions: 20 double-stream + 40 single-stream blocks are 20 units of 1 + 2)."""
     lists = [list(getattr(module, n)) for n in names]
     return lists, math.gcd(*[len(x) for x in lists])
 
