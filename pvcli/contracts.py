@@ -63,6 +63,8 @@ class Backbone(ABC):
     device: torch.device
     latent_channels: int
     vae_scale_factor: int
+    # latent pixels decode_window needs beyond what a loss reads (the decoder's receptive field there)
+    window_margin: int = 8
     max_frames: int  # the motion module's window
     long_videos: bool = False  # whether pipeline_call renders plan.frames > max_frames (sliding windows)
     random_weights: bool = False  # built in-process for offline runs and tests: it never draws a face
@@ -158,8 +160,9 @@ class Backbone(ABC):
         (latent pixels, end exclusive): (B, K, 3, (y1 - y0) * s, (x1 - x0) * s) with s = vae_scale_factor,
         pixel (0, 0) of the result at pixel (y0 * s, x0 * s) of the whole frame (`tune.face_decode=faces`
         puts the face network on it). Approximate near the window's edges (the decoder's convolutions see
-        zeros past them, a spatial attention sees only the window): the engine adds a margin. Default:
-        `decode_frames` of the cropped latents."""
+        zeros past them, a spatial attention sees only the window): the engine widens the window by
+        `window_margin` latent pixels (tune.face_margin overrides it). Default: `decode_frames` of the cropped
+        latents."""
         y0, y1, x0, x1 = box
         return self.decode_frames(latents[..., y0:y1, x0:x1], indices)
 
