@@ -85,6 +85,18 @@ class TuneSettings:
     # the text encoders leave the accelerator once every tuning prompt is embedded (auto: on any
     # device but the CPU; always: also on the CPU, where it changes nothing but is checked)
     offload_text_encoder: Literal["auto", "always", "never"] = "auto"
+    # memory switches (issue 31; the planner, `pv tune --dry-run`, chooses among them):
+    # recompute the decoder's activations in backward (Wan: per latent frame with its feature cache)
+    decoder_checkpointing: bool = False
+    # the decode under gradient runs under autocast to bfloat16 (the detached decodes stay float32)
+    decode_dtype: Literal["float32", "bfloat16"] = "float32"
+    # faces: decode the supervised frames without gradient, find the faces, then decode under gradient
+    # only the latent window around them (plus face_margin latent pixels; -1: the backbone's own
+    # window_margin, its decoder's reach) and crop the faces from it
+    face_decode: Literal["full", "faces"] = "full"
+    face_margin: int = -1
+    # blocks: the denoiser's frozen blocks wait on the host and come to the accelerator one at a time
+    offload: Literal["none", "blocks"] = "none"
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     sample_every: int = 0
@@ -139,7 +151,7 @@ _RANGES = {
     "tune.warmup_steps": (0, None), "tune.weight_decay": (0.0, None), "adapter.active_fraction": (1e-6, 1.0),
     "tune.scr_weight": (0.0, None), "tune.scr_frames": (2, None), "tune.checkpoint_every": (0, None),
     "tune.keep_checkpoints": (1, None), "tune.sample_every": (0, None),
-    "tune.held_out": (0, None), "tune.supervised_window": (0, None),
+    "tune.held_out": (0, None), "tune.supervised_window": (0, None), "tune.face_margin": (-1, 256),
     "generate.frames": (1, None), "generate.fps": (1, 240), "generate.height": (8, None),
     "generate.width": (8, None), "generate.steps": (1, 1000), "generate.guidance_scale": (0.0, None),
     "generate.adapter_scale": (0.0, None), "generate.context_length": (0, None), "generate.context_stride": (1, None),

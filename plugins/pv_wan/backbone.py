@@ -83,6 +83,10 @@ class WanBackbone(Backbone):
         self.vae_scale_factor = int(getattr(vae.config, "scale_factor_spatial", 0) or 2 ** len(vae.config.temperal_downsample))
         # 3D RoPE covers rope_max_seq_len positions per axis: latent frames beyond it have no position
         self.max_frames = TEMPORAL * (int(transformer.config.rope_max_seq_len) - 1) + 1
+        self.decoder_checkpointing = False  # enable_decoder_checkpointing
+        from .decoding import window_reach
+
+        self.window_margin = window_reach(vae)
         self._pipe = None
         self._video_pipe = None
         self.vace_model, self.vace_seed = vace_model, vace_seed
@@ -129,24 +133,49 @@ class WanBackbone(Backbone):
                               return_dict=False)[0].float()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self._decode(latents)
+
+    def _decode(self, latents: torch.Tensor, crop: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """Frames (B, F, 3, H, W) in [0, 1]; `crop` (y0, y1, x0, x1, latent pixels): only that window's
+        pixels, through the whole frame's mid block (decoding.py)."""
         c = self.vae.config
         lat = latents.float()
         mean = torch.tensor(c.latents_mean, device=lat.device).view(1, c.z_dim, 1, 1, 1)
         std = torch.tensor(c.latents_std, device=lat.device).view(1, c.z_dim, 1, 1, 1)
-        video = self.vae.decode(lat * std + mean, return_dict=False)[0]  # (B, 3, F, H, W) in [-1, 1]
+        z = lat * std + mean
+        checkpointed = self.decoder_checkpointing and torch.is_grad_enabled()
+        if (crop is not None or checkpointed) and not self.vae.use_tiling:
+            from .decoding import decode
+
+            video = decode(self.vae, z, checkpointed=checkpointed, crop=crop)
+        else:
+            video = self.vae.decode(z, return_dict=False)[0]  # (B, 3, F, H, W) in [-1, 1]
+            if crop is not None:  # tiled: the whole frame, then the window
+                s = self.vae_scale_factor
+                video = video[..., crop[0] * s:crop[1] * s, crop[2] * s:crop[3] * s]
         return (video.permute(0, 2, 1, 3, 4) / 2 + 0.5).clamp(0, 1)
 
-    def decode_frames(self, latents: torch.Tensor, indices: list[int]) -> torch.Tensor:
+    def decode_frames(self, latents: torch.Tensor, indices: list[int], crop=None) -> torch.Tensor:
         """The VAE is causal in time: pixel frame p needs latent frames 0..latent_frames(p+1)-1, and
         decoding that prefix gives the same frames as decoding the whole clip."""
         last = max(indices)
         needed = (0 if last == 0 else (last - 1) // TEMPORAL + 1) + 1  # latent frame of `last`, counted from 1
-        return self.decode(latents[:, :, :needed])[:, list(indices)]
+        prefix = latents[:, :, :needed]
+        return (self.decode(prefix) if crop is None else self._decode(prefix, crop))[:, list(indices)]
+
+    def decode_window(self, latents: torch.Tensor, indices: list[int], box: tuple[int, int, int, int]) -> torch.Tensor:
+        """The whole latent frames through the mid block, only the window through the up blocks: the
+        window's pixels are exact `window_margin` latent pixels in from its edges (decoding.py)."""
+        return self.decode_frames(latents, indices, crop=box)
 
     def enable_gradient_checkpointing(self) -> None:
         self.denoiser.enable_gradient_checkpointing()  # the high-noise expert runs only without grad
-        if getattr(self.vae, "_supports_gradient_checkpointing", False):
-            self.vae.enable_gradient_checkpointing()
+        self.enable_decoder_checkpointing()
+
+    def enable_decoder_checkpointing(self) -> None:
+        """diffusers' AutoencoderKLWan has no checkpointing: pv's own, per latent frame with its
+        feature cache (decoding.py), for decodes under gradient."""
+        self.decoder_checkpointing = True
 
     # ----------------------------------------------------------------- generation
     def pipeline(self, video: bool = False):

@@ -142,9 +142,10 @@ class FrameFaces:
     total: int  # frames examined
 
 
-def frame_faces(frames: torch.Tensor, encoder: IdentityEncoder, no_face: str) -> FrameFaces:
-    """Align the faces of live frames (N, 3, H, W) in [0, 1]. Detection runs on a detached
-    copy; frames without a face use the centre crop (`no_face=center`) or are dropped (`skip`)."""
+def detect_faces(frames: torch.Tensor, encoder: IdentityEncoder, no_face: str) -> tuple[list[int], list[np.ndarray], int]:
+    """Where to crop the faces of frames (N, 3, H, W) in [0, 1] (read detached): the frames kept,
+    each one's alignment matrix (its largest face, or the centre crop with `no_face=center`), and
+    how many frames had a face."""
     n, _, h, w = frames.shape
     pixels = (frames.detach().permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
     mats, keep, hits = [], [], 0
@@ -157,6 +158,47 @@ def frame_faces(frames: torch.Tensor, encoder: IdentityEncoder, no_face: str) ->
         elif no_face == "center":
             mats.append(box_transform((0, 0, w, h), encoder.input_size, 0.0))
             keep.append(k)
+    return keep, mats, hits
+
+
+def frame_faces(frames: torch.Tensor, encoder: IdentityEncoder, no_face: str) -> FrameFaces:
+    """Align the faces of live frames (N, 3, H, W) in [0, 1]. Detection runs on a detached
+    copy; frames without a face use the centre crop (`no_face=center`) or are dropped (`skip`)."""
+    n = frames.shape[0]
+    keep, mats, hits = detect_faces(frames, encoder, no_face)
     if not keep:
         return FrameFaces(frames.new_zeros((0, 3, encoder.input_size, encoder.input_size)), hits, n)
     return FrameFaces(warp_faces(frames[keep], np.stack(mats), encoder.input_size), hits, n)
+
+
+def face_window(mats: list[np.ndarray], size: int, scale: int, margin: int,
+                latent_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The latent window (y0, y1, x0, x1), end exclusive, that holds every pixel the warps `mats`
+    (source pixels -> size x size crops) read, widened by `margin` latent pixels on each side (the
+    decoder's receptive field: pixels near a window's edge decode from zeros beyond it) and clipped
+    to the latents' (h, w); `scale` is the VAE's spatial factor."""
+    lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
+    edges = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
+    for m in mats:
+        inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))
+        src = edges @ inv[:2, :2].T + inv[:2, 2]
+        # bilinear sampling reads one pixel further; a shrinking warp's antialiasing about 1/k more (_shrink)
+        k = min(1.0, float(np.hypot(m[0, 0], m[1, 0])), float(np.hypot(m[0, 1], m[1, 1])))
+        reach = 1 + int(np.ceil(1 / max(k, 1e-6)))
+        lo, hi = np.minimum(lo, src.min(0) - reach), np.maximum(hi, src.max(0) + reach)
+    h, w = latent_hw
+    x0 = max(0, min(w - 1, int(np.floor(lo[0] / scale)) - margin))
+    y0 = max(0, min(h - 1, int(np.floor(lo[1] / scale)) - margin))
+    x1 = min(w, max(x0 + 1, int(np.ceil(hi[0] / scale)) + margin))
+    y1 = min(h, max(y0 + 1, int(np.ceil(hi[1] / scale)) + margin))
+    return y0, y1, x0, x1
+
+
+def window_faces(frames: torch.Tensor, keep: list[int], mats: list[np.ndarray], hits: int, n: int,
+                 box: tuple[int, int, int, int], scale: int, encoder: IdentityEncoder) -> FrameFaces:
+    """The aligned faces of frames (K, 3, h, w) decoded from the latent window `box` of the kept
+    frames: each matrix (whole-frame pixels) is moved to the window's pixels first."""
+    y0, _, x0, _ = box
+    shift = np.array([[1.0, 0.0, x0 * scale], [0.0, 1.0, y0 * scale], [0.0, 0.0, 1.0]])
+    moved = np.stack([m @ shift for m in mats])
+    return FrameFaces(warp_faces(frames, moved, encoder.input_size), hits, n)

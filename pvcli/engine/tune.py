@@ -29,7 +29,17 @@ from .adapter import (
     load_adapter_state_dict,
     trainable_parameters,
 )
-from .face_crops import ReferenceFace, embed_crops, frame_faces, jittered_crops, mean_embedding
+from .face_crops import (
+    FrameFaces,
+    ReferenceFace,
+    detect_faces,
+    embed_crops,
+    face_window,
+    frame_faces,
+    jittered_crops,
+    mean_embedding,
+    window_faces,
+)
 from .offload import text_encoders_off, text_encoders_on
 from .prompts import PROMPTS, PromptSampler, identity_phrase
 from .sampling import adapted_steps, adapter_free_prefix, final_step_is_identity, initial_latents, sample
@@ -165,6 +175,8 @@ class Tuner:
         self.layers = add_adapter(backbone, settings.adapter.targets, settings.adapter.rank, settings.adapter.alpha)
         if t.gradient_checkpointing:
             backbone.enable_gradient_checkpointing()
+        if t.decoder_checkpointing:
+            backbone.enable_decoder_checkpointing()
         self.params = trainable_parameters(backbone.denoiser)
         self.optimizer = _optimizer(t.optimizer, self.params, t.lr, t.weight_decay)
         warm = max(1, t.warmup_steps)
@@ -234,13 +246,17 @@ class Tuner:
         window = range(t.supervised_window or t.frames)  # the frames the losses may read
         idx = sorted(self.frame_rng.sample(window, t.supervised_frames))
         scr_idx = sorted(self.frame_rng.sample(window, t.scr_frames)) if t.scr_weight > 0 else []
-        decoded_idx = sorted(set(idx) | set(scr_idx))
+        faces_only = t.face_decode == "faces"
+        # the frames decoded under gradient: only those a loss reads (faces: only the SCR's, whole)
+        decoded_idx = sorted(set(scr_idx) if faces_only else set(idx) | set(scr_idx))
         noise_state = self.noise.get_state()  # the frozen clip draws the same step noise (LCM)
         final = self._final(prompt, latents, grad=True, start=start, generator=self.noise)
-        decoded = self.bb.decode_frames(final, decoded_idx)[0]  # (K, 3, H, W): only the frames a loss reads
+        decoded = self._decode(final, decoded_idx) if decoded_idx else None  # (K, 3, H, W)
         at = {f: k for k, f in enumerate(decoded_idx)}
-        frames = decoded[[at[i] for i in idx]]
-        faces = frame_faces(frames, self.enc, t.no_face)
+        if faces_only:
+            faces = self._window_faces(final, idx)
+        else:
+            faces = frame_faces(decoded[[at[i] for i in idx]], self.enc, t.no_face)
         sim_val = scr_val = None
         losses = []
         if len(faces.crops):
@@ -257,6 +273,31 @@ class Tuner:
             losses.append(t.scr_weight * scr)
             scr_val = float(scr.detach())
         return (sum(losses) if losses else None), sim_val, scr_val, faces, prompt
+
+    def _decode(self, latents: torch.Tensor, indices: list[int], box=None) -> torch.Tensor:
+        """Frames `indices` of the clip decoded under gradient (only the latent window `box` if given),
+        (K, 3, H, W), in tune.decode_dtype."""
+        dtype = self.s.tune.decode_dtype
+        ctx = torch.autocast(self.bb.device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+        with ctx:
+            out = self.bb.decode_frames(latents, indices) if box is None else self.bb.decode_window(latents, indices, box)
+        return out[0].float()
+
+    def _window_faces(self, final: torch.Tensor, idx: list[int]) -> FrameFaces:
+        """tune.face_decode=faces: find the faces on a decode without gradient, then decode under
+        gradient only the latent window around them (plus tune.face_margin) and crop them from it."""
+        t = self.s.tune
+        with torch.no_grad():
+            seen = self.bb.decode_frames(final.detach(), idx)[0]
+        keep, mats, hits = detect_faces(seen, self.enc, t.no_face)
+        size = self.enc.input_size
+        if not keep:
+            return FrameFaces(seen.new_zeros((0, 3, size, size)), hits, len(idx))
+        scale = self.bb.vae_scale_factor
+        margin = self.bb.window_margin if t.face_margin < 0 else t.face_margin
+        box = face_window(mats, size, scale, margin, tuple(final.shape[-2:]))
+        frames = self._decode(final, [idx[k] for k in keep], box)
+        return window_faces(frames, keep, mats, hits, len(idx), box, scale, self.enc)
 
     def _keep_frozen(self) -> None:
         """Everything but the adapter stays frozen, whatever ran in between (a long progress sample

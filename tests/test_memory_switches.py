@@ -1,0 +1,148 @@
+"""The memory switches (issue 31) the planner chooses among: each keeps the loss and the adapter's
+gradients of the plain run (within a stated tolerance), is validated in one line and recorded in the
+identity. Measurements: bench/switches.py (shared here: its fixed-face detector and one-clip runner)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import HARD_TUNE, run
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def sw():
+    spec = importlib.util.spec_from_file_location("pv_bench_switches", BENCH / "switches.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _same_adapter(src, dst) -> None:
+    from pvcli.engine.adapter import adapter_state_dict, load_adapter_state_dict
+
+    load_adapter_state_dict(dst.bb.denoiser, adapter_state_dict(src.bb.denoiser))
+
+
+def _saved_bytes_and_grad(backbone, latents, weights):
+    """Bytes autograd keeps for backward while `backbone` decodes `latents` (outside checkpointed
+    regions, which keep none), and the latents' gradient of a fixed weighting of the frames."""
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    latents = latents.detach().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        frames = backbone.decode(latents)
+    (frames * weights).sum().backward()
+    return sum(saved), latents.grad
+
+
+def test_wan_decoder_checkpointing_keeps_every_gradient_and_drops_the_decoders_activations(sw, encoder, reference):
+    """tune.decoder_checkpointing on tiny-wan (diffusers' AutoencoderKLWan has no checkpointing: pv
+    checkpoints each latent frame with its feature cache): the input-latent gradient and the adapter's
+    are the unchecked decoder's within 1e-5, and the decode keeps under a quarter of the bytes for backward."""
+    plain = sw.make_tuner("tiny-wan", 64, encoder, reference, fixed_face=False)
+    checked = sw.make_tuner("tiny-wan", 64, encoder, reference, {"decoder_checkpointing": True}, fixed_face=False)
+    _same_adapter(plain, checked)
+    assert not plain.bb.decoder_checkpointing and checked.bb.decoder_checkpointing
+    latents = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    weights = torch.randn(1, 9, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    kept, grad = _saved_bytes_and_grad(plain.bb, latents, weights)
+    kept_ck, grad_ck = _saved_bytes_and_grad(checked.bb, latents, weights)
+    assert (grad - grad_ck).abs().max() <= 1e-5 and grad.abs().max() > 1e-2
+    assert kept_ck < kept / 4, (kept_ck, kept)
+    loss, _, g, _ = sw.one_clip(plain)
+    loss_ck, _, g_ck, _ = sw.one_clip(checked)
+    assert abs(loss - loss_ck) <= 1e-6 and (g - g_ck).abs().max() <= 1e-5 and g.abs().max() > 1e-4
+
+
+def test_hunyuan_decoder_checkpointing_is_its_vaes_own_and_keeps_the_gradients(sw, encoder, reference):
+    plain = sw.make_tuner("tiny-hunyuan", 64, encoder, reference, fixed_face=False)
+    checked = sw.make_tuner("tiny-hunyuan", 64, encoder, reference, {"decoder_checkpointing": True}, fixed_face=False)
+    _same_adapter(plain, checked)
+    assert checked.bb.vae.is_gradient_checkpointing and not plain.bb.vae.is_gradient_checkpointing
+    assert not checked.bb.denoiser.is_gradient_checkpointing  # the decoder's switch only
+    loss, _, g, _ = sw.one_clip(plain)
+    loss_ck, _, g_ck, _ = sw.one_clip(checked)
+    assert abs(loss - loss_ck) <= 1e-6 and (g - g_ck).abs().max() <= 1e-5
+
+
+def test_wan_window_decode_is_the_whole_frames_pixels_inside_its_margin():
+    """Wan's decode_window runs the whole latent frame through the mid block (global spatial
+    attention) and only the window through the up blocks, whose norms are per pixel: `window_margin`
+    latent pixels in from the window's edge its pixels are the whole decode's. Cropping the latents
+    instead (the contract's default) is not: the attention sees only the window."""
+    from pv_wan.backbone import make_tiny_wan
+
+    from pvcli.contracts import Backbone
+
+    bb = make_tiny_wan()
+    s, r = bb.vae_scale_factor, bb.window_margin
+    lat = torch.randn(1, 16, 2, 32, 32, generator=torch.Generator().manual_seed(0))
+    box, idx = (3, 29, 4, 30), [0, 3]
+    with torch.no_grad():
+        whole = bb.decode_frames(lat, idx)
+        window = bb.decode_window(lat, idx, box)
+        cropped = Backbone.decode_window(bb, lat, idx, box)
+    assert window.shape == (1, 2, 3, 26 * s, 26 * s)
+    inner = (slice(None),) * 3 + (slice(r * s, -r * s),) * 2
+    want = whole[..., (3 + r) * s:(29 - r) * s, (4 + r) * s:(30 - r) * s]
+    assert (window[inner] - want).abs().max() < 1e-5
+    assert (cropped[inner] - want).abs().max() > 1e-3
+
+
+def test_face_decode_faces_decodes_a_window_and_keeps_the_embedding_and_gradient(sw, encoder, reference, monkeypatch):
+    """tune.face_decode=faces on tiny-wan (faces found on a decode without gradient, only the window
+    around them decoded under gradient): the face embedding's cosine to the full decode's >= 0.999 and
+    the adapter gradient's >= 0.99 (margin 4 at 160 px; measured 0.9988 at 256 px), with a window smaller than the frame."""
+    from pv_wan.backbone import WanBackbone
+
+    boxes = []
+    real = WanBackbone.decode_window
+
+    def decode_window(self, latents, indices, box):
+        boxes.append(box)
+        return real(self, latents, indices, box)
+
+    monkeypatch.setattr(WanBackbone, "decode_window", decode_window)
+    tuner = sw.make_tuner("tiny-wan", 160, encoder, reference)
+    loss, emb, grad, _ = sw.one_clip(tuner, face_decode="full")
+    assert not boxes
+    loss_w, emb_w, grad_w, _ = sw.one_clip(tuner, face_decode="faces", face_margin=4)
+    (y0, y1, x0, x1), = boxes
+    assert (y1 - y0) * (x1 - x0) < 0.75 * 20 * 20
+    assert sw.cosine(emb, emb_w) >= 0.999 and sw.cosine(grad, grad_w) >= 0.99 and abs(loss - loss_w) < 1e-3
+
+
+@pytest.mark.parametrize("item,message", [
+    ("tune.face_decode=eyes", "tune.face_decode must be one of full, faces, got 'eyes'"),
+    ("tune.decode_dtype=float16", "tune.decode_dtype must be one of float32, bfloat16"),
+    ("tune.decoder_checkpointing=maybe", "tune.decoder_checkpointing must be true or false"),
+    ("tune.offload=all", "tune.offload must be one of none, blocks"),
+    ("tune.face_margin=-2", "tune.face_margin must be between -1 and 256"),
+])
+def test_bad_switch_values_are_one_line(item, message):
+    r = run("tune", "x.png", "--name", "a", "--profile", "tiny-wan", "--set", item)
+    assert r.exit_code != 0 and re.search(re.escape(message), r.stderr)
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2
+
+
+def test_an_identity_records_the_switches_it_tuned_with(astronaut, pv_home):
+    """Tuned through the CLI on tiny-wan with the decoder switches on: it finishes and its
+    config.yaml says what it tuned with."""
+    import yaml
+    from conftest import tune_home
+
+    sets = ["tune.face_decode=faces", "tune.decoder_checkpointing=true", "tune.decode_dtype=bfloat16"]
+    info = tune_home(pv_home, astronaut, "switched", "tiny-wan", *HARD_TUNE, *[a for s in sets for a in ("--set", s)])
+    config = yaml.safe_load((Path(info["path"]) / "config.yaml").read_text())
+    assert config["tune"]["face_decode"] == "faces" and config["tune"]["decoder_checkpointing"] is True
+    assert config["tune"]["decode_dtype"] == "bfloat16"
