@@ -132,12 +132,51 @@ def pairs(profile: str, size: int, encoder, reference) -> dict:
     return out
 
 
+def same_adapter(src, dst) -> None:
+    from pvcli.engine.adapter import adapter_state_dict, load_adapter_state_dict
+
+    load_adapter_state_dict(dst.bb.denoiser, adapter_state_dict(src.bb.denoiser))
+
+
+def clip(tuner, seed: int = 1001, adapter: bool = True):
+    """A clip's frames (F, 3, H, W) from `seed`, as the held-out measure samples it."""
+    import torch
+
+    from pvcli.engine.sampling import initial_latents
+
+    t = tuner.s.tune
+    with torch.no_grad():
+        g = torch.Generator("cpu").manual_seed(seed)
+        latents = initial_latents(tuner.bb, t.frames, t.height, t.width, g)
+        return tuner.bb.decode(tuner._final(tuner.prompts.prompts[0], latents, grad=False, adapter=adapter,
+                                            generator=g))[0]
+
+
+def fp8(profile: str, size: int, encoder, reference, steps: int = 3) -> dict:
+    """backbone.options.weights=fp8 against the full-precision base: one clip's adapter-gradient cosine
+    and time, then an identity tuned `steps` steps over fp8 weights generating over full-precision
+    ones: the clip's mean abs difference, beside what the adapter itself changes."""
+    base = make_tuner(profile, size, encoder, reference, fixed_face=False)
+    low = make_tuner(profile, size, encoder, reference, fixed_face=False, options={"weights": "fp8"})
+    same_adapter(base, low)
+    one_clip(base), one_clip(low)
+    lb, _, gb, tb = one_clip(base)
+    ll, _, gl, tl = one_clip(low)
+    for _ in range(steps):
+        low.step()
+    same_adapter(low, base)
+    over_fp8, over_full, no_adapter = clip(low), clip(base), clip(base, adapter=False)
+    return {"grad_cos": round(cosine(gb, gl), 5), "loss_diff": round(abs(lb - ll), 6), "time_ratio": round(tl / tb, 3),
+            "clip_diff_fp8_vs_full": round(float((over_fp8 - over_full).abs().mean()), 5),
+            "adapter_effect": round(float((over_full - no_adapter).abs().mean()), 5)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--margins", type=int, nargs="+", default=[0, 1, 2, 4, 8])
     ap.add_argument("--profiles", nargs="+", default=list(PROFILES))
-    ap.add_argument("--only", choices=["faces", "pairs"], default=None)
+    ap.add_argument("--only", choices=["faces", "pairs", "fp8"], default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     from common import astronaut_photo
@@ -155,6 +194,8 @@ def main() -> int:
             r["face_decode"] = face_decode(profile, args.size, args.margins, encoder, reference)
         if args.only in (None, "pairs"):
             r.update(pairs(profile, args.size, encoder, reference))
+        if args.only in (None, "fp8"):
+            r["weights=fp8"] = fp8(profile, args.size, encoder, reference)
         results[profile] = r
         print(profile, json.dumps(r, indent=1), file=sys.stderr)
     text = json.dumps(results, indent=1)

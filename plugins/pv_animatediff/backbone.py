@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Literal
 
 import torch
 
@@ -298,9 +299,26 @@ def resolve_dtype(dtype: str, device: str, cuda_auto: torch.dtype = torch.float1
 class SpeedOptions:
     tf32: bool = True  # CUDA: TF32 matmuls and convolutions (Ampere and newer); no effect on CPU
     compile: bool = False  # torch.compile the UNet in place (names, and so adapter keys, unchanged)
+    # fp8: the frozen denoiser's weights stored in float8 (e4m3) and each layer upcast to the model's
+    # dtype for its forward (diffusers' layerwise casting); the identity adapter stays in full precision
+    weights: Literal["bf16", "fp8"] = "bf16"
+
+
+def store_frozen_weights(backbone: Backbone, weights: str, modules: tuple[str, ...] = ("denoiser",)) -> Backbone:
+    """`backbone.options.weights`: with fp8, the named frozen modules keep their weights in float8_e4m3fn
+    and compute in the backbone's dtype (called before the adapter goes on: peft's LoRA layers added
+    later keep their own precision, and diffusers skips the norms and embeddings its models list)."""
+    if weights == "fp8":
+        for name in modules:
+            module = getattr(backbone, name, None)
+            if module is not None:
+                module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=backbone.dtype)
+    backbone.weights = weights
+    return backbone
 
 
 def apply_speed_options(backbone: AnimateDiffBackbone, opts: SpeedOptions) -> AnimateDiffBackbone:
+    store_frozen_weights(backbone, opts.weights)
     if opts.tf32 and backbone.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -36,7 +36,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pv_animatediff.backbone import SpeedOptions, load_pipeline_lora, quiet_libraries, resolve_device, resolve_dtype
+from pv_animatediff.backbone import (
+    SpeedOptions,
+    load_pipeline_lora,
+    quiet_libraries,
+    resolve_device,
+    resolve_dtype,
+    store_frozen_weights,
+)
 
 from pvcli.contracts import Backbone
 from pvcli.errors import PVError
@@ -274,10 +281,10 @@ def make_tiny_hunyuanvideo(options: dict | None = None, device: str | None = "cp
     dev = resolve_device(device)
     c = build_tiny_components(opts.seed, opts.shift)
     info = {"base_model": f"tiny-hunyuanvideo(seed={opts.seed})", "scheduler": f"flow-match-euler(shift={opts.shift:g})"}
-    return HunyuanVideoBackbone("hunyuanvideo-tiny", c["transformer"], c["vae"], c["text_encoder"], c["tokenizer"],
-                                c["text_encoder_2"], c["tokenizer_2"], c["scheduler"], info, dev,
-                                resolve_dtype(opts.dtype, dev), c["prompt_template"], max_sequence_length=32,
-                                random_weights=True)
+    return store_frozen_weights(HunyuanVideoBackbone(
+        "hunyuanvideo-tiny", c["transformer"], c["vae"], c["text_encoder"], c["tokenizer"], c["text_encoder_2"],
+        c["tokenizer_2"], c["scheduler"], info, dev, resolve_dtype(opts.dtype, dev), c["prompt_template"],
+        max_sequence_length=32, random_weights=True), opts.weights)
 
 
 # --------------------------------------------------------------------------- real weights
@@ -306,6 +313,7 @@ def make_hunyuanvideo(options: dict | None = None, device: str | None = None) ->
     overrides = {"shift": opts.flow_shift} if opts.flow_shift else {}
     scheduler = HunyuanFlowScheduler.from_config(pipe.scheduler.config, **overrides)
     info = {"base_model": opts.model, "scheduler": f"flow-match-euler(shift={scheduler.config.shift:g})"}
-    return HunyuanVideoBackbone("hunyuanvideo", pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer,
-                                pipe.text_encoder_2, pipe.tokenizer_2, scheduler, info, dev, dtype,
-                                dict(DEFAULT_PROMPT_TEMPLATE), max_sequence_length=opts.max_sequence_length)
+    return store_frozen_weights(HunyuanVideoBackbone(
+        "hunyuanvideo", pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.text_encoder_2,
+        pipe.tokenizer_2, scheduler, info, dev, dtype, dict(DEFAULT_PROMPT_TEMPLATE),
+        max_sequence_length=opts.max_sequence_length), opts.weights)

@@ -18,7 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from pv_animatediff.backbone import SpeedOptions, load_pipeline_lora, quiet_libraries, resolve_device, resolve_dtype
+from pv_animatediff.backbone import (
+    SpeedOptions,
+    load_pipeline_lora,
+    quiet_libraries,
+    resolve_device,
+    resolve_dtype,
+    store_frozen_weights,
+)
 
 from pvcli.contracts import Backbone
 from pvcli.errors import PVError
@@ -32,6 +39,7 @@ _BLOCK = r"blocks\.\d+"
 _CROSS = rf"{_BLOCK}\.attn2\.(to_q|to_k|to_v|to_out\.0)"
 TARGETS = {"attention": _CROSS, "spatial": rf"{_CROSS}|{_BLOCK}\.ffn\.net\.(0\.proj|2)"}
 TEMPORAL = 4  # pixel frames per latent frame (after the first)
+EXPERTS = ("denoiser", "high_noise")  # what backbone.options.weights=fp8 stores in float8 (A14B: both experts)
 
 
 def latent_frames(frames: int) -> int:
@@ -349,9 +357,10 @@ def make_tiny_wan(options: dict | None = None, device: str | None = "cpu") -> Wa
     c = build_tiny_components(opts.seed, opts.shift, opts.experts)
     info = {"base_model": f"tiny-wan(seed={opts.seed})", "scheduler": f"flow-match-euler(shift={opts.shift:g})"}
     experts = {} if opts.experts == 1 else {"transformer_2": c["transformer_2"], "boundary_ratio": opts.boundary_ratio}
-    return WanBackbone("wan-tiny", c["transformer"], c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"], info,
-                       dev, resolve_dtype(opts.dtype, dev), max_sequence_length=32, random_weights=True,
-                       vace_model=opts.vace_model, vace_seed=opts.vace_seed, **experts)
+    return store_frozen_weights(WanBackbone(
+        "wan-tiny", c["transformer"], c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"], info, dev,
+        resolve_dtype(opts.dtype, dev), max_sequence_length=32, random_weights=True, vace_model=opts.vace_model,
+        vace_seed=opts.vace_seed, **experts), opts.weights, EXPERTS)
 
 
 # --------------------------------------------------------------------------- real weights
@@ -387,7 +396,7 @@ def make_wan(options: dict | None = None, device: str | None = None) -> WanBackb
     if two_experts or pipe.config.get("expand_timesteps"):  # Wan 2.2 (A14B, TI2V-5B)
         info.update(base_model_version="wan2.2", architecture="wan2.2-a14b" if two_experts else "wan2.2-ti2v-5b")
     experts = {"transformer_2": pipe.transformer_2, "boundary_ratio": pipe.config.boundary_ratio} if two_experts else {}
-    return WanBackbone("wan", pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler, info, dev,
-                       dtype, max_sequence_length=opts.max_sequence_length,
-                       expand_timesteps=bool(pipe.config.get("expand_timesteps")),
-                       vace_model=opts.vace_model or VACE_MODELS.get(opts.model, ""), **experts)
+    return store_frozen_weights(WanBackbone(
+        "wan", pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler, info, dev, dtype,
+        max_sequence_length=opts.max_sequence_length, expand_timesteps=bool(pipe.config.get("expand_timesteps")),
+        vace_model=opts.vace_model or VACE_MODELS.get(opts.model, ""), **experts), opts.weights, EXPERTS)
