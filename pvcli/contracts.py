@@ -194,6 +194,13 @@ class Backbone(ABC):
                           "set tune.decoder_checkpointing=false")
         vae.enable_gradient_checkpointing()
 
+    def place_denoiser(self) -> None:
+        """Put the denoiser on `device` if the backbone left it on the host when it loaded (so that
+        the prompt pool is embedded with the text encoders alone on the accelerator: no load peak of
+        both). Tuning calls it once its prompts are embedded (and the text encoders offloaded); a
+        backbone that defers also calls it before it denoises. Default: nothing (placed at load)."""
+        return None
+
     def new_scheduler(self):
         """A fresh scheduler with the backbone's configuration (samplers keep state)."""
         return type(self.scheduler).from_config(self.scheduler.config)
