@@ -157,3 +157,42 @@ def test_an_identity_records_the_switches_it_tuned_with(astronaut, pv_home):
     config = yaml.safe_load((Path(info["path"]) / "config.yaml").read_text())
     assert config["tune"]["face_decode"] == "faces" and config["tune"]["decoder_checkpointing"] is True
     assert config["tune"]["decode_dtype"] == "bfloat16"
+
+
+def test_wan_embeds_the_prompt_pool_before_its_experts_arrive_and_keeps_the_idle_one_on_the_host(
+        monkeypatch, encoder, reference):
+    """Load order on a two-expert tiny Wan (A14B's layout), with a fake device record: "cpu" plays the
+    accelerator and "host" the host. Tuning embeds its whole prompt pool (text encoder forwards) before
+    any expert reaches the device, and in a step (high-noise steps without gradient, then the adapted
+    low-noise ones) at most one expert is ever on the device."""
+    import pv_wan.backbone as wb
+    from transformers import UMT5EncoderModel
+
+    from pvcli.engine.tune import Tuner
+    from pvcli.settings import parse_set, resolve
+
+    bb = wb.make_tiny_wan({"experts": 2})
+    monkeypatch.setattr(wb, "HOST", "host")
+    bb.where = dict.fromkeys(bb.where, "host")
+    names = {id(bb.denoiser): "low", id(bb.high_noise): "high"}
+    log = []
+    monkeypatch.setattr(wb, "_move", lambda module, device: log.append((names[id(module)], device)))
+    real = UMT5EncoderModel.forward
+
+    def forward(self, *args, **kwargs):
+        log.append(("encode", None))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(UMT5EncoderModel, "forward", forward)
+    settings = resolve("tiny-wan", [parse_set(["tune.offload_text_encoder=always", "backbone.options.experts=2"])])[1]
+    tuner = Tuner(bb, encoder, settings, reference)
+    first_move = next(i for i, (what, _) in enumerate(log) if what != "encode")
+    assert log[:first_move].count(("encode", None)) >= len(tuner.prompts.prompts) and log[first_move:] == [("low", "cpu")]
+    log.clear()
+    tuner.step()
+    on_device = {"low"}
+    for what, device in log:
+        assert what != "encode"  # the pool is embedded: nothing encodes during a step
+        (on_device.add if device == "cpu" else on_device.discard)(what)
+        assert len(on_device) <= 1, log
+    assert ("high", "cpu") in log and log[-1] == ("low", "cpu")  # high-noise steps swapped in, then back

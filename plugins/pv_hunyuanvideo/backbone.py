@@ -98,7 +98,9 @@ class HunyuanVideoBackbone(Backbone):
                  random_weights: bool = False, vae_dtype: torch.dtype = torch.float32):
         self.name = name
         self.random_weights = random_weights
-        self.denoiser = transformer.to(device, dtype).eval().requires_grad_(False)
+        # on the host until place_denoiser (after the prompt pool is embedded) or its first denoising step
+        self.denoiser = transformer.to("cpu", dtype).eval().requires_grad_(False)
+        self.placed = torch.device(device).type == "cpu"
         self.vae = vae.to(device, vae_dtype).eval().requires_grad_(False)
         self.text_encoder = text_encoder.to(device, dtype).eval().requires_grad_(False)
         self.text_encoder_2 = text_encoder_2.to(device, dtype).eval().requires_grad_(False)
@@ -150,9 +152,15 @@ class HunyuanVideoBackbone(Backbone):
         return {"prompt_embeds": embeds.to(self.dtype), "attention_mask": mask.to(self.dtype),
                 "pooled_projections": pooled.to(self.dtype)}
 
+    def place_denoiser(self) -> None:
+        if not self.placed:
+            self.denoiser.to(self.device)
+            self.placed = True
+
     def predict_noise(self, latents, t, embeds, guidance: float = 1.0):
         """The flow velocity (noise - clean) under embedded guidance `guidance` (as the pipeline:
         scale x 1000 into the transformer's guidance embedding)."""
+        self.place_denoiser()
         b = latents.shape[0]
         timestep = torch.as_tensor(t, device=self.device).expand(b).to(torch.float32)
         scale = torch.full((b,), float(guidance), dtype=self.dtype, device=self.device) * 1000.0
@@ -202,6 +210,7 @@ class HunyuanVideoBackbone(Backbone):
             raise PVError(f"--video is not available on the {self.name} backbone (diffusers has no HunyuanVideo "
                           "video-to-video pipeline)", "generate from text, or use a Wan or AnimateDiff profile")
         self.check_frames(plan.frames)
+        self.place_denoiser()
         pipe = self.pipeline()
         pipe.scheduler = self.new_scheduler()
         out = pipe(prompt=prompt, height=plan.height, width=plan.width, num_frames=plan.frames,

@@ -42,6 +42,13 @@ TEMPORAL = 4  # pixel frames per latent frame (after the first)
 EXPERTS = ("denoiser", "high_noise")  # what backbone.options.weights=fp8 stores in float8 (A14B: both experts)
 
 
+HOST = "cpu"
+
+
+def _move(module: torch.nn.Module, device: str) -> None:
+    module.to(device)
+
+
 def latent_frames(frames: int) -> int:
     return (frames - 1) // TEMPORAL + 1
 
@@ -58,14 +65,16 @@ class WanBackbone(Backbone):
     def __init__(self, name, transformer, vae, text_encoder, tokenizer, scheduler, info: dict, device, dtype,
                  max_sequence_length: int = 512, random_weights: bool = False, transformer_2=None,
                  boundary_ratio: float | None = None, expand_timesteps: bool = False, vace_model: str = "",
-                 vace_seed: int = 0):
+                 vace_seed: int = 0, swap_experts: bool = True):
         """`transformer_2` + `boundary_ratio` (Wan 2.2 A14B): two experts, `transformer` for the
         high-noise steps (t >= boundary_ratio * num_train_timesteps), `transformer_2` for the rest.
         The identity adapter goes on the low-noise expert, `transformer_2`: the late steps, where
         the paper's gating puts it anyway; the high-noise expert stays frozen and bit-identical.
         `expand_timesteps` (Wan 2.2 TI2V-5B) is passed to the pipeline as its repo ships it.
         `vace_model` (hub id or folder; "tiny": built in-process under `vace_seed`) is the VACE
-        model `--control` runs through, loaded on first use (vace.py)."""
+        model `--control` runs through, loaded on first use (vace.py). `swap_experts` (two experts):
+        while pv's sampler runs, the idle expert waits on the host (each clip's high-noise steps, all
+        without gradient, swap it in and the low-noise expert out, then back)."""
         self.name = name
         self.random_weights = random_weights
         self.high_noise = None
@@ -74,10 +83,14 @@ class WanBackbone(Backbone):
         if transformer_2 is not None:
             if boundary_ratio is None:
                 raise PVError("a Wan model with two experts needs its boundary_ratio (the pipeline's config)")
-            self.high_noise = transformer.to(device, dtype).eval().requires_grad_(False)
+            self.high_noise = transformer.to(HOST, dtype).eval().requires_grad_(False)
             self.frozen_parts = (*self.frozen_parts, "high_noise")
             transformer = transformer_2
-        self.denoiser = transformer.to(device, dtype).eval().requires_grad_(False)
+        # the experts load on the host and reach the device in place_denoiser (after the prompt pool is
+        # embedded) or when they first denoise; with swap_experts, only the expert at work is there
+        self.denoiser = transformer.to(HOST, dtype).eval().requires_grad_(False)
+        self.swap_experts = swap_experts
+        self.where: dict[str, str] = {"denoiser": HOST, **({"high_noise": HOST} if self.high_noise is not None else {})}
         self.vae = vae.to(device, torch.float32).eval().requires_grad_(False)  # diffusers' advice: the Wan VAE in fp32
         self.text_encoder = text_encoder.to(device, dtype).eval().requires_grad_(False)
         self.tokenizer = tokenizer
@@ -126,12 +139,29 @@ class WanBackbone(Backbone):
                                                   max_sequence_length=self.max_sequence_length, device=self.device)
         return embeds.to(self.dtype)
 
+    def _put(self, part: str, device) -> None:
+        where = str(device)
+        if self.where[part] != where:
+            _move(getattr(self, part), where)
+            self.where[part] = where
+
+    def place_denoiser(self) -> None:
+        """The low-noise expert (the only one without swap_experts: both) on the device."""
+        self._put("denoiser", self.device)
+        if self.high_noise is not None and not self.swap_experts:
+            self._put("high_noise", self.device)
+
     def expert(self, t) -> torch.nn.Module:
-        """The transformer that denoises at timestep t (WanPipeline's rule for two experts)."""
+        """The transformer that denoises at timestep t (WanPipeline's rule for two experts), on the
+        device (with swap_experts the other one goes to the host)."""
         if self.high_noise is not None:
             boundary = self.boundary_ratio * self.scheduler.config.num_train_timesteps
-            if float(t) >= boundary:
-                return self.high_noise
+            busy, idle = ("high_noise", "denoiser") if float(t) >= boundary else ("denoiser", "high_noise")
+            if self.swap_experts:
+                self._put(idle, HOST)
+            self._put(busy, self.device)
+            return getattr(self, busy)
+        self.place_denoiser()
         return self.denoiser
 
     def predict_noise(self, latents, t, embeds):
@@ -209,6 +239,8 @@ class WanBackbone(Backbone):
     def pipeline_call(self, plan, *, prompt, negative_prompt, num_inference_steps, guidance_scale, generator,
                       callback_on_step_end=None) -> torch.Tensor:
         self.check_frames(plan.frames)
+        for part in self.where:  # diffusers' pipelines call both experts: both on the device
+            self._put(part, self.device)
         if plan.controls:
             return self._vace_call(plan, prompt=prompt, negative_prompt=negative_prompt,
                                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
@@ -318,6 +350,7 @@ class TinyWanOptions(SpeedOptions):
     # under vace_seed); a folder or hub id loads a VACE checkpoint built on this transformer
     vace_model: str = "tiny"
     vace_seed: int = 0
+    swap_experts: bool = True  # two experts: the idle one waits on the host while pv's sampler runs
 
 
 def build_tiny_components(seed: int = 0, shift: float = 3.0, experts: int = 1) -> dict:
@@ -360,7 +393,7 @@ def make_tiny_wan(options: dict | None = None, device: str | None = "cpu") -> Wa
     return store_frozen_weights(WanBackbone(
         "wan-tiny", c["transformer"], c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"], info, dev,
         resolve_dtype(opts.dtype, dev), max_sequence_length=32, random_weights=True, vace_model=opts.vace_model,
-        vace_seed=opts.vace_seed, **experts), opts.weights, EXPERTS)
+        vace_seed=opts.vace_seed, swap_experts=opts.swap_experts, **experts), opts.weights, EXPERTS)
 
 
 # --------------------------------------------------------------------------- real weights
@@ -376,6 +409,7 @@ class WanOptions(SpeedOptions):
     # --control's VACE model (hub id or diffusers folder) built on `model`; empty: the known one
     # (Wan-AI/Wan2.1-VACE-1.3B-diffusers / -14B-diffusers for the 2.1 T2V models), loaded on first use
     vace_model: str = ""
+    swap_experts: bool = True  # Wan 2.2 A14B: the idle expert waits on the host while pv's sampler runs
 
 
 def make_wan(options: dict | None = None, device: str | None = None) -> WanBackbone:
@@ -399,4 +433,5 @@ def make_wan(options: dict | None = None, device: str | None = None) -> WanBackb
     return store_frozen_weights(WanBackbone(
         "wan", pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler, info, dev, dtype,
         max_sequence_length=opts.max_sequence_length, expand_timesteps=bool(pipe.config.get("expand_timesteps")),
-        vace_model=opts.vace_model or VACE_MODELS.get(opts.model, ""), **experts), opts.weights, EXPERTS)
+        vace_model=opts.vace_model or VACE_MODELS.get(opts.model, ""), swap_experts=opts.swap_experts, **experts),
+        opts.weights, EXPERTS)

@@ -200,6 +200,7 @@ class Tuner:
         self.uncond = self.embeds(settings.generate.negative_prompt) if t.guidance_scale > 1 else None
         if t.offload_text_encoder == "always" or (t.offload_text_encoder == "auto" and backbone.device.type != "cpu"):
             self.embeds.offload(self.prompts.prompts)  # the pool (the held-out measure uses its first prompt)
+        backbone.place_denoiser()  # a backbone that loaded it on the host: only now beside the step's memory
         # fp16 denoiser: gradients below fp16's range vanish on their way to the fp32 adapter unless
         # the loss is scaled (steps whose gradients overflow are skipped and the scale lowered)
         self.scaler = torch.amp.GradScaler(backbone.device.type, init_scale=2.0**12,
