@@ -196,3 +196,26 @@ def test_wan_embeds_the_prompt_pool_before_its_experts_arrive_and_keeps_the_idle
         (on_device.add if device == "cpu" else on_device.discard)(what)
         assert len(on_device) <= 1, log
     assert ("high", "cpu") in log and log[-1] == ("low", "cpu")  # high-noise steps swapped in, then back
+
+
+def test_hunyuan_places_its_transformer_after_the_prompt_pool_is_embedded(monkeypatch, encoder, reference):
+    """HunyuanVideo loads its transformer on the host: tuning embeds the pool (LLaMA and CLIP forwards)
+    first, then places it, once (recorded on a tiny model whose placement is pretended pending)."""
+    from pv_hunyuanvideo.backbone import make_tiny_hunyuanvideo
+    from transformers import LlamaModel
+
+    from pvcli.engine.tune import Tuner
+    from pvcli.settings import parse_set, resolve
+
+    bb = make_tiny_hunyuanvideo()
+    bb.placed = False
+    log = []
+    monkeypatch.setattr(bb.denoiser, "to", lambda device: log.append(("place", str(device))))
+    real = LlamaModel.forward
+    monkeypatch.setattr(LlamaModel, "forward", lambda self, *a, **k: (log.append(("encode", None)), real(self, *a, **k))[1])
+    settings = resolve("tiny-hunyuan", [parse_set(["tune.offload_text_encoder=always"])])[1]
+    tuner = Tuner(bb, encoder, settings, reference)
+    assert log.count(("encode", None)) >= len(tuner.prompts.prompts) and log[-1] == ("place", "cpu")
+    assert log.count(("place", "cpu")) == 1
+    tuner.step()
+    assert log.count(("place", "cpu")) == 1
