@@ -201,6 +201,23 @@ class Backbone(ABC):
         backbone that defers also calls it before it denoises. Default: nothing (placed at load)."""
         return None
 
+    def offload_blocks(self) -> list[torch.nn.Module]:
+        """The denoiser's repeated blocks whose frozen weights may wait on the host (`tune.offload=blocks`),
+        in order. Default: the top-level modules of the classes the denoiser lists in diffusers'
+        `_repeated_blocks`; none is one line."""
+        from .errors import PVError
+
+        kinds = set(getattr(self.denoiser, "_repeated_blocks", None) or ())
+        blocks, inside = [], ()
+        for name, module in self.denoiser.named_modules():
+            if type(module).__name__ in kinds and not any(name.startswith(f"{b}.") for b in inside):
+                blocks.append(module)
+                inside = (*inside, name)
+        if not blocks:
+            raise PVError(f"tune.offload=blocks: backbone {self.name!r} names no blocks to offload",
+                          "set tune.offload=none")
+        return blocks
+
     def new_scheduler(self):
         """A fresh scheduler with the backbone's configuration (samplers keep state)."""
         return type(self.scheduler).from_config(self.scheduler.config)
