@@ -5,11 +5,9 @@ model, around the real HunyuanVideoBackbone. No weights, no download."""
 
 from __future__ import annotations
 
-from pv_animatediff.backbone import quiet_libraries
-from pv_wan.memory import weights_option
+from pv_animatediff.backbone import quiet_libraries, store_frozen_weights
 
 from pvcli.contracts import RealSizeModel
-from pvcli.engine.memtrace import store_weights
 from pvcli.errors import PVError
 
 MODELS = {"hunyuanvideo-community/HunyuanVideo": "hunyuanvideo"}
@@ -53,8 +51,7 @@ def real_size(options: dict | None = None) -> RealSizeModel:
     from .configs import TRANSFORMERS
 
     quiet_libraries()
-    options, weights = weights_option(options)
-    opts = validate_options(HunyuanVideoOptions, options, "backbone.options")
+    opts = validate_options(HunyuanVideoOptions, options or {}, "backbone.options")
     key = MODELS.get(opts.model)
     if key is None:
         raise PVError(f"no shipped config for HunyuanVideo model {opts.model!r}: the memory trace knows "
@@ -66,9 +63,9 @@ def real_size(options: dict | None = None) -> RealSizeModel:
                                        num_attention_heads=32, num_key_value_heads=8))
         clip = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                             num_attention_heads=12, projection_dim=768))
-    bb = HunyuanVideoBackbone("hunyuanvideo", transformer, vae, llama, None, clip, None, HunyuanFlowScheduler(),
-                              {"base_model": opts.model}, "meta", torch.bfloat16, {}, max_sequence_length=opts.max_sequence_length)
-    store_weights(bb.denoiser, weights)  # after the backbone's own cast, as the factory does
+    bb = store_frozen_weights(HunyuanVideoBackbone(
+        "hunyuanvideo", transformer, vae, llama, None, clip, None, HunyuanFlowScheduler(), {"base_model": opts.model},
+        "meta", torch.bfloat16, {}, max_sequence_length=opts.max_sequence_length), opts.weights)
     return _model(bb, llama, clip, opts.max_sequence_length, [])
 
 
@@ -80,12 +77,11 @@ def tiny_real_size(options: dict | None = None) -> RealSizeModel:
 
     from .backbone import HunyuanVideoBackbone, TinyHunyuanOptions, build_tiny_components
 
-    options, weights = weights_option(options)
-    opts = validate_options(TinyHunyuanOptions, options, "backbone.options")
+    opts = validate_options(TinyHunyuanOptions, options or {}, "backbone.options")
     c = build_tiny_components(opts.seed, opts.shift)
     dtype = torch.float32 if opts.dtype == "float32" else torch.bfloat16
-    bb = HunyuanVideoBackbone("hunyuanvideo-tiny", c["transformer"], c["vae"], c["text_encoder"], None,
-                              c["text_encoder_2"], None, c["scheduler"], {"base_model": "tiny-hunyuanvideo"}, "meta", dtype,
-                              c["prompt_template"], max_sequence_length=32, random_weights=True)
-    store_weights(bb.denoiser, weights)
+    bb = store_frozen_weights(HunyuanVideoBackbone(
+        "hunyuanvideo-tiny", c["transformer"], c["vae"], c["text_encoder"], None, c["text_encoder_2"], None,
+        c["scheduler"], {"base_model": "tiny-hunyuanvideo"}, "meta", dtype, c["prompt_template"], max_sequence_length=32,
+        random_weights=True), opts.weights)
     return _model(bb, bb.text_encoder, bb.text_encoder_2, 32, [])

@@ -135,7 +135,6 @@ class Planner:
                           "the dry run and tune.memory need one; set the switches yourself")
         options = dict(settings.backbone.options)
         options["weights"] = sw.weights
-        entry.memory(options)  # a model it has no config for fails here, in one line, before tracing
         encoder = self.registry.get("encoders", settings.encoder.name).factory
         network = getattr(encoder, "network", None)
         notes = [] if network is not None else [f"face network of encoder {settings.encoder.name!r} not traced "

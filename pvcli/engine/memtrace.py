@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 GIB = 2**30
 ATTENTION_NOTE = "attention counted as the fused CUDA kernels hold it (flash: O(N) per head, no N x N matrix)"
 PHASES = ("load", "prompt_encoding", "sampling", "gradient_step")
-FACE_WINDOW = 256  # pixels: a 160 px face crop and its margin (the window face_decode=faces decodes)
+FACE_PX = 160  # the face a step's face_decode=faces window holds (the face network's crop side), pixels
 RESIDENT_BLOCKS = 2  # tune.offload=blocks: the block that runs and the one being prefetched
 
 
@@ -69,14 +69,67 @@ class Switches:
                 f"decode_dtype={self.decode_dtype},face_decode={self.face_decode},offload={self.offload}")
 
 
-def store_weights(module, weights: str) -> None:
-    """backbone.options.weights on a diffusers model: `fp8` stores its frozen weights in float8 and
-    computes each layer in bf16 (enable_layerwise_casting; the family's listed embedders and norms
-    stay as they are); `bf16` leaves it."""
+@contextmanager
+def meta_pinned():
+    """Modules on the meta device stay there whatever device they are sent to (`.to(HOST)`,
+    `.to(cuda)`); a dtype still applies. The backbone's own placement code (the denoiser loaded on the
+    host and placed later, an idle expert sent to the host) then runs unchanged on the meta model;
+    what leaves the GPU is what the builder leaves out of the trace."""
     import torch
 
-    if weights == "fp8":
-        module.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    original = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        first = next(iter(self.parameters()), None)
+        if device is not None and first is not None and first.is_meta and torch.device(device).type != "meta":
+            return original(self, dtype) if dtype is not None else self
+        return original(self, *args, **kwargs)
+
+    torch.nn.Module.to = to
+    try:
+        yield
+    finally:
+        torch.nn.Module.to = original
+
+
+def bf16_compute(module):
+    """CUDA autocast to bf16 as it acts on a decoder (tune.decode_dtype=bfloat16), for meta tensors,
+    which autocast does not take: while `switch["on"]`, each convolution and linear layer of `module`
+    casts its input, weight and bias to bf16 at the call (casts of frozen weights are not cached:
+    each call makes its own, and backward keeps what it needs); everything else runs in the dtype it
+    gets. Returns the switch (the decode under grad and backward, where a checkpointed decoder
+    recomputes, turn it on)."""
+    import torch
+    import torch.nn.functional as F
+
+    switch = {"on": False}
+
+    def cast(x):
+        return x.to(torch.bfloat16) if switch["on"] and isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+            def conv(x, weight, bias, _orig=m._conv_forward):
+                return _orig(cast(x), cast(weight), cast(bias))
+            m._conv_forward = conv
+        elif isinstance(m, torch.nn.Linear):
+            def linear(x, _m=m):
+                return F.linear(cast(x), cast(_m.weight), cast(_m.bias))
+            m.forward = linear
+    return switch
+
+
+@contextmanager
+def _on(switch: dict | None):
+    if switch is None:
+        yield
+        return
+    switch["on"] = True
+    try:
+        yield
+    finally:
+        switch["on"] = False
 
 
 def _tracker_class():
@@ -180,6 +233,15 @@ def _param_bytes(module) -> int:
     return total
 
 
+def face_box(bb, h: int, w: int) -> tuple[int, int, int, int]:
+    """The latent window tune.face_decode=faces decodes for one FACE_PX face in the middle of the
+    frame: the face's latent pixels and the backbone's window_margin on each side, clipped."""
+    side = -(-FACE_PX // bb.vae_scale_factor) + 2 * int(getattr(bb, "window_margin", 8))
+    sh, sw = min(h, side), min(w, side)
+    y0, x0 = (h - sh) // 2, (w - sw) // 2
+    return y0, y0 + sh, x0, x0 + sw
+
+
 def decoded_frames(shape: StepShape) -> list[int]:
     """The pixel frames a step decodes under grad in the worst case: the last frame the supervised
     window allows is supervised (a causal decoder then decodes every frame up to it)."""
@@ -216,8 +278,6 @@ class Trace:
 
 def _prepare(model, shape: StepShape, switches: Switches) -> None:
     """The step's adapter and switches on the full-depth model, as the Tuner applies them."""
-    import torch
-
     from .adapter import add_adapter
 
     bb = model.backbone
@@ -226,14 +286,7 @@ def _prepare(model, shape: StepShape, switches: Switches) -> None:
         bb.enable_gradient_checkpointing()
     if switches.decoder_checkpointing:
         bb.enable_decoder_checkpointing()
-    if switches.decode_dtype == "bfloat16":  # the decoder's weights and input in bf16
-        bb.vae.to(torch.bfloat16)
-        decode = bb.vae.decode
-
-        def bf16_decode(z, *args, **kwargs):
-            return decode(z.to(torch.bfloat16), *args, **kwargs)
-
-        bb.vae.decode = bf16_decode
+    model.bf16 = bf16_compute(bb.vae) if switches.decode_dtype == "bfloat16" else None
 
 
 def _run(model, encoder_network, shape: StepShape, switches: Switches) -> tuple[dict, dict, dict, int, int, int]:
@@ -260,16 +313,15 @@ def _run(model, encoder_network, shape: StepShape, switches: Switches) -> tuple[
         tracker.track_external(module)
     with tracker, fused_attention():
         # load: everything the backbone holds once loaded
-        peaks["load"], snaps["load"], flops["load"] = tracker.total(), tracker.current(), 0.0
+        peaks["load"], snaps["load"] = tracker.total(), tracker.current()
         tracker.reset_peak()
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        with torch.no_grad():
             model.encode()
-        peaks["prompt_encoding"], snaps["prompt_encoding"], flops["prompt_encoding"] = \
-            tracker.peak, tracker.peak_snap, float(fc.get_total_flops())
+        peaks["prompt_encoding"], snaps["prompt_encoding"] = tracker.peak, tracker.peak_snap
         extra = {"guidance": shape.guidance_scale} if bb.embedded_guidance else {}
         if shape.gen_frames:  # generation: one denoiser step at the CFG batch, then the whole clip decoded
             gcfg = 1 if bb.embedded_guidance or shape.gen_guidance_scale <= 1 else 2
-            with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            with torch.no_grad():
                 latents = torch.empty(gcfg, bb.latent_channels, bb.latent_frames(shape.gen_frames),
                                       shape.gen_height // bb.vae_scale_factor, shape.gen_width // bb.vae_scale_factor,
                                       device=meta)
@@ -277,8 +329,7 @@ def _run(model, encoder_network, shape: StepShape, switches: Switches) -> tuple[
                 del latents
                 bb.decode(v[:1])
                 del v
-            peaks["generation"], snaps["generation"], flops["generation"] = \
-                tracker.peak, tracker.peak_snap, float(fc.get_total_flops())
+            peaks["generation"], snaps["generation"] = tracker.peak, tracker.peak_snap
         # the adapter's AdamW state exists from the first step on
         for p in params:
             p.grad = torch.zeros_like(p)
@@ -290,46 +341,77 @@ def _run(model, encoder_network, shape: StepShape, switches: Switches) -> tuple[
         # sampling: the no-grad denoiser at the CFG batch (the text encoders off the GPU by now)
         off = sum(_param_bytes(e) for e in encoders) if shape.offload_text_encoder else 0
         tracker.reset_peak()
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        with torch.no_grad():
             latents = torch.empty(cfg, bb.latent_channels, lat_frames, h, w, device=meta)
             bb.predict_noise(latents, 500, model.conditioning(cfg), **extra)
             del latents
-        peaks["sampling"], snaps["sampling"], flops["sampling"] = tracker.peak - off, tracker.peak_snap, \
-            float(fc.get_total_flops())
+        peaks["sampling"], snaps["sampling"] = tracker.peak - off, tracker.peak_snap
         # the gradient step
         tracker.reset_peak()
-        with FlopCounterMode(display=False) as fc:
-            x = torch.empty(1, bb.latent_channels, lat_frames, h, w, device=meta)
-            embeds = model.conditioning(cfg)
-            for _ in range(shape.grad_steps):  # at the CFG batch, as pv's sampler runs the grad tail
-                v = bb.predict_noise(torch.cat([x] * cfg) if cfg > 1 else x, 500, embeds, **extra)
-                if cfg > 1:
-                    v = v[:1] + shape.guidance_scale * (v[1:] - v[:1])
-                x = x - 0.1 * v
-            del v
-            idx = decoded_frames(shape)
-            if switches.face_decode == "faces":
-                side = max(1, min(h, w, FACE_WINDOW // bb.vae_scale_factor))
-                box = (0, side, 0, side)
-                decode_window = getattr(bb, "decode_window", None)
-                frames = decode_window(x, idx, box) if decode_window else bb.decode_frames(x[..., :side, :side], idx)
-            else:
+        x = torch.empty(1, bb.latent_channels, lat_frames, h, w, device=meta)
+        embeds = model.conditioning(cfg)
+        for _ in range(shape.grad_steps):  # at the CFG batch, as pv's sampler runs the grad tail
+            v = bb.predict_noise(torch.cat([x] * cfg) if cfg > 1 else x, 500, embeds, **extra)
+            if cfg > 1:
+                v = v[:1] + shape.guidance_scale * (v[1:] - v[:1])
+            x = x - 0.1 * v
+        del v
+        idx = decoded_frames(shape)
+
+        def cast():  # backward too: a checkpointed decoder recomputes in it, as autocast would
+            return _on(model.bf16)
+
+        if switches.face_decode == "faces":  # the faces found on a decode without grad, then their window
+            with torch.no_grad():
+                bb.decode_frames(x.detach(), idx)
+            with cast():
+                frames = bb.decode_window(x, idx, face_box(bb, h, w))
+        else:
+            with cast():
                 frames = bb.decode_frames(x, idx)
-            frames = frames[0].float()
-            if face is not None:
-                crops = F.interpolate(frames, size=(face_size, face_size), mode="bilinear", align_corners=False)
-                embedding = F.normalize(face(crops).float(), dim=-1)
-                loss = (1 - embedding @ torch.empty(embedding.shape[-1], device=meta)).mean()
-            else:
-                loss = frames.mean()
-            del frames, x
+        frames = frames[0].float()
+        if face is not None:
+            crops = F.interpolate(frames, size=(face_size, face_size), mode="bilinear", align_corners=False)
+            embedding = F.normalize(face(crops).float(), dim=-1)
+            loss = (1 - embedding @ torch.empty(embedding.shape[-1], device=meta)).mean()
+        else:
+            loss = frames.mean()
+        del frames, x
+        with cast():
             loss.backward()
-            del loss
-            optimizer.step()
-        peaks["gradient_step"], snaps["gradient_step"], flops["gradient_step"] = tracker.peak - off, \
-            tracker.peak_snap, float(fc.get_total_flops())
+        del loss
+        optimizer.step()
+        peaks["gradient_step"], snaps["gradient_step"] = tracker.peak - off, tracker.peak_snap
     for p in params:
         p.grad = None
+    # FLOPs in a pass of their own (a FlopCounterMode beside the tracker keeps backward's tensors alive):
+    # forwards without grad; backward counted as twice its forward, a checkpointed recompute as one more
+    with torch.no_grad(), fused_attention():
+        def count(fn) -> float:
+            with FlopCounterMode(display=False) as fc:
+                fn()
+            return float(fc.get_total_flops())
+
+        lat = torch.empty(cfg, bb.latent_channels, lat_frames, h, w, device=meta)
+        flops["sampling"] = count(lambda: bb.predict_noise(lat, 500, model.conditioning(cfg), **extra))
+        flops["prompt_encoding"] = count(model.encode)
+        one = lat[:1]
+        idx = decoded_frames(shape)
+        box = face_box(bb, h, w) if switches.face_decode == "faces" else None
+        decode = count(lambda: bb.decode_frames(one, idx) if box is None else bb.decode_window(one, idx, box))
+        seen = count(lambda: bb.decode_frames(one, idx)) if box is not None else 0.0
+        faces = count(lambda: face(torch.empty(len(idx), 3, face_size, face_size, device=meta))) if face is not None else 0.0
+        recompute = int(shape.gradient_checkpointing)
+        dec_recompute = int(bool(getattr(bb, "decoder_checkpointing", False) or switches.decoder_checkpointing))
+        flops["gradient_step"] = (shape.grad_steps * flops["sampling"] * (3 + recompute) + decode * (3 + dec_recompute)
+                                  + seen + faces * 3)
+        flops["load"] = 0.0
+        if shape.gen_frames:
+            gcfg = 1 if bb.embedded_guidance or shape.gen_guidance_scale <= 1 else 2
+            gl = torch.empty(gcfg, bb.latent_channels, bb.latent_frames(shape.gen_frames),
+                             shape.gen_height // bb.vae_scale_factor, shape.gen_width // bb.vae_scale_factor, device=meta)
+            flops["generation"] = count(lambda: bb.predict_noise(gl, 500, model.conditioning(gcfg), **extra)) + \
+                count(lambda: bb.decode(gl[:1]))
     return peaks, snaps, flops, block_bytes, expert_bytes, sum(_param_bytes(e) for e in encoders)
 
 
@@ -337,16 +419,17 @@ def trace_step(build, encoder_network, shape: StepShape, switches: Switches, not
     """Trace one tuning step with 1 and 2 units of the denoiser's blocks and scale to the full
     depth; `build()` returns contracts.RealSizeModel (with `switches.weights` applied)."""
     start = time.perf_counter()
-    model = build()
-    _prepare(model, shape, switches)
-    mods = [model.backbone.denoiser, *model.experts.values()]
-    cut = [_units(m, model.blocks) for m in mods]
-    full = cut[0][1]
-    runs = []
-    for units in ((1, 2) if full > 1 else (1,)):
-        for m, (lists, n) in zip(mods, cut, strict=True):
-            _truncate(m, model.blocks, lists, n, units)
-        runs.append(_run(model, encoder_network, shape, switches))
+    with meta_pinned():
+        model = build()
+        _prepare(model, shape, switches)
+        mods = [model.backbone.denoiser, *model.experts.values()]
+        cut = [_units(m, model.blocks) for m in mods]
+        full = cut[0][1]
+        runs = []
+        for units in ((1, 2) if full > 1 else (1,)):
+            for m, (lists, n) in zip(mods, cut, strict=True):
+                _truncate(m, model.blocks, lists, n, units)
+            runs.append(_run(model, encoder_network, shape, switches))
     p1, s1, f1, b1, e1, t1 = runs[0]
     p2, s2, f2, b2, e2, _ = runs[-1]
 
