@@ -79,6 +79,8 @@ def tiny_real_size(options: dict | None = None) -> RealSizeModel:
 
     opts = validate_options(TinyHunyuanOptions, options or {}, "backbone.options")
     c = build_tiny_components(opts.seed, opts.shift)
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        c[name] = c[name].to(torch.device("meta"))
     dtype = torch.float32 if opts.dtype == "float32" else torch.bfloat16
     bb = store_frozen_weights(HunyuanVideoBackbone(
         "hunyuanvideo-tiny", c["transformer"], c["vae"], c["text_encoder"], None, c["text_encoder_2"], None,
