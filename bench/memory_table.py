@@ -17,13 +17,14 @@ LABELS = {"load": "load", "prompt_encoding": "prompt enc.", "sampling": "samplin
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| profile | card | fits | switches pv sets | load | prompt enc. | sampling | grad step | peak (GiB) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| profile | card | fits | switches pv sets | load | prompt enc. | sampling | grad step | peak (GiB) "
+           "| generation (GiB) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r["phases_gib"]
         changes = ", ".join(f"`{k}={str(v).lower() if isinstance(v, bool) else v}`" for k, v in r["changes"].items())
         out.append(f"| {r['profile']} | {r['card']} GB | {'yes' if r['fits'] else '**no**'} | {changes or '-'} | "
-                   + " | ".join(f"{p[k]:.1f}" for k in LABELS) + f" | **{r['peak_gib']:.1f}** |")
+                   + " | ".join(f"{p[k]:.1f}" for k in LABELS) + f" | **{r['peak_gib']:.1f}** | "
+                   + (f"{r['generation_gib']:.1f}" if r.get("generation_gib") is not None else "-") + " |")
     return "\n".join(out)
 
 
