@@ -50,14 +50,15 @@ def main() -> None:
         for card in args.cards or CARDS:
             plan = planner.plan(settings, card)
             rows.append({"profile": profile, "card": card, **plan})
+            print(table(rows[-1:]).splitlines()[-1], flush=True)  # each card as it is planned
+            shipped.update(planner.cache)
+            _write(CACHE, shipped)
         print(f"{profile}: {time.perf_counter() - start:.0f} s, generation {rows[-1]['generation_gib']} GiB",
               file=sys.stderr)
-        shipped.update(planner.cache)
-        _write(CACHE, shipped)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    print(table(rows))
+    print(table(rows).splitlines()[0], file=sys.stderr)
 
 
 if __name__ == "__main__":
