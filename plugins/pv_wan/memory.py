@@ -73,6 +73,8 @@ def real_size(options: dict | None = None) -> RealSizeModel:
         transformer = WanTransformer3DModel(**TRANSFORMERS[key])
         second = WanTransformer3DModel(**TRANSFORMERS[key]) if key == "wan2.2-a14b" else None
         vae = AutoencoderKLWan(**VAES.get(key, {}))
+    if len(vae.config.latents_mean) != vae.config.z_dim:  # configs.py leaves the 5B's statistics out: sizes only
+        vae.register_to_config(latents_mean=[0.0] * vae.config.z_dim, latents_std=[1.0] * vae.config.z_dim)
     experts = {"transformer_2": second, "boundary_ratio": BOUNDARY} if second is not None else {}
     bb = store_frozen_weights(WanBackbone(
         "wan", transformer, vae, umt5_xxl(), None, FlowMatchEulerDiscreteScheduler(), {"base_model": opts.model}, "meta",
