@@ -86,7 +86,7 @@ class TuneSettings:
     # device but the CPU; always: also on the CPU, where it changes nothing but is checked)
     offload_text_encoder: Literal["auto", "always", "never"] = "auto"
     # memory switches (issue 31; the planner, `pv tune --dry-run`, chooses among them):
-    # recompute the decoder's activations in backward (Wan: per latent frame with its feature cache)
+    # recompute the decoder's activations in backward (a causal video decoder: per latent frame with its feature cache)
     decoder_checkpointing: bool = False
     # the decode under gradient runs under autocast to bfloat16 (the detached decodes stay float32)
     decode_dtype: Literal["float32", "bfloat16"] = "float32"
