@@ -353,6 +353,22 @@ def cpu_estimates(profile: str, s) -> tuple[dict[bool, float], str | None]:
     return {}, None
 
 
+def traced_gib(s, ckpt: bool) -> float | None:
+    """pv's memory trace of the same step (pvcli/engine/memtrace.py: the real configs on the meta device,
+    shipped traces or a fresh one): its gradient-step peak in GiB, with checkpointing `ckpt`; None
+    for a backbone pv cannot trace."""
+    from pvcli.engine.memplan import Planner
+    from pvcli.errors import PVError
+    from pvcli.plugins import build_plugin_manager
+    from pvcli.settings import from_dict
+
+    try:
+        settings = from_dict(s.to_dict(), [{"tune": {"gradient_checkpointing": ckpt}}])
+        return Planner(build_plugin_manager(), status=log).phases(settings)[0]["gradient_step"]
+    except PVError:
+        return None
+
+
 def _totals(est: dict) -> dict[bool, float]:
     return {ckpt: est[key]["total_gb"] for ckpt, key in ((False, "without_checkpointing"), (True, "with_checkpointing"))
             if "total_gb" in (est.get(key) or {})}
@@ -407,7 +423,7 @@ def measure_profile(profile: str, real_profile: str, sets: list[str], dev: Devic
     warmed = False
     for ckpt in (False, True):  # off first: switching checkpointing on cannot be undone
         entry = {"gradient_checkpointing": ckpt, "profile_default": ckpt == default_ckpt,
-                 "cpu_estimate_gib": estimates.get(ckpt)}
+                 "cpu_estimate_gib": estimates.get(ckpt), "traced_gib": traced_gib(s, ckpt)}
         # still to measure after this: the other variant (~1.3 steps) and 3 generations (~1 step each)
         reserve = 4.3 if not ckpt else 3.0
         try:
@@ -519,25 +535,26 @@ def markdown(result: dict) -> str:
              f"{'Tiny configs' if env['tiny'] else 'Real-size models'} with random weights; "
              f"{result['identity_network']}.", "",
              "| profile | dtype | tuning clip | gradient checkpointing | tuning step | max allocated | max reserved "
-             "| CPU-derived estimate |", "|---|---|---|---|---|---|---|---|"]
+             "| CPU-derived estimate | traced (pv's memory trace) |", "|---|---|---|---|---|---|---|---|---|"]
     for p in result["profiles"]:
         st = p.get("settings", {})
         clip = (f"{st.get('frames')}x{st.get('height')}x{st.get('width')}, {st.get('num_inference_steps')} steps "
                 f"({st.get('grad_steps')} under grad), CFG {st.get('guidance_scale'):g}, "
                 f"{st.get('supervised_frames')} supervised") if st else ""
         if p["status"] != "ok":
-            lines.append(f"| {p['profile']} | | {clip} | | **{_status(p)}** | | | |")
+            lines.append(f"| {p['profile']} | | {clip} | | **{_status(p)}** | | | | |")
             continue
         for e in p["tuning"]:
             ckpt = ("on" if e["gradient_checkpointing"] else "off") + (" (profile default)" if e["profile_default"] else "")
             est = (f"~{e['cpu_estimate_gib']} GB ({p['cpu_estimate_source'].split(' (')[0]})"
                    if e.get("cpu_estimate_gib") is not None else "-")
+            traced = _gib(e.get("traced_gib")) if e.get("traced_gib") is not None else "-"
             if e["status"] != "ok":
-                lines.append(f"| {p['profile']} | {p['dtype']} | {clip} | {ckpt} | **{_status(e)}** | | | {est} |")
+                lines.append(f"| {p['profile']} | {p['dtype']} | {clip} | {ckpt} | **{_status(e)}** | | | {est} | {traced} |")
                 continue
             lines.append(f"| {p['profile']} | {p['dtype']} | {clip} | {ckpt} | {e['median_s']:.2f} s (median of "
                          f"{len(e['runs_s'])}) | {_gib(e['max_allocated_gib'])} | {_gib(e['max_reserved_gib'])} "
-                         f"| {est} |")
+                         f"| {est} | {traced} |")
     lines += ["", "| profile | the same clip, generated | pv generate | raw diffusers pipeline | ratio | max allocated |",
               "|---|---|---|---|---|---|"]
     for p in result["profiles"]:

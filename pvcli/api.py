@@ -131,6 +131,25 @@ def _overlays(aliases: dict[str, str], values: dict[str, Any], overrides: Overri
     return [first, overlay({aliases[k]: v for k, v in values.items()})]
 
 
+def plan_tuning(photos: str | Path | Iterable[str | Path], *, profile: str | None = None, overrides: Overrides = None,
+                gpu_memory: float | str | None = None, context: Context | None = None, **settings: Any) -> dict:
+    """`pv tune --dry-run`: the traced peak per phase of the profile's tuning step, what pv would set
+    to fit a card of `gpu_memory` GiB (default: tune.memory, else this machine's GPU, else every card
+    class) and the step's estimated time. Offline: the photos are only checked to exist."""
+    from .images import expand_photos
+    from .jobs.plan import dry_run
+    from .settings import resolve
+
+    prof, resolved = resolve(profile, _overlays(TUNE_SETTINGS, settings, overrides))
+    photo_list = [str(photos)] if isinstance(photos, (str, Path)) else [str(p) for p in photos or []]
+    if not photo_list:
+        raise PVError("tune needs reference photo(s)", "e.g. pv tune face.jpg --name alice --dry-run")
+    expand_photos(photo_list)  # they exist; nothing is decoded
+    ctx = _context(context, None, None)
+    ctx.registry.check_frames(resolved.backbone.name, resolved.tune.frames, "tune.frames")
+    return dry_run(ctx, resolved, prof, gpu_memory)
+
+
 def tune(photos: str | Path | Iterable[str | Path], name: str, *, profile: str | None = None,
          overrides: Overrides = None, force: bool = False, face_index: int = 0, prompts_file: str | Path | None = None,
          device: str | None = None, progress: Progress = None, context: Context | None = None,

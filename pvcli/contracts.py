@@ -4,7 +4,9 @@ face model: a third-party plugin implements these and registers a factory throug
 Every factory is called as `factory(options=dict, device=str)` and raises `PVError` for bad
 options or missing weights. An encoder factory whose encoders are not differentiable carries
 `factory.differentiable = False` (see IdentityEncoder.differentiable), so that pv can refuse to tune
-with it before any model loads.
+with it before any model loads. An encoder factory may carry `factory.network()`, returning its face
+network at real size on the meta device and its input side, `(module, size)`: the memory trace
+runs it on the step's face crops (without it the trace leaves the face network out and says so).
 """
 
 from __future__ import annotations
@@ -354,3 +356,36 @@ class Conditioner(ABC):
     def apply(self, backbone: Backbone, plan: GenerationPlan) -> None:
         """Add this add-on to `plan`: load its models onto the backbone's device, prepare its inputs
         at the plan's frames and size, load LoRAs into the backbone. Raise PVError for bad input."""
+
+
+# --------------------------------------------------------------------------- memory trace
+
+
+@dataclass
+class RealSizeModel:
+    """A backbone at real size with no weights, for pv's memory trace (`pv tune --dry-run`,
+    `tune.memory`): what a backbone registration's `memory(options)` returns, built from the family's
+    shipped configs for those backbone options (no download, no weights).
+
+    backbone: the family's own Backbone around modules built on the meta device, in the dtypes it
+      runs in on a GPU, with the options' storage switch (`weights`) applied as its factory applies
+      it; `device` is meta. The trace calls its predict_noise / decode_frames / decode_window /
+      enable_gradient_checkpointing / enable_decoder_checkpointing: the real step's code.
+    text_encoders: the text encoders' modules by name (meta).
+    encode: runs the text encoders' forward once on meta inputs of the real prompt length, no grad.
+    conditioning(batch): meta conditioning as `encode_prompt` returns it, for `batch` prompts.
+    blocks: the names of the denoiser's repeated-block ModuleLists (e.g. ["blocks"]); the trace runs
+      a step with 1 and 2 units of them (a unit keeps the lists' proportions) and scales the per-unit
+      bytes linearly to the full depth.
+    experts: other denoisers that sample beside the adapted one (a high-noise expert of two),
+      by name, meta; they run without grad.
+    notes: what the model leaves out or approximates, said with the trace.
+    """
+
+    backbone: Backbone
+    text_encoders: dict[str, Any]
+    encode: Callable[[], None]
+    conditioning: Callable[[int], Conditioning]
+    blocks: list[str]
+    experts: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)

@@ -52,6 +52,9 @@ class Entry:
     # backbone, Backbone.describe(); `options`: backbone.options in effect; `asked`: the add-ons
     # asked for as (kind, options) pairs, ("video", {"source": ...}) for --video): refused before it loads
     refuse: Callable[[dict, dict, list[tuple[str, dict]]], None] | None = None
+    # backbones: memory(options) -> contracts.RealSizeModel, the backbone at real size on the meta
+    # device from the family's shipped configs (pv tune --dry-run's memory trace); None: not traced
+    memory: Callable | None = None
 
 
 @dataclass
@@ -81,7 +84,8 @@ class Registry:
             def register(name: str, factory: Callable, description: str = "", frames: Callable | None = None,
                          lora_formats: dict[str, Callable] | None = None, accepts: frozenset | None = None,
                          workflows: dict[str, Callable] | None = None, size_multiple: Callable | None = None,
-                         refuse: Callable | None = None, _plugin: str = plugin) -> None:
+                         refuse: Callable | None = None, memory: Callable | None = None,
+                         _plugin: str = plugin) -> None:
                 table = self.entries[kind]
                 if name in table:
                     warn(f"plugin {_plugin!r} registers {_SINGULAR[kind]} {name!r}, already registered by "
@@ -89,7 +93,7 @@ class Registry:
                     return
                 table[name] = Entry(name, factory, _plugin, description, frames, dict(lora_formats or {}),
                                     None if accepts is None else frozenset(accepts), dict(workflows or {}),
-                                    size_multiple, refuse)
+                                    size_multiple, refuse, memory)
                 self.plugins.setdefault(_plugin, PluginInfo(_plugin, None)).registered.setdefault(kind, []).append(name)
 
             try:

@@ -91,7 +91,7 @@ class TuneSettings:
     # device but the CPU; always: also on the CPU, where it changes nothing but is checked)
     offload_text_encoder: Literal["auto", "always", "never"] = "auto"
     # memory switches (issue 31; the planner, `pv tune --dry-run`, chooses among them):
-    # recompute the decoder's activations in backward (a causal video VAE: per latent frame, with its cache)
+    # recompute the decoder's activations in backward (a causal video decoder: per latent frame with its feature cache)
     decoder_checkpointing: bool = False
     # the decode under gradient runs under autocast to bfloat16 (the detached decodes stay float32)
     decode_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -110,6 +110,9 @@ class TuneSettings:
     # experiment tracker for every step's scalars, the samples and the settings (pip install "pv[tracking]")
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     logging_dir: str = ""  # where the tracker's logs go ("" = $PV_HOME/logs)
+    # the GPU memory a tuning step must fit: auto (the free memory of the CUDA device it runs on) or a
+    # number of GiB; pv turns on the cheapest memory switches whose traced peak fits (engine/memplan.py)
+    memory: str = "auto"
 
 
 @dataclass
@@ -243,7 +246,24 @@ def _merge_into(obj: Any, data: dict, prefix: str) -> None:
             setattr(obj, key, _coerce(path, hints[key], value))
 
 
+def parse_memory(value, what: str = "tune.memory") -> float | None:
+    """`auto` -> None (the card pv detects), else a number of GiB above 0; anything else is one line."""
+    import math
+
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        gib = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        gib = float("nan")
+    if not math.isfinite(gib) or gib <= 0:
+        raise PVError(f"{what} must be auto or a number of GiB above 0, got {value!r}",
+                      "e.g. 24 for a 24 GB card; auto detects the GPU pv tunes on")
+    return gib
+
+
 def _validate(s: Settings) -> None:
+    parse_memory(s.tune.memory)
     if not s.backbone.name:
         raise PVError("no backbone is set", "choose a --profile (see `pv profiles`) or --set backbone.name=NAME")
     for path, (lo, hi) in _RANGES.items():

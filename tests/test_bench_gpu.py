@@ -74,8 +74,11 @@ def test_cpu_tiny_run_measures_every_family_with_nothing_but_the_bare_box_packag
         assert (g["frames"], g["height"], g["steps"]) == (s["frames"], s["height"], s["num_inference_steps"])
         assert s["supervised_frames"] == 2  # --set reached the Tuner's settings
 
+    traced = {p["profile"]: [e["traced_gib"] for e in p["tuning"]] for p in r["profiles"]}
+    assert all(0 < g < 1 for g in traced["tiny-wan"] + traced["tiny-hunyuan"])  # pv's trace beside the measurement
     md = out.with_suffix(".md").read_text()
     assert "| profile | dtype | tuning clip | gradient checkpointing | tuning step | max allocated |" in md
+    assert "| traced (pv's memory trace) |" in md
     assert "| tiny-wan | float32 | 9x64x64, 4 steps (2 under grad), CFG 1, 2 supervised | off (profile default) |" in md
     assert md.count("n/a (CPU)") == 4 * 2 * 2 + 4  # 4 families: allocated and reserved x 2 tunings, + generation
 

@@ -35,7 +35,8 @@ def wan_home(tmp_path_factory, astronaut):
     """A PV_HOME holding `w`, tuned once per module on tiny-wan (conftest's HARD_TUNE), and the record
     `pv tune --json` printed. Tests only read it; they write under their tmp_path."""
     home = tmp_path_factory.mktemp("wan_home")
-    return home, tune_home(home, astronaut, "w", "tiny-wan", *HARD_TUNE)
+    # tune.memory=64: pv plans the step from its trace before loading (it fits: no switch is set)
+    return home, tune_home(home, astronaut, "w", "tiny-wan", *HARD_TUNE, "--set", "tune.memory=64")
 
 
 @pytest.fixture
@@ -47,6 +48,9 @@ def pv_home(wan_home, monkeypatch):
 def test_tiny_wan_tunes_and_generates_through_the_cli(wan_home, astronaut, pv_home, tmp_path):
     info = wan_home[1]
     assert info["backbone"] == "wan-tiny" and info["steps"] == 2 and info["adapter_layers"] == 12  # 2 blocks x 6
+    plan = info["memory_plan"]  # tune.memory's plan, recorded in the identity
+    assert plan["gpu_memory_gib"] == 64 and plan["source"] == "tune.memory" and plan["changes"] == {}
+    assert 0 < plan["peak_gib"] < 1
     out = tmp_path / "w.mp4"
     r = run("generate", "w", "surfing at sunset", "-o", out, "--json")
     assert r.exit_code == 0, r.stderr

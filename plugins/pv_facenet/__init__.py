@@ -16,6 +16,16 @@ def facenet(**kwargs):
     return make_facenet(**kwargs)
 
 
+def network():
+    """FaceNet's network at real size on the meta device, and its input side (the memory trace)."""
+    from .arch import network
+
+    return network()
+
+
+facenet.network = network
+
+
 @hookimpl
 def register_encoders(register):
     register("facenet", facenet, description="FaceNet Inception-ResNet-v1 (512-d) + MTCNN; offline, MIT weights")

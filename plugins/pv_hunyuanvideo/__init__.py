@@ -25,6 +25,18 @@ def hunyuanvideo_tiny(**kwargs):
     return with_speed_options(make_tiny_hunyuanvideo(**kwargs), kwargs.get("options"))
 
 
+def real_size(options):
+    from .memory import real_size
+
+    return real_size(options)
+
+
+def tiny_real_size(options):
+    from .memory import tiny_real_size
+
+    return tiny_real_size(options)
+
+
 # HunyuanVideo renders 4k+1 frames (its VAE folds 4 frames into one latent frame)
 check_frames = latent_frame_rule(4, "HunyuanVideo")
 
@@ -60,7 +72,7 @@ def register_backbones(register):
     register("hunyuanvideo", hunyuanvideo,
              description="HunyuanVideo text-to-video (13B dual/single-stream diffusion transformer), real weights",
              frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS,
-             workflows=WORKFLOWS, size_multiple=size_multiple)
+             workflows=WORKFLOWS, size_multiple=size_multiple, memory=real_size)
     register("hunyuanvideo-tiny", hunyuanvideo_tiny, description="tiny HunyuanVideo built in-process, random weights (offline)",
              frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS,
-             workflows=WORKFLOWS, size_multiple=size_multiple)
+             workflows=WORKFLOWS, size_multiple=size_multiple, memory=tiny_real_size)

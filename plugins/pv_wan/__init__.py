@@ -114,6 +114,18 @@ def wan_tiny(**kwargs):
     return with_speed_options(make_tiny_wan(**kwargs), kwargs.get("options"))
 
 
+def real_size(options):
+    from .memory import real_size
+
+    return real_size(options)
+
+
+def tiny_real_size(options):
+    from .memory import tiny_real_size
+
+    return tiny_real_size(options)
+
+
 # Wan renders 4k+1 frames (its VAE folds 4 frames into one latent frame)
 check_frames = latent_frame_rule(4, "Wan")
 
@@ -165,7 +177,7 @@ ACCEPTS = frozenset({"lora", "video", "control_maps"})
 def register_backbones(register):
     register("wan", wan, description="Wan 2.1 text-to-video (diffusion transformer, flow matching), real weights",
              frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS, workflows=WORKFLOWS,
-             size_multiple=size_multiple, refuse=refuse_wan)
+             size_multiple=size_multiple, refuse=refuse_wan, memory=real_size)
     register("wan-tiny", wan_tiny, description="tiny Wan built in-process, random weights (offline)",
              frames=check_frames, lora_formats=LORA_FORMATS, accepts=ACCEPTS, workflows=WORKFLOWS,
-             size_multiple=tiny_size_multiple, refuse=refuse_wan_tiny)
+             size_multiple=tiny_size_multiple, refuse=refuse_wan_tiny, memory=tiny_real_size)

@@ -45,6 +45,8 @@ def register(app: typer.Typer, state: AppState) -> None:
         else:
             for r in rows:
                 emit(f"{r['name']}{' (default)' if r['default'] else ''}: {r['description']}", False)
+                if r.get("tuning_memory"):
+                    emit(f"  tuning (traced): {_cards(r['tuning_memory'])}", False)
 
     @app.command()
     @handle_errors
@@ -56,3 +58,16 @@ def register(app: typer.Typer, state: AppState) -> None:
         else:
             for k, v in data.items():
                 emit(f"{k}: {v}", False)
+
+
+def _cards(memory: dict) -> str:
+    """`pv profiles`' line per profile: the smallest card that tunes it, and each card class."""
+    from ..jobs.plan import changes_text
+
+    parts = []
+    for card, c in memory["cards"].items():
+        what = (f"{c['peak_gib']:.1f} GiB" + (f" with {changes_text(c['changes'])}" if c["changes"] else "")) \
+            if c["fits"] else "does not fit"
+        parts.append(f"{card} GB: {what}")
+    smallest = memory["smallest_card_gb"]
+    return (f"smallest card {smallest} GB" if smallest else "no card class up to 80 GB") + "; " + "; ".join(parts)

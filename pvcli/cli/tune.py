@@ -62,6 +62,11 @@ def register(app: typer.Typer, state: AppState) -> None:
                                                 "equivalent of --processes)."),
         report_to: str = typer.Option(None, "--report-to", help="Log every step's scalars, the samples and the "
                                       "settings to tensorboard or wandb (pip install \"pv\\[tracking]\"), or none."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and do nothing: the traced peak GPU "
+                                     "memory per phase, what pv will set to fit the card, the estimated step time "
+                                     "(offline: no download, no GPU, the photos only checked to exist)."),
+        gpu_memory: str = typer.Option(None, "--gpu-memory", help="With --dry-run: plan for a card of this many GiB "
+                                       "(default: tune.memory, else this machine's GPU, else every card class)."),
         force: bool = FORCE_OPT,
         device: str = DEVICE_OPT,
         as_json: bool = JSON_OPT,
@@ -72,10 +77,22 @@ def register(app: typer.Typer, state: AppState) -> None:
 
         if processes and processes > 1:
             raise typer.Exit(api.launch_processes(processes, drop_option(sys.argv[1:], "--processes")))
+        if gpu_memory is not None and not dry_run:
+            raise PVError("--gpu-memory goes with --dry-run", "to tune for a card of N GiB: --set tune.memory=N")
         ctx = state.context(quiet or as_json, device)
         flags = dict(lr=lr, seed=seed, rank=rank, targets=targets, class_word=class_word, prompts_mode=prompts_mode,
                      encoder=encoder, augment=augment, active_fraction=active_fraction, scr_weight=scr_weight,
                      report_to=report_to)
+        if dry_run:
+            if resume or manifest or shard:
+                raise PVError("--dry-run plans one new tuning run", "give photos, --profile and settings, no --resume "
+                              "or --manifest")
+            plan = api.plan_tuning(photos or [], profile=profile, overrides=sets, gpu_memory=gpu_memory, context=ctx,
+                                   steps=steps, clips_per_step=clips_per_step, **flags)
+            from ..jobs.plan import describe
+
+            emit(plan if as_json else describe(plan), as_json)
+            return
         if manifest or shard:
             _check_manifest_flags(manifest, bool(photos or name or resume), force)
             _print_manifest(api.tune_manifest(manifest, shard=shard, profile=profile, overrides=sets, context=ctx,

@@ -22,8 +22,27 @@ def profiles() -> list[dict]:
     rows, default = [], default_profile()
     for name in sorted(shipped_profiles()):
         _, data = read_profile(name)
-        rows.append({"name": name, "default": name == default, "description": data.get("description", "")})
+        rows.append({"name": name, "default": name == default, "description": data.get("description", ""),
+                     "tuning_memory": tuning_memory(name)})
     return rows
+
+
+def tuning_memory(profile: str) -> dict | None:
+    """The profile's tuning step per card class, from the shipped traces (engine/memory_traces.json):
+    {"smallest_card_gb", "cards": {GB: {fits, peak_gib, changes}}}; None where it was not traced."""
+    from ..engine.memplan import CARDS, Planner
+    from ..settings import resolve
+
+    planner = Planner(None, cache_only=True)
+    _, settings = resolve(profile)
+    try:
+        cards = {c: planner.plan(settings, c) for c in CARDS}
+    except LookupError:
+        return None
+    fitting = [c for c, p in cards.items() if p["fits"]]
+    return {"smallest_card_gb": min(fitting) if fitting else None,
+            "cards": {str(c): {"fits": p["fits"], "peak_gib": p["peak_gib"], "changes": p["changes"]}
+                      for c, p in cards.items()}}
 
 
 def environment(ctx: Context) -> dict:

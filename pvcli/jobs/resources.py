@@ -10,7 +10,9 @@ from ..errors import PVError
 from ..settings import Settings
 
 LOWER_MEMORY = {
-    "tune": ("--set tune.gradient_checkpointing=true, fewer tune.supervised_frames / tune.grad_steps / tune.frames, "
+    "tune": ("--set tune.memory=GiB below this card's (pv then turns on the memory switches whose traced peak fits "
+             "it; `pv tune PHOTO --name N --dry-run --gpu-memory GiB` shows which), --set "
+             "tune.gradient_checkpointing=true, fewer tune.supervised_frames / tune.grad_steps / tune.frames, "
              "a smaller tune.height/width, or --set backbone.options.dtype=float16 (bfloat16)"),
     "generate": ("fewer --frames, a smaller --height/--width, or --set backbone.options.dtype=float16; long clips: "
                  "--set generate.context_length=16"),

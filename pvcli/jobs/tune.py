@@ -76,6 +76,7 @@ class _RunInputs:
     resume: bool
     eval_held_out: bool
     sources: list[Path] | None = None  # a fresh run's originals (the copies' bytes): errors name the user's files
+    memory_plan: dict | None = None  # what tune.memory chose (jobs/plan.py), recorded in the identity
 
 
 @dataclass
@@ -124,24 +125,31 @@ def tune(ctx: Context, request: TuneRequest, data_parallel: bool = True) -> dict
     it every tune.checkpoint_every steps, after the last step, and on Ctrl-C or a failure; the
     identity is written only when tuning ends. Under a distributed launcher every process tunes
     the same identity (data parallel); the main one writes."""
+    from dataclasses import replace
+
     from ..distributed import process_group
     from ..engine.prompts import load_prompt_file
     from ..images import expand_photos
+    from .plan import fit_to_card
     from .trackers import require
 
     name = validate_name(request.name)
     refuse_judge_encoder(ctx.registry, request.settings.encoder.name)
     require(request.settings.tune.report_to)  # a missing tracker library fails before any model loads
+    ctx.registry.check_frames(request.settings.backbone.name, request.settings.tune.frames, "tune.frames")
+    # tune.memory: the cheapest memory switches whose traced peak fits the card, before any model loads
+    settings, memory_plan = fit_to_card(ctx, request.settings)
+    request = replace(request, settings=settings)
     dp = process_group() if data_parallel else None
     if dp is not None and not dp.is_main:  # a replica: reads the inputs, writes nothing
         prompts = load_prompt_file(request.prompts_file) if request.prompts_file else None
         return _tune(ctx, None, _RunInputs(name, expand_photos(request.photos), request.settings, request.profile,
                                            request.face_index, prompts, request.force, False, False), dp)
     with IdentityLock(ctx.store, name, "tuned"):  # one writer per name, across processes
-        return _start(ctx, request, name, dp)
+        return _start(ctx, request, name, dp, memory_plan)
 
 
-def _start(ctx: Context, request: TuneRequest, name: str, dp=None) -> dict:
+def _start(ctx: Context, request: TuneRequest, name: str, dp=None, memory_plan: dict | None = None) -> dict:
     from ..engine.prompts import load_prompt_file
     from ..images import expand_photos
     from ..runs import Run
@@ -158,10 +166,11 @@ def _start(ctx: Context, request: TuneRequest, name: str, dp=None) -> dict:
     paths = expand_photos(request.photos)
     prompts = load_prompt_file(request.prompts_file) if request.prompts_file else None
     try:
-        copies = run.start({"face_index": request.face_index, "prompts": prompts, "profile": request.profile},
-                           request.settings.to_dict(), paths)
+        copies = run.start({"face_index": request.face_index, "prompts": prompts, "profile": request.profile,
+                            "memory_plan": memory_plan}, request.settings.to_dict(), paths)
         return _tune(ctx, run, _RunInputs(name, copies, request.settings, request.profile, request.face_index, prompts,
-                                          request.force, False, request.eval_held_out, sources=paths), dp)
+                                          request.force, False, request.eval_held_out, sources=paths,
+                                          memory_plan=memory_plan), dp)
     except BaseException:
         if not run.checkpoint_paths():  # failed before tuning began (setup, a bad photo): nothing to resume
             run.discard()
@@ -208,7 +217,8 @@ def resume(ctx: Context, name: str, steps: int | None = None, eval_held_out: boo
                           "pass --force to replace it with the resumed run")
         return _tune(ctx, run if main else None, _RunInputs(
             name, run.photo_paths(inputs), settings, inputs["profile"], inputs["face_index"], inputs["prompts"],
-            force, True, eval_held_out and main), dp, resume_from=None if main else run.latest_checkpoint())
+            force, True, eval_held_out and main, memory_plan=inputs.get("memory_plan")), dp,
+            resume_from=None if main else run.latest_checkpoint())
 
 
 def _resume_settings(run, saved: dict, overlays: list[dict]) -> Settings:
@@ -434,6 +444,7 @@ def _finish(s: _Session, progress: _Progress) -> dict:
         "held_out_id_sim_before": _round(s.before), "held_out_id_sim_after": _round(after),
         "face_hit_rate": round(hits / frames, 3) if frames else None,
         "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
+        "memory_plan": r.memory_plan,
         "note": TINY_NOTE if backbone.random_weights else "",
         **({"tracker": s.tracker.record()} if s.tracker is not None else {}),
     }

@@ -1,0 +1,123 @@
+"""Memory plans: `pv tune --dry-run` (the traced peak per phase, what pv will do to fit the card,
+the step's estimated time; offline, nothing loads), `tune.memory` at the start of a tuning run,
+and the per-card numbers `pv profiles` shows."""
+
+from __future__ import annotations
+
+import sys
+
+from ..context import Context
+from ..errors import PVError
+from ..settings import Settings, from_dict, parse_memory
+
+PHASE_LABELS = {"load": "load", "prompt_encoding": "prompt encoding", "sampling": "sampling",
+                "gradient_step": "gradient step"}
+
+
+def planner(ctx: Context):
+    from ..engine.memplan import Planner
+
+    return Planner(ctx.registry, ctx.store.home, ctx.reporter.status)
+
+
+def card_gib(ctx: Context, settings: Settings, gpu_memory=None) -> tuple[float | None, str]:
+    """The card to plan for and where that number came from: --gpu-memory, a number in
+    tune.memory, or the free memory of the CUDA device pv would tune on (None without one)."""
+    from ..engine.memplan import detect_gpu_gib
+
+    if gpu_memory is not None:
+        return parse_memory(gpu_memory, "--gpu-memory"), "--gpu-memory"
+    given = parse_memory(settings.tune.memory)
+    if given is not None:
+        return given, "tune.memory"
+    found = detect_gpu_gib(ctx.device)
+    return (found, "free memory of this GPU") if found is not None else (None, "no CUDA GPU here")
+
+
+def dry_run(ctx: Context, settings: Settings, profile: str, gpu_memory=None) -> dict:
+    """The plan for one card (or for every card class when none is known), from traces."""
+    from ..engine.memplan import CARDS
+
+    t = settings.tune
+    gib, source = card_gib(ctx, settings, gpu_memory)
+    p = planner(ctx)
+    head = {"profile": profile, "backbone": settings.backbone.name,
+            "tuning_clip": f"{t.frames}x{t.height}x{t.width}", "grad_steps": t.grad_steps}
+    if gib is not None:
+        return {**head, "card": source, **p.plan(settings, gib), "traced_now": p.traced}
+    cards = {str(c): p.plan(settings, c) for c in CARDS}
+    return {**head, "card": source, "gpu_memory_gib": None, "cards": cards, "traced_now": p.traced}
+
+
+def describe(plan: dict) -> str:
+    """The dry run for people: a few lines."""
+    if plan.get("cards") is not None:
+        lines = [f"{plan['profile']}: tuning clip {plan['tuning_clip']} ({plan['card']}: every card class)"]
+        for card, sub in plan["cards"].items():
+            lines.append(f"  {card:>3} GB: {_one(sub)}")
+        return "\n".join([*lines, *_notes(next(iter(plan["cards"].values())))])
+    lines = [f"{plan['profile']}: tuning clip {plan['tuning_clip']} on a {plan['gpu_memory_gib']:g} GiB card "
+             f"({plan['card']}): {_one(plan)}"]
+    phases = " | ".join(f"{PHASE_LABELS[k]} {v:.1f}" for k, v in plan["phases_gib"].items())
+    lines.append(f"  traced peak per phase (GiB): {phases}")
+    lines.append(f"  estimated step time: ~{plan['step_seconds']:g} s ({plan['step_tflop']:g} TFLOP; "
+                 f"{plan['step_time_assumes']})")
+    return "\n".join([*lines, *_notes(plan)])
+
+
+def _one(plan: dict) -> str:
+    verdict = (f"fits, traced peak {plan['peak_gib']:.1f} of {plan['usable_gib']:.1f} GiB usable" if plan["fits"] else
+               f"does not fit: traced peak {plan['peak_gib']:.1f} GiB with every switch on, {plan['usable_gib']:.1f} usable")
+    changes = changes_text(plan["changes"], plan.get("costs", {}))
+    return f"{verdict}; {'pv will set ' + changes if changes else 'as the settings are'}"
+
+
+def changes_text(changes: dict, costs: dict | None = None) -> str:
+    return ", ".join(f"{k}={_show(v)}" + (f" ({costs[k]})" if costs and k in costs else "") for k, v in changes.items())
+
+
+def _notes(plan: dict) -> list[str]:
+    return [f"  note: {n}" for n in plan.get("notes", [])]
+
+
+def _show(v) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def apply_changes(settings: Settings, changes: dict) -> Settings:
+    """The settings with the plan's switches set; a switch this pv does not have is one line."""
+    data = settings.to_dict()
+    for path, value in changes.items():
+        section, _, key = path.partition(".")
+        if section == "backbone":
+            data["backbone"]["options"][key.split(".", 1)[1]] = value
+        else:
+            data[section][key] = value
+    try:
+        return from_dict(data)
+    except PVError as exc:
+        raise PVError(f"tune.memory chose {changes_text(changes)}, which this pv cannot set ({exc.message})",
+                      "set tune.memory to a larger number of GiB, or lower tune.frames/height/width") from None
+
+
+def fit_to_card(ctx: Context, settings: Settings) -> tuple[Settings, dict | None]:
+    """`tune.memory`: on a CUDA card (or for a given GiB number) the cheapest switches whose traced
+    peak fits, said in one line on stderr; (settings to tune with, the plan's record or None)."""
+    gib, source = card_gib(ctx, settings)
+    if gib is None:
+        return settings, None
+    entry = ctx.registry.get("backbones", settings.backbone.name)
+    if entry.memory is None:
+        return settings, None
+    plan = planner(ctx).plan(settings, gib)
+    if not plan["fits"]:
+        raise PVError(f"this tuning step does not fit {gib:.1f} GiB ({source}): traced peak {plan['peak_gib']:.1f} GiB "
+                      f"with every memory switch on, {plan['usable_gib']:.1f} GiB usable",
+                      "lower tune.frames / tune.height / tune.width, or tune on a larger card "
+                      "(pv tune PHOTO --name N --dry-run shows every card class)")
+    record = {"gpu_memory_gib": plan["gpu_memory_gib"], "source": source, "changes": plan["changes"],
+              "peak_gib": plan["peak_gib"], "phases_gib": plan["phases_gib"]}
+    chosen = changes_text(plan["changes"]) or "no switch needed"
+    print(f"tune.memory: {gib:.1f} GiB ({source}): {chosen}; traced peak {plan['peak_gib']:.1f} GiB",
+          file=sys.stderr)
+    return (apply_changes(settings, plan["changes"]) if plan["changes"] else settings), record
