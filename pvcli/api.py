@@ -32,7 +32,7 @@ __all__ = ["AddOn", "ClipRequest", "Context", "Identity", "PVError", "ProgressEv
            # The CLI's door (pvcli.cli imports only this module, settings and console): the API above,
            # plus what a front end needs to build a context, launch processes and list things.
            "LIST_FIELDS", "DEFAULT_OUTPUT", "make_context", "plugin_registry", "is_replica", "launch_processes",
-           "generate_clips", "show_identity", "removable", "remove_identity", "plugin_rows", "profile_rows",
+           "generate_clips", "plan_text", "plan_changes_text", "show_identity", "removable", "remove_identity", "plugin_rows", "profile_rows",
            "environment"]
 
 TUNE_SETTINGS = {
@@ -444,6 +444,20 @@ def evaluate_identities(target: str | Path, ids: Iterable[str], *, encoders: Ite
 
     req = IdentitiesRequest(str(target), list(ids), list(encoders or []), layout, per_frame)
     return job(_context(context, device, progress), req)
+
+
+def plan_text(plan: dict) -> str:
+    """`pv tune --dry-run`'s plan (what plan_tuning returns) as the lines it prints."""
+    from .jobs.plan import describe
+
+    return describe(plan)
+
+
+def plan_changes_text(changes: dict) -> str:
+    """A plan's setting changes in one phrase (`pv profiles`)."""
+    from .jobs.plan import changes_text
+
+    return changes_text(changes)
 
 
 def identity_report(name: str, output: str | Path | None = None, *, progress: Progress = None,

@@ -44,11 +44,9 @@ class DataParallel:
         """Run the tuner's clips through DDP over the adapter's parameters (DDP broadcasts the
         main process's adapter as it wraps them); the clip statistics are summed by `sync`.
         `shard` (tune.fsdp) first splits the frozen denoiser across the processes."""
-        from .engine.tune import ClipLoss
-
         if shard:
             self.shard(tuner.bb.denoiser, tuner.params)
-        clip = self.accelerator.prepare(ClipLoss(tuner))
+        clip = self.accelerator.prepare(tuner.clip_module())  # the engine's module over the adapter
         tuner.clip, tuner.replicas, tuner.grad_sync = clip, self.world, self.sync
         tuner.accumulating = lambda: self.accelerator.no_sync(clip)
 

@@ -19,11 +19,13 @@ COUNTS = {"adapter_layers": (0, MAX_COUNT), "adapter_parameters": (0, MAX_COUNT)
           "resumed_at": (0, MAX_COUNT), "processes": (1, 2**16)}
 NUMBERS = {"seconds": (0.0, 1e12), "seconds_per_step": (0.0, 1e12), "peak_memory_mb": (0.0, 1e12),
            "id_sim_first": (-1.0, 1.0), "id_sim_last": (-1.0, 1.0), "held_out_id_sim_before": (-1.0, 1.0),
-           "held_out_id_sim_after": (-1.0, 1.0), "face_hit_rate": (0.0, 1.0), "active_fraction": (0.0, 1.0)}
+           "held_out_id_sim_after": (-1.0, 1.0), "face_hit_rate": (0.0, 1.0), "active_fraction": (0.0, 1.0),
+           "gate_noise_level": (0.0, 1.0)}
+MAPPINGS = {"memory_plan"}  # what tune.memory chose: names, numbers and settings, nested a few levels
 TEXTS = {"name", "created", "pv_version", "profile", "backbone", "base_model", "base_model_version", "architecture",
          "encoder", "encoder_weights", "encoder_crop", "note", "imported_from", "imported_name", "path"}
 MAY_BE_NULL = {"resumed_at", "id_sim_first", "id_sim_last", "held_out_id_sim_before", "held_out_id_sim_after",
-               "face_hit_rate", "imported_name"}
+               "face_hit_rate", "imported_name", "memory_plan"}
 # the adapter's safetensors metadata (every value is text there): the fields pv parses
 ADAPTER_INTS = {"rank": (1, 1024), "steps": (0, MAX_COUNT), "seed": (-(2**63), 2**64 - 1)}
 ADAPTER_FLOATS = {"alpha": (1e-6, 1e6), "active_fraction": (1e-6, 1.0)}
@@ -39,6 +41,25 @@ def _text(value, limit: int = MAX_TEXT) -> str | None:
         return f"is {len(value)} characters long, over the {limit} a record keeps"
     if CONTROL.search(value):  # e.g. ESC: terminal escape sequences when `pv show` prints the record
         return f"holds a control character ({CONTROL.search(value).group()!r})"
+    return None
+
+
+def _plain(value, depth: int = 0) -> str | None:
+    """A JSON value of plain data: text, finite numbers, booleans and null, in mappings and lists at
+    most 4 deep; what is wrong with it, or None."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return None if math.isfinite(value) else f"holds a non-finite number {_show(value)}"
+    if isinstance(value, str):
+        return _text(value)
+    if depth >= 4 or not isinstance(value, (dict, list)) or len(value) > MAX_ITEMS:
+        return f"must be plain data (text, numbers, mappings), got {_show(value)}"
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for k, v in items:
+        fault = (_text(k) if isinstance(k, str) else None) or _plain(v, depth + 1)
+        if fault:
+            return f"[{k!r}] {fault}"
     return None
 
 
@@ -74,6 +95,8 @@ def identity_fault(info) -> str | None:
             fault = (f"must be a list of file names, got {_show(value)}" if not isinstance(value, list)
                      else f"lists {len(value)} photos, over {MAX_ITEMS}" if len(value) > MAX_ITEMS
                      else next((f"[{i}] {f}" for i, f in enumerate(map(_text, value)) if f), None))
+        elif key in MAPPINGS:
+            fault = _plain(value)
         elif key == "tracker":
             fault = (f"must be a mapping, got {_show(value)}" if not isinstance(value, dict)
                      else next((f"{k} {f}" for k, f in ((k, v is not None and _text(v)) for k, v in value.items())

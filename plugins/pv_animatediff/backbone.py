@@ -318,7 +318,8 @@ def store_frozen_weights(backbone: Backbone, weights: str, modules: tuple[str, .
 
 
 def apply_speed_options(backbone: AnimateDiffBackbone, opts: SpeedOptions) -> AnimateDiffBackbone:
-    store_frozen_weights(backbone, opts.weights)
+    if getattr(backbone, "weights", None) != opts.weights:  # a family that stored them itself keeps them
+        store_frozen_weights(backbone, opts.weights)
     if opts.tf32 and backbone.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

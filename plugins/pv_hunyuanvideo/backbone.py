@@ -100,7 +100,8 @@ class HunyuanVideoBackbone(Backbone):
         self.random_weights = random_weights
         # on the host until place_denoiser (after the prompt pool is embedded) or its first denoising step
         self.denoiser = transformer.to(dtype=dtype).eval().requires_grad_(False)  # where it loaded (the host)
-        self.placed = next(transformer.parameters()).device.type == torch.device(device).type
+        self.placed = all(t.device.type == torch.device(device).type  # weights and buffers already there
+                          for t in [*transformer.parameters(), *transformer.buffers()])
         self.vae = vae.to(device, vae_dtype).eval().requires_grad_(False)
         self.text_encoder = text_encoder.to(device, dtype).eval().requires_grad_(False)
         self.text_encoder_2 = text_encoder_2.to(device, dtype).eval().requires_grad_(False)
@@ -336,4 +337,4 @@ def with_speed_options(backbone: HunyuanVideoBackbone, options: dict | None) -> 
     from pv_animatediff.backbone import apply_speed_options
 
     return apply_speed_options(backbone, SpeedOptions(**{k: v for k, v in (options or {}).items()
-                                                         if k in ("tf32", "compile")}))
+                                                         if k in ("tf32", "compile", "weights")}))

@@ -59,9 +59,11 @@ def _move(module: torch.nn.Module, device: str) -> None:
 
 
 def _loaded_on(module: torch.nn.Module, device) -> str:
-    """Where a module loaded, in the labels `_put` compares: the device's own if it is there already."""
-    here = next(module.parameters()).device
-    return str(device) if here.type == torch.device(device).type else HOST
+    """Where a module loaded, in the labels `_put` compares: the device's own if all of it (weights and
+    buffers) is there already, else the host (it is moved when placed)."""
+    kind = torch.device(device).type
+    tensors = [*module.parameters(), *module.buffers()]
+    return str(device) if all(t.device.type == kind for t in tensors) else HOST
 
 
 def latent_frames(frames: int) -> int:
@@ -475,7 +477,7 @@ def with_speed_options(backbone: WanBackbone, options: dict | None) -> WanBackbo
     on CUDA, and torch.compile of the denoiser and, on A14B, the high-noise expert too."""
     from pv_animatediff.backbone import apply_speed_options
 
-    opts = SpeedOptions(**{k: v for k, v in (options or {}).items() if k in ("tf32", "compile")})
+    opts = SpeedOptions(**{k: v for k, v in (options or {}).items() if k in ("tf32", "compile", "weights")})
     apply_speed_options(backbone, opts)
     if opts.compile and backbone.high_noise is not None:
         backbone.high_noise.compile()

@@ -62,7 +62,7 @@ def register(app: typer.Typer, state: AppState) -> None:
 
 def _cards(memory: dict) -> str:
     """`pv profiles`' line per profile: the smallest card that tunes it, and each card class."""
-    from ..jobs.plan import changes_text
+    from ..api import plan_changes_text as changes_text
 
     parts = []
     for card, c in memory["cards"].items():

@@ -89,7 +89,7 @@ def register(app: typer.Typer, state: AppState) -> None:
                               "or --manifest")
             plan = api.plan_tuning(photos or [], profile=profile, overrides=sets, gpu_memory=gpu_memory, context=ctx,
                                    steps=steps, clips_per_step=clips_per_step, **flags)
-            from ..jobs.plan import describe
+            from ..api import plan_text as describe
 
             emit(plan if as_json else describe(plan), as_json)
             return

@@ -253,6 +253,10 @@ class Tuner:
         self.accumulating: Callable = nullcontext
         self.grad_sync: Callable | None = None
 
+    def clip_module(self) -> ClipLoss:
+        """One clip's loss as a module over the adapter's parameters (what data parallel wraps in DDP)."""
+        return ClipLoss(self)
+
     # ------------------------------------------------------------------ sampling
     def _final(self, prompt: str, latents: torch.Tensor, grad: bool, adapter: bool = True, start: int = 0,
                generator: torch.Generator | None = None, scheduler=None) -> torch.Tensor:
