@@ -8,7 +8,7 @@ import sys
 
 from ..context import Context
 from ..errors import PVError
-from ..settings import Settings, from_dict, parse_memory
+from ..settings import Settings, parse_memory
 
 PHASE_LABELS = {"load": "load", "prompt_encoding": "prompt encoding", "sampling": "sampling",
                 "gradient_step": "gradient step"}
@@ -86,15 +86,10 @@ def _show(v) -> str:
 
 def apply_changes(settings: Settings, changes: dict) -> Settings:
     """The settings with the plan's switches set; a switch this pv does not have is one line."""
-    data = settings.to_dict()
-    for path, value in changes.items():
-        section, _, key = path.partition(".")
-        if section == "backbone":
-            data["backbone"]["options"][key.split(".", 1)[1]] = value
-        else:
-            data[section][key] = value
+    from ..engine.memplan import with_changes
+
     try:
-        return from_dict(data)
+        return with_changes(settings, changes)
     except PVError as exc:
         raise PVError(f"tune.memory chose {changes_text(changes)}, which this pv cannot set ({exc.message})",
                       "set tune.memory to a larger number of GiB, or lower tune.frames/height/width") from None
