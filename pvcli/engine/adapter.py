@@ -21,18 +21,26 @@ def lora_layers(model: torch.nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
 
 
+def saved_layers(state: dict[str, torch.Tensor]) -> list[str]:
+    """The layers a saved adapter state (peft keys) adapts, by module name."""
+    return sorted({k.split(".lora_")[0] for k in state})
+
+
 def add_adapter(backbone: Backbone, targets: str, rank: int, alpha: float, seed: int = 0,
-                adapter_name: str = ADAPTER_NAME) -> list[str]:
+                adapter_name: str = ADAPTER_NAME, layers: list[str] | None = None) -> list[str]:
     """Inject the adapter into backbone.denoiser, freeze everything else, return adapted layer names.
     Its initial weights are a function of `seed` alone (the tune seed): peft draws lora_A from
     torch's global generator, whose state depends on whatever ran before in the process (a cached
     model that was or was not built, an earlier tune), so the draw is made from `seed` and the global
     stream is left as it was. The draw's generator is seeded `seed + 5`, apart from the tune's noise
     stream (seeded `seed`), so the first lora_A is not the first clip's noise rescaled. Several
-    identities in one clip each get their own `adapter_name`."""
+    identities in one clip each get their own `adapter_name`. `layers` (a saved identity's own,
+    `saved_layers`): the adapter goes on exactly those, whatever the target set names today, so an
+    identity tuned before a plugin moved its targets loads and renders as it was tuned (tuning
+    never passes them: a new adapter always follows the target set and its protected modules)."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    pattern = backbone.adapter_targets(targets)
+    pattern = "|".join(map(re.escape, layers)) if layers else backbone.adapter_targets(targets)
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=pattern)
     try:
         # peft builds each lora_A on the CPU and draws it there before moving it to the layer's
@@ -46,7 +54,7 @@ def add_adapter(backbone: Backbone, targets: str, rank: int, alpha: float, seed:
         raise PVError(f"cannot add the identity adapter ({targets}): {exc}") from None
     names = [n for n, _ in lora_layers(backbone.denoiser)]
     protected = re.compile(backbone.protected_pattern())
-    leaked = [n for n in names if protected.search(n)]
+    leaked = [] if layers else [n for n in names if protected.search(n)]
     if leaked:  # a plugin's target regex must never reach the motion modules
         raise PVError(f"adapter target set {targets!r} would touch protected modules: {leaked[:3]}")
     for name, param in backbone.denoiser.named_parameters():

@@ -56,7 +56,7 @@ class IdentityRenderer:
     """An identity loaded once into its backbone; renders any number of clips (adapter on or off)."""
 
     def __init__(self, ctx: Context, name: str, settings: Settings):
-        from ..engine.adapter import add_adapter, load_adapter_state_dict
+        from ..engine.adapter import add_adapter, load_adapter_state_dict, saved_layers
         from ..engine.prompts import identity_phrase
 
         self.ctx, self.name, self.settings = ctx, name, settings
@@ -67,7 +67,8 @@ class IdentityRenderer:
         for key, value in self.backbone.describe().items():  # the backbone's own ids: base model, ...
             if key in meta and meta[key] != value:
                 ctx.reporter.warn(f"identity {name!r} was tuned with {key} {meta[key]!r}; generating with {value!r}")
-        add_adapter(self.backbone, meta.get("targets", settings.adapter.targets), int(meta["rank"]), float(meta["alpha"]))
+        add_adapter(self.backbone, meta.get("targets", settings.adapter.targets), int(meta["rank"]), float(meta["alpha"]),
+                    layers=saved_layers(state))  # the layers it was tuned on
         load_adapter_state_dict(self.backbone.denoiser, state)
         self.fraction = float(meta.get("active_fraction", 1.0))
         # the noise level the adapter turns on at (recorded at tuning); identities from before

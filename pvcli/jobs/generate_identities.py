@@ -158,7 +158,7 @@ class GroupRenderer(IdentityRenderer):
 
     def __init__(self, ctx: Context, members: list[Member], settings, boxes: list, feather: float | None = None,
                  region_mode: str = "latent"):
-        from ..engine.adapter import add_adapter, load_adapter_state_dict
+        from ..engine.adapter import add_adapter, load_adapter_state_dict, saved_layers
         from ..engine.prompts import identity_phrase
         from ..engine.regions import FEATHER
         from ..identity_files import read_adapter
@@ -176,7 +176,7 @@ class GroupRenderer(IdentityRenderer):
             state, meta = read_adapter(ctx.store.path(m.name))
             adapter = f"pv_person{k + 1}"
             add_adapter(self.backbone, meta.get("targets", settings.adapter.targets), int(meta["rank"]),
-                        float(meta["alpha"]), adapter_name=adapter)
+                        float(meta["alpha"]), adapter_name=adapter, layers=saved_layers(state))
             load_adapter_state_dict(self.backbone.denoiser, state, adapter)
             self.adapters.append(adapter)
             self.fractions.append(float(meta.get("active_fraction", 1.0)))
