@@ -6,10 +6,11 @@ is HunyuanVideoPipeline's (embedded guidance, its sigmas), late-step gating, 4k+
 non-causal VAE statistics, exports in diffusers and original keys, real-size placement."""
 
 import json
+import re
 
 import pytest
 import torch
-from conftest import HARD_TUNE, random_adapter, run, tune_home, use_home
+from conftest import HARD_TUNE, copy_home, random_adapter, run, tune_home, use_home
 
 from pvcli.engine.adapter import ADAPTER_NAME, adapter_disabled, adapter_state_dict, add_adapter, set_adapter_scale
 from pvcli.engine.generate import render_latents
@@ -46,8 +47,8 @@ def pv_home(hy_home, monkeypatch):
 
 def test_tiny_hunyuan_tunes_and_generates_through_the_cli(hy_home, astronaut, pv_home, tmp_path):
     info = hy_home[1]
-    # 2 double-stream blocks x (to_v, to_out.0, add_k_proj, add_v_proj, ff x2) + 2 single-stream proj_out
-    assert info["backbone"] == "hunyuanvideo-tiny" and info["steps"] == 2 and info["adapter_layers"] == 14
+    # 2 double-stream blocks x (add_k_proj, add_v_proj, ff x2) + 2 single-stream proj_mlp
+    assert info["backbone"] == "hunyuanvideo-tiny" and info["steps"] == 2 and info["adapter_layers"] == 10
     out = tmp_path / "h.mp4"
     r = run("generate", "h", "surfing", "-o", out, "--json")
     assert r.exit_code == 0, r.stderr
@@ -72,11 +73,13 @@ def test_tuning_leaves_queries_keys_text_encoders_and_vae_bit_identical(hy, enco
     protected = hy.protected_modules()
     assert {"text_encoder", "text_encoder_2", "vae"} <= set(protected)
     assert "transformer_blocks.0.attn.to_q" in protected and "single_transformer_blocks.1.attn.to_k" in protected
+    # the video tokens' self-attention whole: values and output too (single-stream: proj_out holds the output)
+    assert {"transformer_blocks.1.attn.to_v", "transformer_blocks.0.attn.to_out.0", "single_transformer_blocks.0.attn.to_v",
+            "single_transformer_blocks.1.proj_out"} <= set(protected)
     frozen = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in protected.items()}
     tuner = Tuner(hy, encoder, hy_settings, reference)
     kinds = {n.split(".", 2)[2] for n in tuner.layers}
-    assert kinds == {"attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_v_proj", "ff.net.0.proj", "ff.net.2",
-                     "proj_out"}
+    assert kinds == {"attn.add_k_proj", "attn.add_v_proj", "ff.net.0.proj", "ff.net.2", "proj_mlp"}
     before = adapter_state_dict(hy.denoiser)
     assert tuner.step().loss is not None
     after = adapter_state_dict(hy.denoiser)
@@ -89,10 +92,12 @@ def test_tuning_leaves_queries_keys_text_encoders_and_vae_bit_identical(hy, enco
 
     from pvcli.errors import PVError
 
-    fresh = make_tiny_hunyuanvideo()
-    fresh.target_sets = {**fresh.target_sets, "attention": r"transformer_blocks\.\d+\.attn\.to_q"}
-    with pytest.raises(PVError, match="would touch protected modules"):  # a target set can never reach them
-        add_adapter(fresh, "attention", 4, 4)
+    for layer in (r"transformer_blocks\.\d+\.attn\.to_q", r"transformer_blocks\.\d+\.attn\.to_v",
+                  r"transformer_blocks\.\d+\.attn\.to_out\.0", r"single_transformer_blocks\.\d+\.proj_out"):
+        fresh = make_tiny_hunyuanvideo()
+        fresh.target_sets = {**fresh.target_sets, "attention": layer}
+        with pytest.raises(PVError, match="would touch protected modules"):  # a target set can never reach them
+            add_adapter(fresh, "attention", 4, 4)
 
 
 def test_pv_sampler_is_hunyuanvideopipeline_and_gating_leaves_early_steps_base(hy, hy_settings):
@@ -136,8 +141,9 @@ def test_the_vae_statistics_span_the_clip_so_the_loss_decodes_it_whole(hy):
 
 def test_diffusers_and_comfy_exports_load_into_hunyuanvideopipeline_and_render_pv_latents(pv_home, tmp_path):
     """Both files, read by diffusers' own `load_lora_weights` into a fresh HunyuanVideoPipeline (the
-    comfy file through diffusers' converter of original HunyuanVideo keys), render pv's latents
-    within 1e-4; the comfy file is also a style LoRA pv loads (`--lora`) and renders the identity."""
+    comfy file through diffusers' converter of original HunyuanVideo keys, its fused linear1 split
+    at the tiny width: tiny_width_original_lora), render pv's latents within 1e-4; the exported file
+    is also a style LoRA pv loads (`--lora`) and renders the identity."""
     from diffusers import HunyuanVideoPipeline
     from pv_hunyuanvideo.backbone import build_tiny_components
     from safetensors import safe_open
@@ -154,7 +160,7 @@ def test_diffusers_and_comfy_exports_load_into_hunyuanvideopipeline_and_render_p
         keys, header = set(fh.keys()), fh.metadata()
     assert "diffusion_model.double_blocks.0.img_attn_qkv.lora_A.weight" in keys  # original HunyuanVideo names
     assert {"diffusion_model.double_blocks.1.txt_attn_qkv.lora_B.weight", "diffusion_model.double_blocks.0.img_mlp.fc2.lora_A.weight",
-            "diffusion_model.single_blocks.1.linear2.lora_B.weight"} <= keys
+            "diffusion_model.single_blocks.1.linear1.lora_B.weight"} <= keys  # proj_mlp, in the fused linear1
     assert not any(".alpha" in k for k in keys) and header["pv.export_format"] == "comfy"
 
     ctx = make_context()
@@ -174,8 +180,10 @@ def test_diffusers_and_comfy_exports_load_into_hunyuanvideopipeline_and_render_p
 
     base = theirs()
     assert (ours - base).abs().max() > 1e-2  # the adapter changes the clip
+    files = {"diffusers": str(tmp_path / "diffusers.safetensors"),
+             "comfy": tiny_width_original_lora(tmp_path / "comfy.safetensors", renderer.backbone.denoiser)}
     for fmt in ("diffusers", "comfy"):
-        pipe.load_lora_weights(str(tmp_path), weight_name=f"{fmt}.safetensors", adapter_name=fmt)
+        pipe.load_lora_weights(files[fmt], adapter_name=fmt)
         pipe.set_adapters([fmt])
         assert (theirs() - ours).abs().max() < 1e-4, fmt
         pipe.delete_adapters(fmt)
@@ -183,7 +191,7 @@ def test_diffusers_and_comfy_exports_load_into_hunyuanvideopipeline_and_render_p
     from pvcli.video import read_frames
 
     clips = {}
-    for name, extra in (("identity", ()), ("lora", ("--no-adapter", "--lora", tmp_path / "comfy.safetensors"))):
+    for name, extra in (("identity", ()), ("lora", ("--no-adapter", "--lora", tmp_path / "diffusers.safetensors"))):
         r = run("generate", "h", "surfing", *extra, "-o", tmp_path / f"{name}.mp4")
         assert r.exit_code == 0, r.stderr
         clips[name] = read_frames(tmp_path / f"{name}.mp4").astype(int)
@@ -192,16 +200,77 @@ def test_diffusers_and_comfy_exports_load_into_hunyuanvideopipeline_and_render_p
     assert r.exit_code == 1 and "--lora" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_an_identity_tuned_on_the_old_targets_loads_on_its_own_layers_and_generates(hy, hy_home, tmp_path, monkeypatch):
+    """Identities tuned before the adapter left the video values and outputs (double-stream to_v,
+    to_out.0, single-stream proj_out) load on the layers they were tuned on and render with them."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from pvcli.api import make_context
+    from pvcli.engine.adapter import lora_layers
+    from pvcli.identity_files import ADAPTER_FILE, tensor_hash
+    from pvcli.jobs.generate import IdentityRenderer, identity_settings
+
+    old = (r"transformer_blocks\.\d+\.attn\.(to_v|to_out\.0|add_k_proj|add_v_proj)"
+           r"|transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)|single_transformer_blocks\.\d+\.proj_out")
+    home = copy_home(hy_home[0], tmp_path / "home")
+    use_home(monkeypatch, home)
+    path = home / "identities" / "h" / ADAPTER_FILE
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for name, m in hy.denoiser.named_modules():
+        if re.fullmatch(old, name):
+            state[f"{name}.lora_A.weight"] = torch.randn(4, m.in_features, generator=g) * 0.3
+            state[f"{name}.lora_B.weight"] = torch.randn(m.out_features, 4, generator=g) * 0.3
+    lora = {**json.loads(meta["lora_adapter_metadata"]), "target_modules": old}
+    save_file(state, str(path), metadata={**meta, "tensors_sha256": tensor_hash(state),
+                                          "lora_adapter_metadata": json.dumps(lora)})
+    ctx = make_context()
+    renderer = IdentityRenderer(ctx, "h", identity_settings(ctx, "h"))
+    layers = {n for n, _ in lora_layers(renderer.backbone.denoiser)}
+    assert layers == {k.split(".lora_")[0] for k in state} and "single_transformer_blocks.1.proj_out" in layers
+    g_settings = renderer.settings.generate
+    with torch.no_grad():
+        ours = render_latents(renderer.backbone, "sks person surfing", g_settings)
+        base = render_latents(renderer.backbone, "sks person surfing", g_settings, adapter_scale=0.0)
+    assert (ours - base).abs().max() > 1e-2  # the old adapter acts
+    r = run("generate", "h", "surfing", "-o", tmp_path / "old.mp4")
+    assert r.exit_code == 0 and (tmp_path / "old.mp4").exists(), r.stderr
+
+
+def tiny_width_original_lora(path, transformer) -> dict:
+    """diffusers' reading of an original-key HunyuanVideo LoRA file, at the tiny model's width:
+    its converter (`_convert_hunyuan_video_lora_to_diffusers`) splits a single-stream block's fused
+    linear1 at the real model's 3072 rows per q, k, v, so the tiny model's linear1 is split here the
+    same way at its own width (lora_A shared, lora_B's rows q, k, v, then the MLP's) and the rest goes
+    through diffusers' converter as it is."""
+    from diffusers.loaders.lora_conversion_utils import _convert_hunyuan_video_lora_to_diffusers
+    from safetensors.torch import load_file
+
+    width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    state = load_file(str(path))
+    fused = {k: state.pop(k) for k in list(state) if ".linear1." in k}
+    out = _convert_hunyuan_video_lora_to_diffusers(state)
+    for key, value in fused.items():
+        block, kind = key.removeprefix("diffusion_model.single_blocks.").split(".linear1.")
+        pieces = [value] * 4 if kind.startswith("lora_A") else value.split([width] * 3 + [value.shape[0] - 3 * width])
+        for name, piece in zip(("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), pieces, strict=True):
+            out[f"transformer.single_transformer_blocks.{block}.{name}.{kind}"] = piece
+    return out
+
+
 def not_a_lora(tmp_path):
     bad = tmp_path / "not_a_lora.safetensors"
     bad.write_bytes(b"not a safetensors file")
     return bad
 
 
-@pytest.mark.parametrize("targets,count,millions", [("attention", 80, 7.86), ("spatial", 160, 29.49)])
+@pytest.mark.parametrize("targets,count,millions", [("attention", 40, 3.93), ("spatial", 120, 23.59)])
 def test_real_size_adapter_placement_from_the_real_config(targets, count, millions):
     """The real 13B transformer, built without weights: its parameter count, and where a rank-16
-    adapter goes (layers, millions of parameters); never on a video query or key."""
+    adapter goes (layers, millions of parameters); never on the video tokens' self-attention."""
     import re
 
     from pv_hunyuanvideo.backbone import MIXING, TARGETS

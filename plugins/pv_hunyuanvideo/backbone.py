@@ -6,28 +6,30 @@ branch), a LLaMA text model (hidden states + mask) and a CLIP pooled vector as c
 3D VAE that folds 4 frames into one latent frame. Everything runs through diffusers'
 HunyuanVideoPipeline or its own modules.
 
-What mixes frames. There is no separate temporal module: every block's attention is full 3D
-attention over all video tokens (and the text). The attention *weights* between video tokens are
-where frames meet, and they are set by the video tokens' queries and keys; every other layer acts
-on one token at a time. So for this family `frame mixing` means the image-token query and key
-projections and their norms (`attn.to_q`, `attn.to_k`, `attn.norm_q`, `attn.norm_k`) of every
-double- and single-stream block: frozen, bit-identical, never adapted (protected_modules /
-protected_pattern). Given the same hidden states, which token attends to which token in which
-frame is the base model's; the adapter changes what tokens carry, not where they look.
+What passes information between video tokens. There is no separate temporal module: every
+block's attention is full 3D attention over all video tokens (and the text). pv keeps one rule on
+every family (README, "Where the adapter goes"): whatever passes information between video tokens
+stays frozen and bit-identical, the video tokens' self-attention whole: the queries and keys and
+their norms (where a token looks) and the values and output projection (what crosses frames and
+how it is written back). In a double-stream block that is attn.to_q, to_k, to_v, to_out.0,
+norm_q, norm_k, and the text stream's side of the joint attention, whose queries read every video
+token and whose output carries that mix back to all of them (attn.add_q_proj, to_add_out,
+norm_added_q, norm_added_k); in a single-stream block, attn.to_q, to_k, to_v, norm_q, norm_k and
+proj_out (the original linear2, the attention output projection fused with the MLP's second
+layer). MIXING matches them all (protected_modules / protected_pattern: a target set reaching one
+is refused).
 
-Where the identity adapter goes (both sets keep away from the queries and keys above):
-  attention: in each double-stream block, the image stream's value and output projections
-             (attn.to_v, attn.to_out.0: what a video token hands on and how the mixed result
-             is written back, per token) and the text keys and values the video tokens read
+Where the identity adapter goes: on what acts per token or reads the text.
+  attention: in each double-stream block, the text keys and values the video tokens read
              (attn.add_k_proj, attn.add_v_proj: the cross-attention part of the joint attention,
-             Wan's attn2 counterpart);
-  spatial:   the above, plus the image stream's feed-forward net (ff.net.0.proj, ff.net.2) and
-             each single-stream block's output projection (proj_out = the original linear2: the
-             attention output and the MLP, per token).
-The single-stream blocks' q, k, v and MLP input are one fused layer in the original model
-(`linear1`); pv leaves its pieces alone (q, k set attention weights; v and the MLP input share
-the fused layer with them), which also keeps every export exact for diffusers' converter, which
-assumes the 3072-wide model when it splits `linear1`."""
+             Wan's attn2 counterpart). The single-stream blocks read the text through the same
+             fused q, k, v as the video's own mixing, so this set leaves them alone;
+  spatial:   the above, plus the image stream's feed-forward net (ff.net.0.proj, ff.net.2) and each
+             single-stream block's MLP input (proj_mlp): every one of the 60 blocks gets an adapter.
+In the original model a single-stream block's q, k, v and MLP input are one fused layer
+(`linear1`): the export writes proj_mlp's adapter on linear1 with lora_B zero on the q, k, v rows,
+exactly proj_mlp's delta (lora_keys.py). Identities tuned before this rule (their adapter on the
+double-stream to_v/to_out.0 and the single-stream proj_out) load on the layers they were tuned on."""
 
 from __future__ import annotations
 
@@ -57,11 +59,14 @@ from . import ACCEPTS  # noqa: E402
 
 _DOUBLE = r"transformer_blocks\.\d+"
 _SINGLE = r"single_transformer_blocks\.\d+"
-_ATTENTION = rf"{_DOUBLE}\.attn\.(to_v|to_out\.0|add_k_proj|add_v_proj)"
-TARGETS = {"attention": _ATTENTION,
-           "spatial": rf"{_ATTENTION}|{_DOUBLE}\.ff\.net\.(0\.proj|2)|{_SINGLE}\.proj_out"}
-# the video tokens' queries and keys (and their norms): they set the attention weights between frames
-MIXING = rf"({_DOUBLE}|{_SINGLE})\.attn\.(to_q|to_k|norm_q|norm_k)"
+_TEXT = rf"{_DOUBLE}\.attn\.(add_k_proj|add_v_proj)"  # the text keys and values the video tokens read
+TARGETS = {"attention": _TEXT,
+           "spatial": rf"{_TEXT}|{_DOUBLE}\.ff\.net\.(0\.proj|2)|{_SINGLE}\.proj_mlp"}
+# what passes information between video tokens (see the module docstring): the video tokens'
+# self-attention whole (queries, keys, their norms, values, output) and the text stream's queries
+# and output in the joint attention; in the single-stream blocks proj_out holds the attention output
+MIXING = (rf"{_DOUBLE}\.attn\.(to_q|to_k|to_v|to_out\.0|norm_q|norm_k|add_q_proj|to_add_out|norm_added_q|norm_added_k)"
+          rf"|{_SINGLE}\.(attn\.(to_q|to_k|to_v|norm_q|norm_k)|proj_out)")
 TEMPORAL = 4  # pixel frames per latent frame (after the first)
 MAX_FRAMES = 129  # the clip length HunyuanVideo is trained and shipped for (5 s at 24 fps + 1)
 
@@ -90,7 +95,7 @@ class HunyuanVideoBackbone(Backbone):
     embedded_guidance = True  # guidance-distilled: the scale goes into the transformer, no true CFG
     frozen_parts = ("text_encoder", "text_encoder_2", "vae")
     text_encoders = ("text_encoder", "text_encoder_2")
-    frame_mixing = "to_q|to_k"  # of the video tokens' attention: see MIXING and the module docstring
+    frame_mixing = "attn"  # the video tokens' self-attention, whole: see MIXING and the module docstring
     mixing = MIXING
 
     def __init__(self, name, transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, scheduler,

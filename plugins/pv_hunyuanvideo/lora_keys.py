@@ -10,13 +10,21 @@ input are one `linear1`. A fused LoRA has one lora_A shared by the pieces (diffu
 copies it to each) and a lora_B stacked along the output in piece order. pv's adapter has its
 own A per piece, so the fused A stacks them (rank = the sum of the pieces' ranks) and the fused B
 is block-diagonal: piece j's rows hold its B in piece j's columns and zeros elsewhere, so every
-piece gets back exactly B_j A_j, and a piece the adapter leaves alone (q and k, which pv never
-adapts) gets zero rows, an exact no-op. Ranks then differ between modules, so the scale alpha/rank
-is multiplied into lora_B and no `.alpha` is written (readers then apply scale 1)."""
+piece gets back exactly B_j A_j, and a piece the adapter leaves alone gets zero rows, an exact
+no-op. With pv's targets (backbone.py) that means `txt_attn_qkv` with zero q rows (the adapter
+is on the text keys and values) and, under `spatial`, `linear1` with zero q, k, v rows and
+proj_mlp's B on the MLP rows: the fused delta is proj_mlp's delta on its rows and zero elsewhere.
+(diffusers' converter splits linear1 at the 3072-wide model's sizes, so it reads such a file of the
+real model, as zero-B LoRAs on to_q/to_k/to_v and the adapter on proj_mlp; it cannot split a
+linear1 of another width, the tiny model's. It also recognises the format by an img_attn_qkv key
+alone, which pv's adapter never has: such a file gets one all-zero rank-1 img_attn_qkv entry.) Ranks then differ between modules, so the scale
+alpha/rank is multiplied into lora_B and no `.alpha` is written (readers then apply scale 1)."""
 
 from __future__ import annotations
 
 import re
+
+import torch
 
 from pvcli.errors import PVError
 
@@ -65,16 +73,30 @@ def comfy_lora(state: dict, meta: dict) -> tuple[dict, dict]:
             a, b = _fused(native, parts)
         tensors[f"{native}.lora_A.weight"] = a.contiguous()
         tensors[f"{native}.lora_B.weight"] = b.contiguous()
+    marker = f"{PREFIX}double_blocks.0.img_attn_qkv"
+    if pieces and not any(".img_attn_qkv." in k for k in tensors):
+        # diffusers recognises an original-key HunyuanVideo LoRA by an img_attn_qkv key alone
+        # (HunyuanVideoLoraLoaderMixin.lora_state_dict), and pv's adapter never touches the video
+        # q, k, v: one all-zero rank-1 entry (an exact no-op in every reader) makes the file readable
+        width = _width(pieces)
+        tensors[f"{marker}.lora_A.weight"] = torch.zeros(1, width)
+        tensors[f"{marker}.lora_B.weight"] = torch.zeros(3 * width, 1)
     header = {"ss_network_module": "networks.lora", "ss_base_model_version": meta.get("base_model_version", "hunyuan-video"),
               "modelspec.architecture": f"{meta.get('architecture', 'hunyuan-video')}/lora",
               "pv.lora_scale": "alpha/rank multiplied into lora_B; no .alpha keys (apply at scale 1)"}
     return tensors, header
 
 
+def _width(pieces: dict) -> int:
+    """The model width, from any adapted module: the output of the output projections (fc2,
+    linear2, *_attn_proj) and the input of the others."""
+    native, parts = next(iter(pieces.items()))
+    a, b = next(iter(parts.values()))
+    return b.shape[0] if native.endswith(("fc2", "linear2", "_attn_proj")) else a.shape[1]
+
+
 def _fused(native: str, parts: dict) -> tuple:
     """Stacked A and block-diagonal B of a fused module's adapted pieces (absent pieces: zero rows)."""
-    import torch
-
     sizes = _piece_sizes(native, parts)
     rank = sum(a.shape[0] for a, _ in parts.values())
     a_all = torch.cat([parts[p][0] for p in sorted(parts)])
@@ -89,13 +111,10 @@ def _fused(native: str, parts: dict) -> tuple:
 
 
 def _piece_sizes(native: str, parts: dict) -> list[int]:
-    """Output sizes of a fused module's pieces: q, k, v are the model width; linear1's fourth
-    piece is the MLP input (4x the width unless adapted, when its B says)."""
-    widths = {b.shape[0] for p, (_, b) in parts.items() if p < 3}
-    if not widths:
-        raise PVError(f"cannot fuse {native}: only its MLP piece is adapted, the model width is unknown",
-                      "export with --format diffusers")
-    width = widths.pop()
+    """Output sizes of a fused module's pieces: q, k, v are the model width (every piece's input,
+    lora_A's columns); linear1's fourth piece is the MLP input (4x the width unless adapted, when
+    its B says)."""
+    width = next(iter(parts.values()))[0].shape[1]
     sizes = [width, width, width]
     if native.endswith("linear1"):
         sizes.append(parts[3][1].shape[0] if 3 in parts else 4 * width)  # HunyuanVideo's mlp_ratio
