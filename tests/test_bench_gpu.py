@@ -143,7 +143,7 @@ def test_real_size_builders_build_the_shipped_configs_at_full_size(gpu):
         "wan2.1-1.3b": (1419.0, 5680.9, 126.9, 120),  # pv_wan.configs' counts; UMT5-XXL's encoder
         "wan2.1-14b": (14288.5, 5680.9, 126.9, 160),
         "wan2.2-5b": (4999.8, 5680.9, 704.7, 120),  # its own 16x VAE (pv_wan.configs.VAES)
-        "hunyuanvideo": (12821.0, 7505.2, 246.5, 80),  # llava-llama-3-8b's LlamaModel (+ CLIP-L, below)
+        "hunyuanvideo": (12821.0, 7505.2, 246.5, 120),  # spatial; llava-llama-3-8b's LlamaModel (+ CLIP-L, below)
     }
     for profile, (denoiser, text, vae, layers) in expected.items():
         _, s = resolve(profile)
