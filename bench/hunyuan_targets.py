@@ -4,10 +4,12 @@ pv's Tuner on one fixed clip until the ID similarity has risen by `--gain`, then
 clips from the same noise for held-out seeds and prompts; python bench/hunyuan_targets.py, a few
 minutes on 2 cores).
 
-Sets: pv's `attention` (double-stream to_v, to_out.0, add_k_proj, add_v_proj) and `spatial`
-(adds the image feed-forward and the single-stream proj_out), which never touch the video tokens'
-queries and keys, and, for comparison only, `all-attention` (every attention projection of both
-block kinds, the queries and keys that set how frames mix included; pv does not offer it)."""
+Sets: pv's `attention` (the double-stream text keys and values, add_k_proj and add_v_proj) and
+`spatial` (adds the image feed-forward and the single-stream proj_mlp), which never touch the video
+tokens' self-attention, and, for comparison only, `all-attention` (every attention projection of
+both block kinds, the queries and keys that set how frames mix included; pv does not offer it).
+The tiny model's frames are uncorrelated random weights: its "motion" cannot decide placement.
+`--sets attention --out FILE` runs one set."""
 
 from __future__ import annotations
 

@@ -2,10 +2,13 @@
 flow matching, a causal 3D VAE that compresses 4 frames into one latent frame, and a UMT5 text
 encoder. Measured facts behind the choices: ../shared/notes/dit-wan.md (diffusers 0.42.1).
 
-Where the identity adapter goes. A Wan block has `attn1` (self-attention over every video token
-with 3D RoPE: the only op that mixes frames, the counterpart of AnimateDiff's motion modules),
-`attn2` (cross-attention to the text, per token) and `ffn` (per token). The adapter goes on
-layers that never mix frames and `attn1` stays frozen and bit-identical:
+Where the identity adapter goes (pv's one rule for every family, README "Where the adapter
+goes": whatever passes information between video tokens stays frozen and bit-identical; the adapter
+goes on what acts per token or reads the text). A Wan block has `attn1` (self-attention over every
+video token with 3D RoPE: the only op that mixes frames, the counterpart of AnimateDiff's motion
+modules), `attn2` (cross-attention to the text, per token) and `ffn` (per token). `attn1` stays
+frozen whole (queries, keys and their norms: where tokens look; values and output: what crosses
+frames), as HunyuanVideo's video self-attention does:
   attention: attn2's q, k, v, out (cross-attention only)
   spatial:   attn2's q, k, v, out and the feed-forward net (ffn.net.0.proj, ffn.net.2)
 
