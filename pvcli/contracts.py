@@ -91,6 +91,12 @@ class Backbone(ABC):
         `adapter_targets` matches under them, and `describe()["adapter_parts"]` names them."""
         return self.denoiser
 
+    def adapter_part_at(self, t) -> str:
+        """Which part of an adapter of several parts (`adapted`'s child name, a key prefix of
+        `describe()["adapter_parts"]`) acts at timestep t: tuning refuses a part that acts in no step
+        under gradient (it would never learn). Default: "" (one part, the denoiser)."""
+        return ""
+
     def guidance_at(self, t, guidance_scale: float, guidance_scale_2: float = 0.0) -> float:
         """The classifier-free guidance scale of the denoiser call at timestep t: the one rule pv's
         sampler (tuning) and `pipeline_call` (generation, `GenerationPlan.guidance_scale_2`) follow.
