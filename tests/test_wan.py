@@ -184,6 +184,44 @@ def test_two_experts_the_adapter_lives_on_the_low_noise_expert(encoder, referenc
         wan.load_lora("style.safetensors", "style")
 
 
+def test_two_experts_guide_each_with_its_own_scale_in_tuning_and_generation(wan, wan_settings):
+    """Wan 2.2's recipe guides A14B's high-noise expert at 4.0 and its low-noise one at 3.0
+    (generate/tune.guidance_scale and guidance_scale_2): pv's sampler (tuning) guides the steps
+    above the boundary with the first scale and those below it with the second, and WanPipeline
+    (generation, guidance_scale_2) draws the same latents. One expert refuses a second scale."""
+    from pv_wan.backbone import make_tiny_wan
+
+    from pvcli.errors import PVError
+
+    two = make_tiny_wan({"experts": 2})
+    random_adapter(two)
+    g = wan_settings.generate
+    g = type(g)(**{**g.__dict__, "seed": 3, "guidance_scale": 4.0, "guidance_scale_2": 3.0, "negative_prompt": "blurry"})
+    prompt = "sks person, surfing at sunset"
+    ours = render_latents(two, prompt, g)
+    with torch.no_grad():
+        lat = initial_latents(two, g.frames, g.height, g.width, torch.Generator().manual_seed(3))
+        cond, uncond = two.encode_prompt([prompt]), two.encode_prompt([g.negative_prompt])
+        runs = {}
+        for scales in ((4.0, 3.0), (4.0, 0.0)):
+            seen = []
+            runs[scales] = seen, sample(two, cond, uncond, lat, g.steps, scales[0], guidance_scale_2=scales[1],
+                                        on_step=lambda i, x, seen=seen: seen.append(x.clone()))
+        high = sum(float(t) >= 875 for t in runs[4.0, 0.0][1].scheduler.timesteps)
+        assert 0 < high < g.steps
+        # the low-noise steps from where the high-noise ones left off, at 3.0 throughout
+        head = sample(two, cond, uncond, lat, g.steps, 4.0, stop=high)
+        tail = sample(two, cond, uncond, head.latents, g.steps, 3.0, start=high, scheduler=head.scheduler)
+    (split, mixed), (single, one_scale) = runs[4.0, 3.0], runs[4.0, 0.0]
+    assert (ours - mixed.latents).abs().max() < 1e-4  # generation guides as tuning does
+    assert all(torch.equal(split[i], single[i]) for i in range(high))  # above the boundary: 4.0
+    assert (split[high] - single[high]).abs().max() > 1e-4  # below it: not 4.0 ...
+    assert (mixed.latents - tail.latents).abs().max() < 1e-6  # ... but 3.0
+    g1 = type(g)(**{**g.__dict__, "guidance_scale_2": 3.0})
+    with pytest.raises(PVError, match="guidance_scale_2 3: backbone 'wan-tiny' has one denoiser"):
+        render_latents(wan, prompt, g1)
+
+
 def test_decoding_the_frames_a_loss_reads_matches_decoding_the_whole_clip(wan):
     lat = initial_latents(wan, 13, 64, 64, torch.Generator().manual_seed(1))  # 4 latent frames
     with torch.no_grad():

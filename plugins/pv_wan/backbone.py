@@ -176,14 +176,25 @@ class WanBackbone(Backbone):
         """The transformer that denoises at timestep t (WanPipeline's rule for two experts), on the
         device (with swap_experts the other one goes to the host)."""
         if self.high_noise is not None:
-            boundary = self.boundary_ratio * self.scheduler.config.num_train_timesteps
-            busy, idle = ("high_noise", "denoiser") if float(t) >= boundary else ("denoiser", "high_noise")
+            busy, idle = ("high_noise", "denoiser") if self.high_noise_step(t) else ("denoiser", "high_noise")
             if self.swap_experts:
                 self._put(idle, HOST)
             self._put(busy, self.device)
             return getattr(self, busy)
         self.place_denoiser()
         return self.denoiser
+
+    def high_noise_step(self, t) -> bool:
+        """Whether timestep t is the high-noise expert's (WanPipeline's rule: t >= boundary_ratio *
+        num_train_timesteps); always False with one expert."""
+        return self.high_noise is not None and float(t) >= self.boundary_ratio * self.scheduler.config.num_train_timesteps
+
+    def guidance_at(self, t, guidance_scale: float, guidance_scale_2: float = 0.0) -> float:
+        """Two experts (A14B): `guidance_scale` on the high-noise expert's steps, `guidance_scale_2`
+        (0: the same) on the low-noise expert's, as WanPipeline's guidance_scale / guidance_scale_2."""
+        if self.high_noise is None:
+            return super().guidance_at(t, guidance_scale, guidance_scale_2)
+        return guidance_scale if self.high_noise_step(t) or not guidance_scale_2 else guidance_scale_2
 
     def predict_noise(self, latents, t, embeds):
         """The flow velocity (noise - clean) that the scheduler steps with."""
@@ -272,6 +283,8 @@ class WanBackbone(Backbone):
         pipe = self.pipeline(video=video)
         pipe.scheduler = self.new_scheduler()
         kwargs = dict(plan.call_kwargs)
+        if plan.guidance_scale_2:  # the low-noise expert's (guidance_at refused it on one expert)
+            kwargs["guidance_scale_2"] = self.guidance_at(0, guidance_scale, plan.guidance_scale_2)
         if video:  # the clip, resampled to plan.frames (4k+1) and the size, re-noised to `strength`
             kwargs.update(video=list(plan.video.to(self.device, torch.float32)), strength=plan.strength)
         else:

@@ -156,7 +156,8 @@ class TrajectoryPool:
             noise = initial_latents(tu.bb, t.frames, t.height, t.width, pair)
             with torch.no_grad():
                 head = sample(tu.bb, tu.embeds(prompt), tu.uncond, noise, t.num_inference_steps, t.guidance_scale,
-                              adapter_steps=tu.adapter_steps, stop=self.start, generator=pair)
+                              adapter_steps=tu.adapter_steps, stop=self.start, generator=pair,
+                              guidance_scale_2=t.guidance_scale_2)
             self.kept[i] = head.latents, head.scheduler
         latents, scheduler = self.kept[i]
         return prompt, latents, self.start, scheduler
@@ -200,7 +201,7 @@ class Tuner:
             backbone.enable_gradient_checkpointing()
         if t.decoder_checkpointing:
             backbone.enable_decoder_checkpointing()
-        self.params = trainable_parameters(backbone.denoiser)
+        self.params = trainable_parameters(backbone.adapted)
         self.optimizer = _optimizer(t.optimizer, self.params, t.lr, t.weight_decay)
         warm = max(1, t.warmup_steps)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: min(1.0, (i + 1) / warm))
@@ -263,12 +264,12 @@ class Tuner:
         """The clip's final latents, what generation decodes (from noise, or from `start` with a copy
         of `scheduler`, the scheduler as the first `start` steps left it)."""
         t = self.s.tune
-        ctx = nullcontext() if adapter else adapter_disabled(self.bb.denoiser)
+        ctx = nullcontext() if adapter else adapter_disabled(self.bb.adapted)
         resumed = copy.deepcopy(scheduler) if scheduler is not None else None
         with ctx:
             return sample(self.bb, self.embeds(prompt), self.uncond, latents, t.num_inference_steps, t.guidance_scale,
                           grad_steps=self.grad_steps if grad else 0, adapter_steps=self.adapter_steps, start=start,
-                          generator=generator, scheduler=resumed).latents
+                          generator=generator, scheduler=resumed, guidance_scale_2=t.guidance_scale_2).latents
 
     def _step_reference(self) -> torch.Tensor:
         if not (self.refs and self.s.tune.reference_augment):
@@ -346,7 +347,7 @@ class Tuner:
         """Everything but the adapter stays frozen, whatever ran in between (a long progress sample
         rebuilds motion blocks with trainable weights, say)."""
         adapter = {id(p) for p in self.params}
-        for p in self.bb.denoiser.parameters():
+        for p in self.bb.adapted.parameters():
             if p.requires_grad and id(p) not in adapter:
                 p.requires_grad_(False)
 
@@ -357,7 +358,7 @@ class Tuner:
         start = time.perf_counter()
         self._keep_frozen()
         reference = self._step_reference()
-        self.bb.denoiser.train()
+        self.bb.adapted.train()
         self.optimizer.zero_grad(set_to_none=True)
         losses, sims, scrs, prompts, hits, total = [], [], [], [], 0, 0
         for i in range(t.clips_per_step):
@@ -395,7 +396,7 @@ class Tuner:
             self.scaler.update()
             if not self.scaler.is_enabled() or self.scaler.get_scale() >= scale:
                 self.lr_schedule.step()  # the schedule counts optimizer steps taken
-        self.bb.denoiser.eval()
+        self.bb.adapted.eval()
         self.step_index += 1
         stats = StepStats(self.step_index, _mean(losses), _mean(sims), _mean(scrs), hits, total,
                           lr, time.perf_counter() - start, " | ".join(prompts))
@@ -419,7 +420,7 @@ class Tuner:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         return {
-            "step": self.step_index, "adapter": adapter_state_dict(self.bb.denoiser),
+            "step": self.step_index, "adapter": adapter_state_dict(self.bb.adapted),
             "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
             "noise": self.noise.get_state(), "prompts": self.prompts.state(), "frames": self.frame_rng.getstate(),
             "augment": self.aug_rng.bit_generator.state, "torch": torch.get_rng_state(),
@@ -429,7 +430,7 @@ class Tuner:
     def load_state_dict(self, state: dict, rng: bool = True) -> None:
         """Restore a checkpoint; `rng=False` (a data-parallel replica) re-derives its own random
         streams for the checkpoint's step instead of taking the main process's."""
-        load_adapter_state_dict(self.bb.denoiser, state["adapter"])
+        load_adapter_state_dict(self.bb.adapted, state["adapter"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.step_index = int(state["step"])

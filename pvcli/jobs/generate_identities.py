@@ -177,7 +177,7 @@ class GroupRenderer(IdentityRenderer):
             adapter = f"pv_person{k + 1}"
             add_adapter(self.backbone, meta.get("targets", settings.adapter.targets), int(meta["rank"]),
                         float(meta["alpha"]), adapter_name=adapter)
-            load_adapter_state_dict(self.backbone.denoiser, state, adapter)
+            load_adapter_state_dict(self.backbone.adapted, state, adapter)
             self.adapters.append(adapter)
             self.fractions.append(float(meta.get("active_fraction", 1.0)))
             self.gates.append(float(meta["gate_noise_level"]) if meta.get("gate_noise_level") else None)
