@@ -43,7 +43,15 @@ from .face_crops import (
 )
 from .offload import offload_blocks, text_encoders_off, text_encoders_on
 from .prompts import PROMPTS, PromptSampler, identity_phrase
-from .sampling import adapted_steps, adapter_free_prefix, final_step_is_identity, gate_level, initial_latents, sample
+from .sampling import (
+    adapted_steps,
+    adapter_free_prefix,
+    final_step_is_identity,
+    gate_level,
+    grad_window,
+    initial_latents,
+    sample,
+)
 
 
 @dataclass
@@ -66,6 +74,30 @@ def _mean(xs: list[float]) -> float | None:
 def _denoiser_dtype(backbone: Backbone) -> torch.dtype:
     """The dtype the denoiser's frozen weights compute in (the adapter itself trains in fp32)."""
     return next((p.dtype for n, p in backbone.denoiser.named_parameters() if ADAPTER_NAME not in n), torch.float32)
+
+
+def _check_parts_learn(backbone: Backbone, steps: int, adapter_steps: int, grad_steps: int, dead_final: bool) -> None:
+    """An adapter of several parts (`describe()["adapter_parts"]`, e.g. one per expert) must have each
+    part that acts (inside the gate) act in a step under gradient too, else it would change every clip
+    and never learn: refused in one line, naming the tune.grad_steps that reaches it."""
+    import json
+
+    parts = json.loads(backbone.describe().get("adapter_parts") or "{}")
+    if len(parts) < 2:
+        return
+    probe = backbone.new_scheduler()
+    probe.set_timesteps(steps, device="cpu")
+    timesteps = list(probe.timesteps)
+    first_grad = grad_window(len(timesteps), grad_steps, dead_final)
+    adapted = range(len(timesteps) - adapter_steps, len(timesteps))
+    for prefix, label in parts.items():
+        acting = [i for i in adapted if backbone.adapter_part_at(timesteps[i]) == prefix]
+        if acting and acting[-1] < first_grad:
+            need = len(timesteps) - int(dead_final) - acting[-1]
+            raise PVError(f"the adapter on the {label} acts in steps {acting[0] + 1}-{acting[-1] + 1} of {steps} but "
+                          f"none of them is under gradient (tune.grad_steps={grad_steps}, the last steps): it would "
+                          "change every clip and never learn",
+                          f"raise tune.grad_steps to {need}, or narrow the gate (adapter.active_fraction) below it")
 
 
 class PromptEmbeddings:
@@ -218,6 +250,7 @@ class Tuner:
                           "which returns its input unchanged: nothing can be learned",
                           "raise adapter.active_fraction or tune.num_inference_steps")
         self.grad_steps = min(t.grad_steps, live)  # un-adapted steps carry no adapter gradient
+        _check_parts_learn(backbone, t.num_inference_steps, self.adapter_steps, self.grad_steps, self.dead_final)
         self.phrase = identity_phrase(t.token, t.class_word)
         self.rank = rank
         self.prompts = PromptSampler(tuning_prompts(settings, prompts), self.phrase, t.seed)
