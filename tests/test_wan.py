@@ -212,7 +212,7 @@ def test_two_experts_guide_each_with_its_own_scale_in_tuning_and_generation(wan,
         # the low-noise steps from where the high-noise ones left off, at 3.0 throughout
         head = sample(two, cond, uncond, lat, g.steps, 4.0, stop=high)
         tail = sample(two, cond, uncond, head.latents, g.steps, 3.0, start=high, scheduler=head.scheduler)
-    (split, mixed), (single, one_scale) = runs[4.0, 3.0], runs[4.0, 0.0]
+    (split, mixed), (single, _) = runs[4.0, 3.0], runs[4.0, 0.0]
     assert (ours - mixed.latents).abs().max() < 1e-4  # generation guides as tuning does
     assert all(torch.equal(split[i], single[i]) for i in range(high))  # above the boundary: 4.0
     assert (split[high] - single[high]).abs().max() > 1e-4  # below it: not 4.0 ...

@@ -169,7 +169,12 @@ class GroupRenderer(IdentityRenderer):
         self.region_mode = region_mode
         self.name = "+".join(m.name for m in members)
         for m in members:
-            check_backbone_matches(ctx.store.load_info(m.name), settings.backbone.name, m.name)
+            info = ctx.store.load_info(m.name)
+            check_backbone_matches(info, settings.backbone.name, m.name)
+            if info.get("adapter_parts"):  # region mixing drives the adapters on one denoiser
+                raise PVError(f"identity {m.name!r} has its adapter on several denoisers ({info.get('expert', '')}), "
+                              "which several identities in one clip cannot mix yet",
+                              f"render {m.name} alone, or tune it with its adapter on one denoiser")
         self.backbone = build_backbone(ctx, settings)
         self.adapters, self.fractions, self.gates, self.phrases = [], [], [], {}
         for k, m in enumerate(members):
