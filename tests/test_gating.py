@@ -307,7 +307,7 @@ def test_a14b_with_both_experts_exports_a_file_per_expert_and_wires_each_lora_af
     assert [s["cfg"] for s in stages] == [4.0, 3.0]
     r = run("export", "b", "--format", "diffusers", "--json")
     assert r.exit_code == 0, r.stderr
-    files = json.loads(r.stdout)["files"]
+    files = json.loads(r.stdout)["experts"]
     assert [f["path"] for f in files] == ["b_high_noise.safetensors", "b_low_noise.safetensors"]
     with safe_open(str(tmp_path / files[0]["path"]), "pt") as fh:
         assert all(k.startswith("transformer.blocks.") for k in fh.keys())

@@ -32,7 +32,7 @@ def register(app: typer.Typer, state: AppState) -> None:
             record = api.export(name, fmt, output, bundle=bundle, force=force, context=ctx)
         else:
             record = api.export(name, fmt, output, force=force, context=ctx)
-        paths = [f["path"] for f in record.get("files", [])] or [record["path"]]  # one file per expert, or one
+        paths = [f["path"] for f in record.get("experts", [])] or [record["path"]]  # one file per expert, or one
         emit(record if as_json else "\n".join(paths), as_json)
 
     @app.command("import")

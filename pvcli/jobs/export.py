@@ -242,7 +242,7 @@ def export_lora(ctx: Context, name: str, fmt: str, output: Path | None = None, f
               "tensors_sha256": header["pv.tensors_sha256"], "gating": note or None,
               **({"workflow": str(workflow_path), "wiring": wiring} if workflow is not None else {})}
     if len(files) > 1:  # one file per expert
-        record["files"] = [{"path": str(p), "expert": e, "tensors": len(t), "bytes": p.stat().st_size,
+        record["experts"] = [{"path": str(p), "expert": e, "tensors": len(t), "bytes": p.stat().st_size,
                             "tensors_sha256": h["pv.tensors_sha256"]} for p, t, h, e in files]
     return record
 
