@@ -82,12 +82,44 @@ class Backbone(ABC):
     def unet(self, module: torch.nn.Module) -> None:
         self.denoiser = module
 
+    @property
+    def adapted(self) -> torch.nn.Module:
+        """The module that holds the identity adapter's layers: the adapter is injected into it, and
+        its adapter state dict, gating and scale are the identity's. Default: the denoiser. A model of
+        several denoisers that all take the adapter (two experts split by noise level) returns a
+        container whose children are those denoisers: their child names prefix the adapter's keys,
+        `adapter_targets` matches under them, and `describe()["adapter_parts"]` names them."""
+        return self.denoiser
+
+    def adapter_part_at(self, t) -> str:
+        """Which part of an adapter of several parts (`adapted`'s child name, a key prefix of
+        `describe()["adapter_parts"]`) acts at timestep t: tuning refuses a part that acts in no step
+        under gradient (it would never learn). Default: "" (one part, the denoiser)."""
+        return ""
+
+    def guidance_at(self, t, guidance_scale: float, guidance_scale_2: float = 0.0) -> float:
+        """The classifier-free guidance scale of the denoiser call at timestep t: the one rule pv's
+        sampler (tuning) and `pipeline_call` (generation, `GenerationPlan.guidance_scale_2`) follow.
+        `guidance_scale_2` (tune/generate.guidance_scale_2; 0: unset) is a second expert's: a model of
+        two denoisers split by noise level returns it on its second (diffusers' `guidance_scale_2`,
+        the low-noise expert's). Default: one denoiser, `guidance_scale` at every t; a second scale is
+        refused in one line (it would be ignored)."""
+        if guidance_scale_2:
+            from .errors import PVError
+
+            raise PVError(f"guidance_scale_2 {guidance_scale_2:g}: backbone {self.name!r} has one denoiser, "
+                          "so one guidance scale", "set tune.guidance_scale_2 and generate.guidance_scale_2 to 0")
+        return guidance_scale
+
     @abstractmethod
     def describe(self) -> dict[str, str]:
         """Identifying metadata stored with an adapter: `backbone` (the registered name), base model
         ids (`base_model`, ...), and optionally `base_model_version` / `architecture`, the names
         kohya-format LoRA readers use for the base family (ss_base_model_version, modelspec architecture),
-        which `pv export --format kohya` writes into the file's header."""
+        which `pv export --format kohya` writes into the file's header. `expert`: which denoiser of
+        several the adapter is on (an export's file name and metadata say it); `adapter_parts`: when the
+        adapter spans several denoisers (`adapted`), JSON {key prefix: expert} (e.g.
+        {"transformer.": "high-noise (transformer)", ...}): pv export writes one file per part."""
 
     target_sets: dict[str, str] = {}  # adapter target set name -> full-match regex over denoiser module names
 
@@ -331,6 +363,8 @@ class GenerationPlan:
     loras: dict[str, float] = field(default_factory=dict)  # adapter name (loaded via load_lora) -> weight
     video: torch.Tensor | None = None  # video-to-video: the clip to restyle, (F, 3, H, W) in [0, 1]
     strength: float = 0.8  # video-to-video: how much of the clip is re-noised and redrawn
+    # a second expert's guidance scale (Backbone.guidance_at: the same rule as pv's sampler); 0: unset
+    guidance_scale_2: float = 0.0
     context_length: int = 0  # long clips (frames > max_frames): the motion window (0 = max_frames)
     context_stride: int = 4  # long clips: the windows' stride
     call_kwargs: dict = field(default_factory=dict)  # anything else for the pipeline call

@@ -18,7 +18,8 @@ def register_backbones(register):
     (add-on kinds), so what it cannot take is refused before it loads; `workflows` maps export format
     names to writers `(identity_meta, settings_dict, lora_file_name) -> (workflow_dict, wiring_line)`
     whose workflow is written beside that format's LoRA file (a UI's workflow that renders pv's clip,
-    gating included); `size_multiple(backbone_options) -> int` is the multiple a clip's height and
+    gating included; an adapter of several parts, `describe()["adapter_parts"]`, is written as one file
+    per part and `lora_file_name` is then {expert: file name}); `size_multiple(backbone_options) -> int` is the multiple a clip's height and
     width must be (refused in one line before the backbone loads); `refuse(info, options, asked)`
     raises PVError for what one model of the family cannot take though the family can (`info`: what
     the identity recorded of its backbone, `describe()`; `options`: the backbone options in effect;

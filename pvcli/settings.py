@@ -57,6 +57,9 @@ class TuneSettings:
     num_inference_steps: int = 25
     grad_steps: int = 2
     guidance_scale: float = 7.5
+    # a model of two experts split by noise level: the second (low-noise) expert's
+    # guidance scale, diffusers' guidance_scale_2 (guidance_scale is then the high-noise expert's); 0: unset
+    guidance_scale_2: float = 0.0
     supervised_frames: int = 4
     # draw the supervised (and SCR) frames from the clip's first N frames only (0 = the whole
     # clip): with a causal video VAE, which decodes every frame up to the last supervised one under
@@ -123,6 +126,7 @@ class GenerateSettings:
     width: int = 512
     steps: int = 25
     guidance_scale: float = 7.5
+    guidance_scale_2: float = 0.0  # the second (low-noise) expert's, as tune.guidance_scale_2; 0: unset
     seed: int = 0
     negative_prompt: str = "blurry, low quality, deformed face, watermark"
     adapter_scale: float = 1.0
@@ -155,7 +159,7 @@ _RANGES = {
     "adapter.rank": (1, 1024), "adapter.alpha": (1e-6, None),
     "tune.steps": (0, None), "tune.lr": (0.0, 1.0), "tune.frames": (1, MAX_FRAMES), "tune.height": (8, MAX_SIDE),
     "tune.width": (8, MAX_SIDE), "tune.num_inference_steps": (1, 1000), "tune.grad_steps": (1, 1000),
-    "tune.guidance_scale": (0.0, None), "tune.supervised_frames": (1, None), "tune.clips_per_step": (1, 1024),
+    "tune.guidance_scale": (0.0, None), "tune.guidance_scale_2": (0.0, None), "tune.supervised_frames": (1, None), "tune.clips_per_step": (1, 1024),
     "tune.trajectory_pool": (0, 100000), "tune.grad_clip": (0.0, None),
     "tune.warmup_steps": (0, None), "tune.weight_decay": (0.0, None), "adapter.active_fraction": (1e-6, 1.0),
     "tune.scr_weight": (0.0, None), "tune.scr_frames": (2, None), "tune.checkpoint_every": (0, None),
@@ -163,6 +167,7 @@ _RANGES = {
     "tune.held_out": (0, None), "tune.supervised_window": (0, None), "tune.face_margin": (-1, 256),
     "generate.frames": (1, MAX_FRAMES), "generate.fps": (1, 240), "generate.height": (8, MAX_SIDE),
     "generate.width": (8, MAX_SIDE), "generate.steps": (1, 1000), "generate.guidance_scale": (0.0, None),
+    "generate.guidance_scale_2": (0.0, None),
     "generate.adapter_scale": (0.0, None), "generate.context_length": (0, None), "generate.context_stride": (1, None),
     "generate.strength": (0.01, 1.0),
 }
@@ -279,6 +284,12 @@ def _validate(s: Settings) -> None:
     if s.tune.grad_steps > s.tune.num_inference_steps:
         raise PVError(f"tune.grad_steps ({s.tune.grad_steps}) cannot exceed tune.num_inference_steps "
                       f"({s.tune.num_inference_steps})")
+    for section in (s.tune, s.generate):
+        where = "tune" if section is s.tune else "generate"
+        if section.guidance_scale_2 > 1 and section.guidance_scale <= 1:
+            raise PVError(f"{where}.guidance_scale_2 ({section.guidance_scale_2:g}) needs {where}.guidance_scale above 1 "
+                          f"(got {section.guidance_scale:g}): classifier-free guidance runs only when the first "
+                          "expert's scale is above 1 (as diffusers' pipelines)", f"raise {where}.guidance_scale")
     if s.tune.supervised_frames > s.tune.frames:
         raise PVError(f"tune.supervised_frames ({s.tune.supervised_frames}) cannot exceed tune.frames ({s.tune.frames})")
     if s.tune.fsdp and s.tune.trajectory_pool:

@@ -37,6 +37,7 @@ class Stage:
     start: int
     end: int
     label: str = ""
+    cfg: float | None = None  # this stage's guidance (a model of two experts guides each its own); None: the run's
 
 
 def comfy_sampler(scheduler) -> str:
@@ -58,7 +59,8 @@ def sample_stages(wf: ComfyWorkflow, stages: list[Stage], *, steps: int, seed: i
     for k, stage in enumerate(stages):
         first, last = k == 0, k == len(stages) - 1
         latent = wf.add("KSamplerAdvanced", model=stage.model, add_noise="enable" if first else "disable",
-                        noise_seed=int(seed) if first else 0, steps=int(steps), cfg=float(cfg), sampler_name=sampler,
+                        noise_seed=int(seed) if first else 0, steps=int(steps),
+                        cfg=float(cfg if stage.cfg is None else stage.cfg), sampler_name=sampler,
                         scheduler=scheduler, positive=positive, negative=negative, latent_image=latent,
                         start_at_step=int(stage.start), end_at_step=int(stage.end),
                         return_with_leftover_noise="disable" if last else "enable")

@@ -274,6 +274,73 @@ def test_a14b_exports_name_their_expert_and_wire_the_lora_on_the_low_noise_exper
         assert f"from step {spans[-1][0]} of 40" in wiring
 
 
+def test_a14b_with_both_experts_exports_a_file_per_expert_and_wires_each_lora_after_the_gate(astronaut, monkeypatch,
+                                                                                               tmp_path):
+    """An identity with backbone.options.adapter_experts=both (tiny-wan's A14B layout) exports one file
+    per expert, each naming its expert in its file name and metadata, prints the one line of wiring,
+    and its workflow puts each LoRA on its own expert after the gate, each expert at its own cfg
+    (guidance_scale high-noise, guidance_scale_2 low-noise); on the real A14B profile's schedule too."""
+    from pv_wan.backbone import HIGH_NOISE, LOW_NOISE
+    from pv_wan.workflow import comfy_workflow
+    from safetensors import safe_open
+
+    home = tmp_path / "home"
+    scales = [f"--set={k}.guidance_scale{n}={v}" for k in ("tune", "generate") for n, v in (("", 4), ("_2", 3))]
+    tune_home(home, astronaut, "b", "tiny-wan", "--steps", "1", "--set", "tune.held_out=0", "--set",
+              "backbone.options.experts=2", "--set", "backbone.options.adapter_experts=both", "--set",
+              "tune.num_inference_steps=2", "--set", "tune.grad_steps=2", *scales)
+    use_home(monkeypatch, home)
+    monkeypatch.chdir(tmp_path)
+    r = run("export", "b", "--format", "comfy")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.split() == ["b_comfy_high_noise.safetensors", "b_comfy_low_noise.safetensors"]
+    assert "high-noise expert" in r.stderr and "low-noise expert" in r.stderr and "b_comfy_workflow.json" in r.stderr
+    for path, expert in (("b_comfy_high_noise.safetensors", HIGH_NOISE), ("b_comfy_low_noise.safetensors", LOW_NOISE)):
+        with safe_open(str(tmp_path / path), "pt") as fh:
+            assert fh.metadata()["pv.expert"] == expert
+            assert fh.keys() and all(k.startswith("diffusion_model.blocks.") for k in fh.keys())
+    wf = json.loads((tmp_path / "b_comfy_workflow.json").read_text())
+    stages = assert_comfy_workflow(wf)
+    loras = [wf[s["model"][0]]["inputs"]["model"] for s in stages]  # ModelSamplingSD3 <- the LoRA
+    assert [wf[link[0]]["inputs"].get("lora_name") for link in loras] == [
+        "b_comfy_high_noise.safetensors", "b_comfy_low_noise.safetensors"]  # the gate is open at every step
+    assert [s["cfg"] for s in stages] == [4.0, 3.0]
+    r = run("export", "b", "--format", "diffusers", "--json")
+    assert r.exit_code == 0, r.stderr
+    files = json.loads(r.stdout)["experts"]
+    assert [f["path"] for f in files] == ["b_high_noise.safetensors", "b_low_noise.safetensors"]
+    with safe_open(str(tmp_path / files[0]["path"]), "pt") as fh:
+        assert all(k.startswith("transformer.blocks.") for k in fh.keys())
+    r = run("generate", "b surfing", "--id", "b")  # several identities' region mixing drives one denoiser
+    assert r.exit_code == 1 and "adapter on several denoisers" in r.stderr and "loading backbone" not in r.stderr
+
+    settings = resolve("wan2.2-a14b")[1].to_dict()
+    meta = {"base_model": "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "expert": f"{HIGH_NOISE} + {LOW_NOISE}",
+            "boundary_ratio": "0.875", "scheduler": "UniPCMultistepScheduler", "flow_shift": "12",
+            "gate_noise_level": "0.95"}
+    on = 40 - steps_within_gate(schedule_levels(_wan(shift=12.0).scheduler, 40), 0.95)
+    assert 0 < on < 26  # the gate opens inside the high-noise expert's 26 steps (shift 12)
+    wf, wiring = comfy_workflow(meta, settings, {HIGH_NOISE: "h.safetensors", LOW_NOISE: "l.safetensors"})
+    stages = assert_comfy_workflow(wf)
+    assert [(s["start_at_step"], s["end_at_step"], s["cfg"]) for s in stages] == [(0, on, 4.0), (on, 26, 4.0),
+                                                                                 (26, 40, 3.0)]
+    assert [wf[_chain_link(wf, s["model"])]["inputs"]["unet_name"] for s in stages] == [
+        "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"] * 2 + ["wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"]
+    assert [next((wf[n[0]]["inputs"]["lora_name"] for n in _links(wf, s["model"])
+                  if wf[n[0]]["class_type"] == "LoraLoaderModelOnly"), None) for s in stages] == [
+        None, "h.safetensors", "l.safetensors"]
+    assert f"acts from step {on}, the low-noise one from step 26, of 40" in wiring
+    assert {n["inputs"]["shift"] for n in wf.values() if n["class_type"] == "ModelSamplingSD3"} == {12.0}
+
+
+def _links(wf: dict, link: list) -> list:
+    """The links along a MODEL chain, back to its loader."""
+    out = [link]
+    while "model" in wf[out[-1][0]]["inputs"]:
+        out.append(wf[out[-1][0]]["inputs"]["model"])
+    return out
+
+
 def _chain_link(wf: dict, link: list) -> str:
     """The id of the loader at the end of a MODEL chain."""
     while "model" in wf[link[0]]["inputs"]:

@@ -19,6 +19,19 @@ def test_every_shipped_profile_tunes_at_the_guidance_it_generates_with():
         assert s.tune.guidance_scale == s.generate.guidance_scale, name
 
 
+def test_every_shipped_profile_tunes_at_the_second_experts_guidance_it_generates_with():
+    """The same for a second expert's scale; A14B follows Wan 2.2's recipe (4.0 high-noise, 3.0 low-noise)."""
+    for name in shipped_profiles():
+        s = resolve(name)[1]
+        assert s.tune.guidance_scale_2 == s.generate.guidance_scale_2, name
+    s = resolve("wan2.2-a14b")[1]
+    assert (s.generate.guidance_scale, s.generate.guidance_scale_2, s.backbone.options["flow_shift"]) == (4.0, 3.0, 12.0)
+    with pytest.raises(PVError, match=r"generate.guidance_scale_2 \(3\) needs generate.guidance_scale above 1"):
+        resolve("tiny-wan", [parse_set(["generate.guidance_scale_2=3", "generate.guidance_scale=1"])])
+    with pytest.raises(PVError, match="tune.guidance_scale_2 must be >= 0.0"):
+        resolve("tiny-wan", [parse_set(["tune.guidance_scale_2=-1"])])
+
+
 def test_defaults_are_the_real_gpu_profile():
     _, s = resolve(None)
     assert s.backbone.name == "animatediff"

@@ -184,6 +184,105 @@ def test_two_experts_the_adapter_lives_on_the_low_noise_expert(encoder, referenc
         wan.load_lora("style.safetensors", "style")
 
 
+def test_two_experts_guide_each_with_its_own_scale_in_tuning_and_generation(wan, wan_settings):
+    """Wan 2.2's recipe guides A14B's high-noise expert at 4.0 and its low-noise one at 3.0
+    (generate/tune.guidance_scale and guidance_scale_2): pv's sampler (tuning) guides the steps
+    above the boundary with the first scale and those below it with the second, and WanPipeline
+    (generation, guidance_scale_2) draws the same latents. One expert refuses a second scale."""
+    from pv_wan.backbone import make_tiny_wan
+
+    from pvcli.errors import PVError
+
+    two = make_tiny_wan({"experts": 2})
+    random_adapter(two)
+    g = wan_settings.generate
+    g = type(g)(**{**g.__dict__, "seed": 3, "guidance_scale": 4.0, "guidance_scale_2": 3.0, "negative_prompt": "blurry"})
+    prompt = "sks person, surfing at sunset"
+    ours = render_latents(two, prompt, g)
+    with torch.no_grad():
+        lat = initial_latents(two, g.frames, g.height, g.width, torch.Generator().manual_seed(3))
+        cond, uncond = two.encode_prompt([prompt]), two.encode_prompt([g.negative_prompt])
+        runs = {}
+        for scales in ((4.0, 3.0), (4.0, 0.0)):
+            seen = []
+            runs[scales] = seen, sample(two, cond, uncond, lat, g.steps, scales[0], guidance_scale_2=scales[1],
+                                        on_step=lambda i, x, seen=seen: seen.append(x.clone()))
+        high = sum(float(t) >= 875 for t in runs[4.0, 0.0][1].scheduler.timesteps)
+        assert 0 < high < g.steps
+        # the low-noise steps from where the high-noise ones left off, at 3.0 throughout
+        head = sample(two, cond, uncond, lat, g.steps, 4.0, stop=high)
+        tail = sample(two, cond, uncond, head.latents, g.steps, 3.0, start=high, scheduler=head.scheduler)
+    (split, mixed), (single, _) = runs[4.0, 3.0], runs[4.0, 0.0]
+    assert (ours - mixed.latents).abs().max() < 1e-4  # generation guides as tuning does
+    assert all(torch.equal(split[i], single[i]) for i in range(high))  # above the boundary: 4.0
+    assert (split[high] - single[high]).abs().max() > 1e-4  # below it: not 4.0 ...
+    assert (mixed.latents - tail.latents).abs().max() < 1e-6  # ... but 3.0
+    g1 = type(g)(**{**g.__dict__, "guidance_scale_2": 3.0})
+    with pytest.raises(PVError, match="guidance_scale_2 3: backbone 'wan-tiny' has one denoiser"):
+        render_latents(wan, prompt, g1)
+
+
+def test_both_experts_take_the_adapter_where_the_gate_opens_and_both_learn(encoder, reference):
+    """backbone.options.adapter_experts=both (A14B): the high-noise expert gets its own adapter layers
+    (with `low` it has none); tuning trains both when a step under gradient is the high-noise
+    expert's (refused in one line when none is) and leaves every frozen weight bit-identical;
+    generation (WanPipeline) uses both, each in its own steps inside the gate, as pv's sampler does."""
+    from conftest import randomize_lora_b
+    from pv_wan.backbone import make_tiny_wan
+
+    from pvcli.engine.adapter import add_adapter
+    from pvcli.errors import PVError
+    from pvcli.settings import parse_set
+
+    low = make_tiny_wan({"experts": 2})
+    add_adapter(low, "attention", 4, 4)
+    assert not any(ADAPTER_NAME in n for n, _ in low.high_noise.named_parameters())  # low: none on the high-noise expert
+
+    both_set = ["backbone.options.experts=2", "backbone.options.adapter_experts=both"]
+    # tiny-wan's 4 steps: the high-noise expert takes the first only, the last 2 are under gradient
+    with pytest.raises(PVError, match=r"adapter on the high-noise \(transformer\) acts in steps 1-1 of 4 but none"
+                                      r".*raise tune.grad_steps to 4"):
+        Tuner(make_tiny_wan({"experts": 2, "adapter_experts": "both"}), encoder,
+              resolve("tiny-wan", [parse_set(both_set)])[1], reference)
+    settings = resolve("tiny-wan", [parse_set([*both_set, "tune.num_inference_steps=2", "tune.grad_steps=2"])])[1]
+    wan = make_tiny_wan({"experts": 2, "adapter_experts": "both"})
+    frozen = {f"{e}.{n}": p.detach().clone() for e in ("high_noise", "denoiser")
+              for n, p in getattr(wan, e).named_parameters()}
+    tuner = Tuner(wan, encoder, settings, reference)
+    assert {n.split(".")[0] for n in tuner.layers} == {"transformer", "transformer_2"}
+    high = {n: p.detach().clone() for n, p in wan.high_noise.named_parameters() if ADAPTER_NAME in n}
+    assert high and tuner.step().loss is not None
+    assert any(not torch.equal(p, high[n]) for n, p in wan.high_noise.named_parameters() if n in high)  # it learned
+    for e in ("high_noise", "denoiser"):
+        for n, p in getattr(wan, e).named_parameters():
+            if ADAPTER_NAME not in n:
+                assert torch.equal(p, frozen[f"{e}.{n.replace('.base_layer', '')}"]), (e, n)
+    state = adapter_state_dict(wan.adapted)
+    assert {k.split(".")[0] for k in state} == {"transformer", "transformer_2"}
+
+    randomize_lora_b(wan.adapted)
+    g = resolve("tiny-wan")[1].generate
+    g = type(g)(**{**g.__dict__, "seed": 3, "steps": 4, "guidance_scale": 5.0, "negative_prompt": "blurry"})
+    prompt = "sks person, surfing at sunset"
+    with torch.no_grad():
+        lat = initial_latents(wan, g.frames, g.height, g.width, torch.Generator().manual_seed(3))
+        cond, uncond = wan.encode_prompt([prompt]), wan.encode_prompt([g.negative_prompt])
+        runs = {}
+        for adapted in (None, 3):  # the gate open at every step / only below the boundary (the last 3 of 4)
+            seen = []
+            sample(wan, cond, uncond, lat, g.steps, 5.0, adapter_steps=adapted, on_step=lambda i, x, seen=seen: seen.append(x))
+            runs[adapted] = seen
+        base = []
+        with adapter_disabled(wan.adapted):
+            sample(wan, cond, uncond, lat, g.steps, 5.0, on_step=lambda i, x: base.append(x))
+    assert (runs[None][0] - base[0]).abs().max() > 1e-3  # the high-noise expert's adapter acts in its step
+    assert torch.equal(runs[3][0], base[0])  # ... unless the gate opens below the boundary
+    ours = render_latents(wan, prompt, g)
+    assert (ours - runs[None][-1]).abs().max() < 1e-4  # generation uses both, as tuning does
+    set_adapter_scale(wan.adapted, 1.0)
+    assert (render_latents(wan, prompt, g, adapter_steps=3) - runs[3][-1]).abs().max() < 1e-4
+
+
 def test_decoding_the_frames_a_loss_reads_matches_decoding_the_whole_clip(wan):
     lat = initial_latents(wan, 13, 64, 64, torch.Generator().manual_seed(1))  # 4 latent frames
     with torch.no_grad():

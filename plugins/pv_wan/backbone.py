@@ -52,6 +52,29 @@ _CROSS = rf"{_BLOCK}\.attn2\.(to_q|to_k|to_v|to_out\.0)"
 TARGETS = {"attention": _CROSS, "spatial": rf"{_CROSS}|{_BLOCK}\.ffn\.net\.(0\.proj|2)"}
 TEMPORAL = 4  # pixel frames per latent frame (after the first)
 EXPERTS = ("denoiser", "high_noise")  # what backbone.options.weights=fp8 stores in float8 (A14B: both experts)
+# backbone.options.adapter_experts: which of A14B's experts take the identity adapter
+ADAPTER_EXPERTS = ("low", "both")
+LOW_NOISE, HIGH_NOISE = "low-noise (transformer_2)", "high-noise (transformer)"
+
+
+class ExpertPair(torch.nn.Module):
+    """The identity adapter's home when it is on both experts (Backbone.adapted): the experts as
+    children named as WanPipeline's components, so the adapter's keys say which expert each is on
+    (`transformer.blocks...`: high-noise, `transformer_2.blocks...`: low-noise). It only holds them:
+    each expert still moves, runs and swaps on its own."""
+
+    def __init__(self, high_noise: torch.nn.Module, low_noise: torch.nn.Module):
+        super().__init__()
+        self.transformer = high_noise
+        self.transformer_2 = low_noise
+
+
+def check_adapter_experts(value: str, experts: int) -> None:
+    if value not in ADAPTER_EXPERTS:
+        raise PVError(f"backbone.options.adapter_experts must be one of {', '.join(ADAPTER_EXPERTS)}, got {value!r}")
+    if value == "both" and experts != 2:
+        raise PVError("backbone.options.adapter_experts=both needs a model of two experts (Wan 2.2 A14B); this one has "
+                      "one", "drop it (the adapter goes on the one transformer)")
 
 
 HOST = "cpu"
@@ -85,7 +108,7 @@ class WanBackbone(Backbone):
     def __init__(self, name, transformer, vae, text_encoder, tokenizer, scheduler, info: dict, device, dtype,
                  max_sequence_length: int = 512, random_weights: bool = False, transformer_2=None,
                  boundary_ratio: float | None = None, expand_timesteps: bool = False, vace_model: str = "",
-                 vace_seed: int = 0, swap_experts: bool = True):
+                 vace_seed: int = 0, swap_experts: bool = True, adapter_experts: str = "low"):
         """`transformer_2` + `boundary_ratio` (Wan 2.2 A14B): two experts, `transformer` for the
         high-noise steps (t >= boundary_ratio * num_train_timesteps), `transformer_2` for the rest.
         The identity adapter goes on the low-noise expert, `transformer_2`: the late steps, where
@@ -93,8 +116,11 @@ class WanBackbone(Backbone):
         `expand_timesteps` (Wan 2.2 TI2V-5B) is passed to the pipeline as its repo ships it.
         `vace_model` (hub id or folder; "tiny": built in-process under `vace_seed`) is the VACE
         model `--control` runs through, loaded on first use (vace.py). `swap_experts` (two experts):
-        while pv's sampler runs, the idle expert waits on the host (each clip's high-noise steps, all
-        without gradient, swap it in and the low-noise expert out, then back)."""
+        while pv's sampler runs, the idle expert waits on the host (each clip's high-noise steps swap it
+        in and the low-noise expert out, then back). `adapter_experts` (two experts): "low", the
+        adapter on the low-noise expert alone; "both", on the high-noise expert too, each expert's
+        layers acting in its own steps wherever the gate is open (`adapted` is then an ExpertPair)."""
+        check_adapter_experts(adapter_experts, 2 if transformer_2 is not None else 1)
         self.name = name
         self.random_weights = random_weights
         self.high_noise = None
@@ -104,11 +130,14 @@ class WanBackbone(Backbone):
             if boundary_ratio is None:
                 raise PVError("a Wan model with two experts needs its boundary_ratio (the pipeline's config)")
             self.high_noise = transformer.to(dtype=dtype).eval().requires_grad_(False)
-            self.frozen_parts = (*self.frozen_parts, "high_noise")
+            if adapter_experts == "low":  # whole and frozen; with both, its frame mixing is (protected_modules)
+                self.frozen_parts = (*self.frozen_parts, "high_noise")
             transformer = transformer_2
         # the experts load on the host and reach the device in place_denoiser (after the prompt pool is
         # embedded) or when they first denoise; with swap_experts, only the expert at work is there
         self.denoiser = transformer.to(dtype=dtype).eval().requires_grad_(False)  # where it loaded (the host)
+        self.adapter_experts = adapter_experts
+        self._pair = ExpertPair(self.high_noise, self.denoiser) if adapter_experts == "both" else None
         self.swap_experts = swap_experts
         self.where: dict[str, str] = {part: _loaded_on(getattr(self, part), device)
                                       for part in ("denoiser", "high_noise") if getattr(self, part) is not None}
@@ -138,13 +167,38 @@ class WanBackbone(Backbone):
     def transformer(self) -> torch.nn.Module:
         return self.denoiser
 
+    @property
+    def adapted(self) -> torch.nn.Module:
+        return self.denoiser if self._pair is None else self._pair
+
+    def adapter_targets(self, targets: str) -> str:
+        pattern = super().adapter_targets(targets)
+        return pattern if self._pair is None else rf"(transformer|transformer_2)\.({pattern})"
+
+    def adapter_part_at(self, t) -> str:
+        if self._pair is None:
+            return ""
+        return "transformer." if self.high_noise_step(t) else "transformer_2."
+
+    def protected_modules(self) -> dict[str, torch.nn.Module]:
+        """The frame-mixing self-attention of every expert (the high-noise one whole when it takes no adapter)."""
+        out = super().protected_modules()
+        if self._pair is not None:
+            out.update({f"high_noise.{n}": m for n, m in self.high_noise.named_modules()
+                        if n.rsplit(".", 1)[-1] == self.frame_mixing})
+        return out
+
     def describe(self) -> dict[str, str]:
         out = {"backbone": self.name, "base_model_version": "wan2.1", "architecture": "wan2.1-t2v", **self.info}
         config = self.scheduler.config  # the flow shift generation samples with (an exported workflow's too)
         out["flow_shift"] = f"{float(config.get('flow_shift', config.get('shift', 1.0))):g}"
         if self.high_noise is not None:  # which expert an exported file is for, and where the experts switch
-            out["expert"] = "low-noise (transformer_2)"
+            out["expert"] = LOW_NOISE if self._pair is None else f"{HIGH_NOISE} + {LOW_NOISE}"
             out["boundary_ratio"] = f"{self.boundary_ratio:g}"
+            if self._pair is not None:  # one exported file per expert
+                import json
+
+                out["adapter_parts"] = json.dumps({"transformer.": HIGH_NOISE, "transformer_2.": LOW_NOISE})
         return out
 
     # ----------------------------------------------------------------- frames
@@ -179,14 +233,25 @@ class WanBackbone(Backbone):
         """The transformer that denoises at timestep t (WanPipeline's rule for two experts), on the
         device (with swap_experts the other one goes to the host)."""
         if self.high_noise is not None:
-            boundary = self.boundary_ratio * self.scheduler.config.num_train_timesteps
-            busy, idle = ("high_noise", "denoiser") if float(t) >= boundary else ("denoiser", "high_noise")
+            busy, idle = ("high_noise", "denoiser") if self.high_noise_step(t) else ("denoiser", "high_noise")
             if self.swap_experts:
                 self._put(idle, HOST)
             self._put(busy, self.device)
             return getattr(self, busy)
         self.place_denoiser()
         return self.denoiser
+
+    def high_noise_step(self, t) -> bool:
+        """Whether timestep t is the high-noise expert's (WanPipeline's rule: t >= boundary_ratio *
+        num_train_timesteps); always False with one expert."""
+        return self.high_noise is not None and float(t) >= self.boundary_ratio * self.scheduler.config.num_train_timesteps
+
+    def guidance_at(self, t, guidance_scale: float, guidance_scale_2: float = 0.0) -> float:
+        """Two experts (A14B): `guidance_scale` on the high-noise expert's steps, `guidance_scale_2`
+        (0: the same) on the low-noise expert's, as WanPipeline's guidance_scale / guidance_scale_2."""
+        if self.high_noise is None:
+            return super().guidance_at(t, guidance_scale, guidance_scale_2)
+        return guidance_scale if self.high_noise_step(t) or not guidance_scale_2 else guidance_scale_2
 
     def predict_noise(self, latents, t, embeds):
         """The flow velocity (noise - clean) that the scheduler steps with."""
@@ -231,7 +296,9 @@ class WanBackbone(Backbone):
         return self.decode_frames(latents, indices, crop=box)
 
     def enable_gradient_checkpointing(self) -> None:
-        self.denoiser.enable_gradient_checkpointing()  # the high-noise expert runs only without grad
+        self.denoiser.enable_gradient_checkpointing()  # the high-noise expert runs under grad only with its adapter
+        if self._pair is not None:
+            self.high_noise.enable_gradient_checkpointing()
         self.enable_decoder_checkpointing()
 
     def enable_decoder_checkpointing(self) -> None:
@@ -275,6 +342,8 @@ class WanBackbone(Backbone):
         pipe = self.pipeline(video=video)
         pipe.scheduler = self.new_scheduler()
         kwargs = dict(plan.call_kwargs)
+        if plan.guidance_scale_2:  # the low-noise expert's (guidance_at refused it on one expert)
+            kwargs["guidance_scale_2"] = self.guidance_at(0, guidance_scale, plan.guidance_scale_2)
         if video:  # the clip, resampled to plan.frames (4k+1) and the size, re-noised to `strength`
             kwargs.update(video=list(plan.video.to(self.device, torch.float32)), strength=plan.strength)
         else:
@@ -345,7 +414,7 @@ class WanBackbone(Backbone):
         load_pipeline_lora(self.pipeline(), source, name, error)
 
     def lora_modules(self) -> list[torch.nn.Module]:
-        return [self.denoiser]
+        return [self.denoiser] if self._pair is None else [self.high_noise, self.denoiser]
 
 
 # --------------------------------------------------------------------------- tiny
@@ -366,6 +435,7 @@ class TinyWanOptions(SpeedOptions):
     vace_model: str = "tiny"
     vace_seed: int = 0
     swap_experts: bool = True  # two experts: the idle one waits on the host while pv's sampler runs
+    adapter_experts: str = "low"  # two experts: the adapter on the low-noise one, or on both
 
 
 TINY_SCHEDULERS = ("euler", "unipc")
@@ -418,6 +488,7 @@ def make_tiny_wan(options: dict | None = None, device: str | None = "cpu") -> Wa
     if not 0 < opts.boundary_ratio < 1:
         raise PVError(f"backbone.options.boundary_ratio must be between 0 and 1 (the share of the timesteps the "
                       f"high-noise expert takes from the top), got {opts.boundary_ratio:g}")
+    check_adapter_experts(opts.adapter_experts, opts.experts)
     if opts.scheduler not in TINY_SCHEDULERS:
         raise PVError(f"backbone.options.scheduler must be one of {', '.join(TINY_SCHEDULERS)}, got {opts.scheduler!r}")
     c = build_tiny_components(opts.seed, opts.shift, opts.experts, opts.scheduler)
@@ -427,7 +498,8 @@ def make_tiny_wan(options: dict | None = None, device: str | None = "cpu") -> Wa
     return store_frozen_weights(WanBackbone(
         "wan-tiny", c["transformer"], c["vae"], c["text_encoder"], c["tokenizer"], c["scheduler"], info, dev,
         resolve_dtype(opts.dtype, dev), max_sequence_length=32, random_weights=True, vace_model=opts.vace_model,
-        vace_seed=opts.vace_seed, swap_experts=opts.swap_experts, **experts), opts.weights, EXPERTS)
+        vace_seed=opts.vace_seed, swap_experts=opts.swap_experts, adapter_experts=opts.adapter_experts, **experts),
+        opts.weights, EXPERTS)
 
 
 # --------------------------------------------------------------------------- real weights
@@ -444,10 +516,14 @@ class WanOptions(SpeedOptions):
     # (Wan-AI/Wan2.1-VACE-1.3B-diffusers / -14B-diffusers for the 2.1 T2V models), loaded on first use
     vace_model: str = ""
     swap_experts: bool = True  # Wan 2.2 A14B: the idle expert waits on the host while pv's sampler runs
+    # Wan 2.2 A14B: the identity adapter on the low-noise expert (low) or on both experts (both)
+    adapter_experts: str = "low"
 
 
 def make_wan(options: dict | None = None, device: str | None = None) -> WanBackbone:
     opts = validate_options(WanOptions, options or {}, "backbone.options")
+    if opts.adapter_experts not in ADAPTER_EXPERTS:  # before minutes of loading (one expert: once loaded)
+        check_adapter_experts(opts.adapter_experts, 2)
     dev = resolve_device(device)
     dtype = resolve_dtype(opts.dtype, dev, cuda_auto=torch.bfloat16)
     quiet_libraries()
@@ -471,7 +547,8 @@ def make_wan(options: dict | None = None, device: str | None = None) -> WanBackb
     return store_frozen_weights(WanBackbone(
         "wan", pipe.transformer, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler, info, dev, dtype,
         max_sequence_length=opts.max_sequence_length, expand_timesteps=bool(pipe.config.get("expand_timesteps")),
-        vace_model=opts.vace_model or VACE_MODELS.get(opts.model, ""), swap_experts=opts.swap_experts, **experts),
+        vace_model=opts.vace_model or VACE_MODELS.get(opts.model, ""), swap_experts=opts.swap_experts,
+        adapter_experts=opts.adapter_experts, **experts),
         opts.weights, EXPERTS)
 
 

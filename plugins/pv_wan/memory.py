@@ -79,7 +79,7 @@ def real_size(options: dict | None = None) -> RealSizeModel:
     bb = store_frozen_weights(WanBackbone(
         "wan", transformer, vae, umt5_xxl(), None, FlowMatchEulerDiscreteScheduler(), {"base_model": opts.model}, "meta",
         torch.bfloat16, max_sequence_length=TEXT_TOKENS, expand_timesteps=key == "wan2.2-5b",
-        swap_experts=opts.swap_experts, **experts), opts.weights, EXPERTS)
+        swap_experts=opts.swap_experts, adapter_experts=opts.adapter_experts, **experts), opts.weights, EXPERTS)
     return _model(bb, TEXT_TOKENS)
 
 
@@ -103,5 +103,5 @@ def tiny_real_size(options: dict | None = None) -> RealSizeModel:
     bb = store_frozen_weights(WanBackbone(
         "wan-tiny", c["transformer"], c["vae"], c["text_encoder"], None, FlowMatchEulerDiscreteScheduler(),
         {"base_model": "tiny-wan"}, "meta", dtype, max_sequence_length=32, random_weights=True,
-        swap_experts=opts.swap_experts, **experts), opts.weights, EXPERTS)
+        swap_experts=opts.swap_experts, adapter_experts=opts.adapter_experts, **experts), opts.weights, EXPERTS)
     return _model(bb, 32)

@@ -2,8 +2,10 @@
 that renders pv's clip: the profile's sampler, flow shift (ModelSamplingSD3), steps, guidance, size
 and frames; the base model up to the identity's gate and the LoRA model after it, as two
 KSamplerAdvanced stages on one schedule. Wan 2.2 A14B is wired as ComfyUI's own Wan 2.2 template
-wires its experts (a high-noise stage, then the low-noise expert), the identity's LoRA on the
-low-noise expert only. The model files are ComfyUI's repackaged ones (the names its templates use)."""
+wires its experts (a high-noise stage, then the low-noise expert, each its own UNETLoader,
+ModelSamplingSD3 and cfg: guidance_scale high, guidance_scale_2 low), the identity's LoRA on each
+adapted expert (the low-noise one, or both: one file each) from the gate on. The model files are
+ComfyUI's repackaged ones (the names its templates use)."""
 
 from __future__ import annotations
 
@@ -69,32 +71,49 @@ def comfy_workflow(meta: dict, settings: dict, lora_name: str) -> tuple[dict, st
 
     loaded: dict = {}
 
-    def expert(file: str, lora: bool):
+    def expert(file: str, lora: str | None):
         """The model a stage samples with: the diffusion model (each file loaded once), the LoRA on
         it where the identity acts (as ComfyUI's templates: the LoRA, then the shift)."""
         if file not in loaded:
             loaded[file] = wf.add("UNETLoader", unet_name=file, weight_dtype="default")
         unet = loaded[file]
         if lora:
-            unet = wf.add("LoraLoaderModelOnly", model=unet, lora_name=lora_name, strength_model=1.0)
+            unet = wf.add("LoraLoaderModelOnly", model=unet, lora_name=lora, strength_model=1.0)
         return wf.add("ModelSamplingSD3", model=unet, shift=shift)
 
+    cfg = float(g.get("guidance_scale", 5.0))
     if two_experts:
+        from .backbone import HIGH_NOISE, LOW_NOISE
+
         boundary = float(meta.get("boundary_ratio", 0.875)) * float(scheduler.config.num_train_timesteps)
         probe = type(scheduler).from_config(scheduler.config)
         probe.set_timesteps(steps)
         high = sum(float(t) >= boundary for t in probe.timesteps)  # WanPipeline's rule for its two experts
-        on = max(switch, high)  # the identity lives on the low-noise expert: never before it
-        spans = [(model[0], False, 0, high), (model[1], False, high, on), (model[1], True, on, steps)]
-        wiring = (f"ComfyUI: load {lora_name} with LoraLoaderModelOnly on the low-noise expert ({model[1]}) only, "
-                  f"never the high-noise one; it acts from step {on} of {steps}")
-        stages = [Stage(expert(file, lora), start, end) for file, lora, start, end in spans if end > start]
+        # each expert's LoRA file (the low-noise one's alone, or one per expert), guidance (guidance_scale
+        # on the high-noise expert, guidance_scale_2 on the low-noise one, as WanPipeline) and steps
+        files = lora_name if isinstance(lora_name, dict) else {LOW_NOISE: lora_name}
+        experts = [(model[0], files.get(HIGH_NOISE), 0, high, cfg),
+                   (model[1], files.get(LOW_NOISE), high, steps, float(g.get("guidance_scale_2") or cfg))]
+        spans = []
+        for file, lora, start, end, scale in experts:  # the base expert up to the gate, its LoRA after it
+            cut = end if lora is None else min(max(switch, start), end)
+            spans += [(file, None, start, cut, scale), (file, lora, cut, end, scale)]
+        stages = [Stage(expert(file, lora), start, end, cfg=scale) for file, lora, start, end, scale in spans if end > start]
+        on = max(switch, high)  # where the low-noise expert's LoRA acts from
+        if HIGH_NOISE not in files:
+            wiring = (f"ComfyUI: load {files[LOW_NOISE]} with LoraLoaderModelOnly on the low-noise expert ({model[1]}) "
+                      f"only, never the high-noise one; it acts from step {on} of {steps}")
+        else:
+            acts = f"from step {switch}" if switch < high else "in none of its steps at this gate"
+            wiring = (f"ComfyUI: load {files[HIGH_NOISE]} with LoraLoaderModelOnly on the high-noise expert ({model[0]}) "
+                      f"and {files[LOW_NOISE]} on the low-noise expert ({model[1]}); the high-noise LoRA acts {acts}, "
+                      f"the low-noise one from step {on}, of {steps}")
     else:
         unet = wf.add("UNETLoader", unet_name=model, weight_dtype="default")
         stages, wiring = gated_model(wf, unet, lora_name, shift, switch, steps)
     if gate is not None:
         wiring += f" (noise level <= {gate:.3f})"
-    final = sample_stages(wf, stages, steps=steps, seed=int(g.get("seed", 0)), cfg=float(g.get("guidance_scale", 5.0)),
+    final = sample_stages(wf, stages, steps=steps, seed=int(g.get("seed", 0)), cfg=cfg,
                           sampler=comfy_sampler(scheduler), positive=positive, negative=negative, latent=latent)
     images = wf.add("VAEDecode", samples=final, vae=vae)
     video = wf.add("CreateVideo", images=images, fps=float(g.get("fps", 16)))

@@ -32,7 +32,8 @@ def register(app: typer.Typer, state: AppState) -> None:
             record = api.export(name, fmt, output, bundle=bundle, force=force, context=ctx)
         else:
             record = api.export(name, fmt, output, force=force, context=ctx)
-        emit(record if as_json else record["path"], as_json)
+        paths = [f["path"] for f in record.get("experts", [])] or [record["path"]]  # one file per expert, or one
+        emit(record if as_json else "\n".join(paths), as_json)
 
     @app.command("import")
     @handle_errors

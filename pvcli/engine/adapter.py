@@ -28,7 +28,8 @@ def saved_layers(state: dict[str, torch.Tensor]) -> list[str]:
 
 def add_adapter(backbone: Backbone, targets: str, rank: int, alpha: float, seed: int = 0,
                 adapter_name: str = ADAPTER_NAME, layers: list[str] | None = None) -> list[str]:
-    """Inject the adapter into backbone.denoiser, freeze everything else, return adapted layer names.
+    """Inject the adapter into backbone.adapted (the denoiser, or the experts that take it), freeze
+    everything else, return adapted layer names.
     Its initial weights are a function of `seed` alone (the tune seed): peft draws lora_A from
     torch's global generator, whose state depends on whatever ran before in the process (a cached
     model that was or was not built, an earlier tune), so the draw is made from `seed` and the global
@@ -49,15 +50,15 @@ def add_adapter(backbone: Backbone, targets: str, rank: int, alpha: float, seed:
             torch.default_generator.manual_seed(seed + ADAPTER_SEED_OFFSET)
             # peft warns that a second adapter (several identities) is a second adapter
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            inject_adapter_in_model(config, backbone.denoiser, adapter_name=adapter_name)
+            inject_adapter_in_model(config, backbone.adapted, adapter_name=adapter_name)
     except ValueError as exc:
         raise PVError(f"cannot add the identity adapter ({targets}): {exc}") from None
-    names = [n for n, _ in lora_layers(backbone.denoiser)]
+    names = [n for n, _ in lora_layers(backbone.adapted)]
     protected = re.compile(backbone.protected_pattern())
     leaked = [] if layers else [n for n in names if protected.search(n)]
     if leaked:  # a plugin's target regex must never reach the motion modules
         raise PVError(f"adapter target set {targets!r} would touch protected modules: {leaked[:3]}")
-    for name, param in backbone.denoiser.named_parameters():
+    for name, param in backbone.adapted.named_parameters():
         is_lora = f".{adapter_name}." in name or name.endswith(f".{adapter_name}")
         param.requires_grad_(is_lora)
         if is_lora:

@@ -30,7 +30,7 @@ def gate_callback(backbone: Backbone, steps: int, adapter_steps: int | None, sca
 
     def callback(pipe, i, t, kwargs):
         if i == switch:
-            set_adapter_scale(backbone.denoiser, scale)
+            set_adapter_scale(backbone.adapted, scale)
         if on_step is not None:
             on_step(i, kwargs.get("latents"))
         return kwargs
@@ -80,6 +80,9 @@ def render_latents(backbone: Backbone, prompt: str, g: GenerateSettings, adapter
     several identities each in its own region instead; each gates itself."""
     check_frames(backbone, g.frames)
     plan = plan or GenerationPlan(g.frames, g.height, g.width)
+    if g.guidance_scale_2:  # the second expert's scale (one denoiser refuses it in one line)
+        backbone.guidance_at(0, g.guidance_scale, g.guidance_scale_2)
+        plan.guidance_scale_2 = g.guidance_scale_2
     run = denoising_steps(g.steps, plan_strength(plan))
     if gate is not None:
         in_run = gated_steps(backbone, g.steps, run, gate)
@@ -102,7 +105,7 @@ def render_latents(backbone: Backbone, prompt: str, g: GenerateSettings, adapter
                                           generator=torch.Generator("cpu").manual_seed(g.seed),
                                           callback_on_step_end=callback)
     finally:
-        set_adapter_scale(backbone.denoiser, adapter_scale)
+        set_adapter_scale(backbone.adapted, adapter_scale)
 
 
 def generate_frames(backbone: Backbone, prompt: str, g: GenerateSettings, adapter_steps: int | None = None,

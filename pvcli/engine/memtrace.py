@@ -301,7 +301,7 @@ def _run(model, encoder_network, shape: StepShape, switches: Switches) -> tuple[
     bb = model.backbone
     block_bytes = sum(_param_bytes(getattr(bb.denoiser, n)) for n in model.blocks)
     expert_bytes = sum(_param_bytes(e) for e in model.experts.values())
-    params = trainable_parameters(bb.denoiser)
+    params = trainable_parameters(bb.adapted)
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     face, face_size = encoder_network() if encoder_network is not None else (None, 0)
     meta = torch.device("meta")

@@ -116,12 +116,15 @@ def sample(
     stop: int | None = None,
     generator: torch.Generator | None = None,
     scheduler=None,
+    guidance_scale_2: float = 0.0,
 ) -> SampleResult:
     """Denoise `latents` (pure noise) in `steps` steps. The last `grad_steps` steps that change
     the sample run under grad; the rest without. `uncond` is used when guidance_scale > 1 (for a
     backbone with `embedded_guidance` the scale goes to the denoiser instead, and `uncond` is unused). The
     identity adapter is active only in the last `adapter_steps` steps (None: all): late-step
     gating, motion forms early and appearance late. `generator` feeds schedulers that add noise.
+    `guidance_scale_2` (0: unset) is a second expert's scale: each step guides with
+    `backbone.guidance_at(t, guidance_scale, guidance_scale_2)`, the rule generation follows too.
 
     `stop=k` returns after the first k steps; `start=k` continues from such latents (the state
     after k steps, not noise) and from `scheduler`, the first half's `SampleResult.scheduler` (or
@@ -137,7 +140,6 @@ def sample(
             scheduler.set_begin_index(start)
     embedded = getattr(backbone, "embedded_guidance", False)  # a guidance-distilled model: the scale is an input
     use_cfg = guidance_scale > 1.0 and uncond is not None and not embedded
-    guide = {"guidance": guidance_scale} if embedded else {}
     embeds = backbone.cat_conditioning([uncond, cond]) if use_cfg else cond
     extra = _step_kwargs(scheduler, generator)
     x0 = latents
@@ -151,14 +153,15 @@ def sample(
             if on_step is not None:
                 on_step(i, latents)
             continue
-        gate = adapter_disabled(backbone.denoiser) if i < first_adapted else nullcontext()
+        gate = adapter_disabled(backbone.adapted) if i < first_adapted else nullcontext()
+        scale = backbone.guidance_at(t, guidance_scale, guidance_scale_2)
         with gate, torch.enable_grad() if i >= first_grad else torch.no_grad():
             model_in = torch.cat([latents] * 2) if use_cfg else latents
             model_in = scale_model_input(scheduler, model_in, t)
-            noise = backbone.predict_noise(model_in, t, embeds, **guide)
+            noise = backbone.predict_noise(model_in, t, embeds, **({"guidance": scale} if embedded else {}))
             if use_cfg:
                 n_uncond, n_cond = noise.chunk(2)
-                noise = n_uncond + guidance_scale * (n_cond - n_uncond)
+                noise = n_uncond + scale * (n_cond - n_uncond)
             out = scheduler.step(noise, t, latents, **extra)
             x0 = predicted_clean(out, scheduler, latents, noise, t)
             latents = out.prev_sample

@@ -43,7 +43,15 @@ from .face_crops import (
 )
 from .offload import offload_blocks, text_encoders_off, text_encoders_on
 from .prompts import PROMPTS, PromptSampler, identity_phrase
-from .sampling import adapted_steps, adapter_free_prefix, final_step_is_identity, gate_level, initial_latents, sample
+from .sampling import (
+    adapted_steps,
+    adapter_free_prefix,
+    final_step_is_identity,
+    gate_level,
+    grad_window,
+    initial_latents,
+    sample,
+)
 
 
 @dataclass
@@ -66,6 +74,30 @@ def _mean(xs: list[float]) -> float | None:
 def _denoiser_dtype(backbone: Backbone) -> torch.dtype:
     """The dtype the denoiser's frozen weights compute in (the adapter itself trains in fp32)."""
     return next((p.dtype for n, p in backbone.denoiser.named_parameters() if ADAPTER_NAME not in n), torch.float32)
+
+
+def _check_parts_learn(backbone: Backbone, steps: int, adapter_steps: int, grad_steps: int, dead_final: bool) -> None:
+    """An adapter of several parts (`describe()["adapter_parts"]`, e.g. one per expert) must have each
+    part that acts (inside the gate) act in a step under gradient too, else it would change every clip
+    and never learn: refused in one line, naming the tune.grad_steps that reaches it."""
+    import json
+
+    parts = json.loads(backbone.describe().get("adapter_parts") or "{}")
+    if len(parts) < 2:
+        return
+    probe = backbone.new_scheduler()
+    probe.set_timesteps(steps, device="cpu")
+    timesteps = list(probe.timesteps)
+    first_grad = grad_window(len(timesteps), grad_steps, dead_final)
+    adapted = range(len(timesteps) - adapter_steps, len(timesteps))
+    for prefix, label in parts.items():
+        acting = [i for i in adapted if backbone.adapter_part_at(timesteps[i]) == prefix]
+        if acting and acting[-1] < first_grad:
+            need = len(timesteps) - int(dead_final) - acting[-1]
+            raise PVError(f"the adapter on the {label} acts in steps {acting[0] + 1}-{acting[-1] + 1} of {steps} but "
+                          f"none of them is under gradient (tune.grad_steps={grad_steps}, the last steps): it would "
+                          "change every clip and never learn",
+                          f"raise tune.grad_steps to {need}, or narrow the gate (adapter.active_fraction) below it")
 
 
 class PromptEmbeddings:
@@ -156,7 +188,8 @@ class TrajectoryPool:
             noise = initial_latents(tu.bb, t.frames, t.height, t.width, pair)
             with torch.no_grad():
                 head = sample(tu.bb, tu.embeds(prompt), tu.uncond, noise, t.num_inference_steps, t.guidance_scale,
-                              adapter_steps=tu.adapter_steps, stop=self.start, generator=pair)
+                              adapter_steps=tu.adapter_steps, stop=self.start, generator=pair,
+                              guidance_scale_2=t.guidance_scale_2)
             self.kept[i] = head.latents, head.scheduler
         latents, scheduler = self.kept[i]
         return prompt, latents, self.start, scheduler
@@ -200,7 +233,7 @@ class Tuner:
             backbone.enable_gradient_checkpointing()
         if t.decoder_checkpointing:
             backbone.enable_decoder_checkpointing()
-        self.params = trainable_parameters(backbone.denoiser)
+        self.params = trainable_parameters(backbone.adapted)
         self.optimizer = _optimizer(t.optimizer, self.params, t.lr, t.weight_decay)
         warm = max(1, t.warmup_steps)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: min(1.0, (i + 1) / warm))
@@ -217,6 +250,7 @@ class Tuner:
                           "which returns its input unchanged: nothing can be learned",
                           "raise adapter.active_fraction or tune.num_inference_steps")
         self.grad_steps = min(t.grad_steps, live)  # un-adapted steps carry no adapter gradient
+        _check_parts_learn(backbone, t.num_inference_steps, self.adapter_steps, self.grad_steps, self.dead_final)
         self.phrase = identity_phrase(t.token, t.class_word)
         self.rank = rank
         self.prompts = PromptSampler(tuning_prompts(settings, prompts), self.phrase, t.seed)
@@ -263,12 +297,12 @@ class Tuner:
         """The clip's final latents, what generation decodes (from noise, or from `start` with a copy
         of `scheduler`, the scheduler as the first `start` steps left it)."""
         t = self.s.tune
-        ctx = nullcontext() if adapter else adapter_disabled(self.bb.denoiser)
+        ctx = nullcontext() if adapter else adapter_disabled(self.bb.adapted)
         resumed = copy.deepcopy(scheduler) if scheduler is not None else None
         with ctx:
             return sample(self.bb, self.embeds(prompt), self.uncond, latents, t.num_inference_steps, t.guidance_scale,
                           grad_steps=self.grad_steps if grad else 0, adapter_steps=self.adapter_steps, start=start,
-                          generator=generator, scheduler=resumed).latents
+                          generator=generator, scheduler=resumed, guidance_scale_2=t.guidance_scale_2).latents
 
     def _step_reference(self) -> torch.Tensor:
         if not (self.refs and self.s.tune.reference_augment):
@@ -346,7 +380,7 @@ class Tuner:
         """Everything but the adapter stays frozen, whatever ran in between (a long progress sample
         rebuilds motion blocks with trainable weights, say)."""
         adapter = {id(p) for p in self.params}
-        for p in self.bb.denoiser.parameters():
+        for p in self.bb.adapted.parameters():
             if p.requires_grad and id(p) not in adapter:
                 p.requires_grad_(False)
 
@@ -357,7 +391,7 @@ class Tuner:
         start = time.perf_counter()
         self._keep_frozen()
         reference = self._step_reference()
-        self.bb.denoiser.train()
+        self.bb.adapted.train()
         self.optimizer.zero_grad(set_to_none=True)
         losses, sims, scrs, prompts, hits, total = [], [], [], [], 0, 0
         for i in range(t.clips_per_step):
@@ -395,7 +429,7 @@ class Tuner:
             self.scaler.update()
             if not self.scaler.is_enabled() or self.scaler.get_scale() >= scale:
                 self.lr_schedule.step()  # the schedule counts optimizer steps taken
-        self.bb.denoiser.eval()
+        self.bb.adapted.eval()
         self.step_index += 1
         stats = StepStats(self.step_index, _mean(losses), _mean(sims), _mean(scrs), hits, total,
                           lr, time.perf_counter() - start, " | ".join(prompts))
@@ -419,7 +453,7 @@ class Tuner:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         return {
-            "step": self.step_index, "adapter": adapter_state_dict(self.bb.denoiser),
+            "step": self.step_index, "adapter": adapter_state_dict(self.bb.adapted),
             "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
             "noise": self.noise.get_state(), "prompts": self.prompts.state(), "frames": self.frame_rng.getstate(),
             "augment": self.aug_rng.bit_generator.state, "torch": torch.get_rng_state(),
@@ -429,7 +463,7 @@ class Tuner:
     def load_state_dict(self, state: dict, rng: bool = True) -> None:
         """Restore a checkpoint; `rng=False` (a data-parallel replica) re-derives its own random
         streams for the checkpoint's step instead of taking the main process's."""
-        load_adapter_state_dict(self.bb.denoiser, state["adapter"])
+        load_adapter_state_dict(self.bb.adapted, state["adapter"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.step_index = int(state["step"])

@@ -145,6 +145,23 @@ def expert_tag(meta: dict) -> str:
     return "_" + "".join(c if c.isalnum() else "_" for c in expert).strip("_") if expert else ""
 
 
+def adapter_parts(state: dict, meta: dict) -> list[tuple[dict, dict]]:
+    """[(state, meta)] of each file an export writes: one, or one per part of an adapter on several
+    denoisers (`adapter_parts`, {key prefix: expert}), its keys without the prefix and its meta naming
+    its expert (the file's name and metadata say it)."""
+    import json
+
+    parts = json.loads(meta.get("adapter_parts") or "{}")
+    if not parts:
+        return [(state, meta)]
+    out = []
+    for prefix, expert in parts.items():
+        own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if own:
+            out.append((own, {**meta, "expert": expert}))
+    return out
+
+
 def lora_writer(ctx: Context, meta: dict, fmt: str):
     """(format label, writer): the backbone family's own layout for `fmt` first, else pv's built-ins."""
     own = family_formats(ctx, meta.get("backbone"))
@@ -167,42 +184,67 @@ def export_lora(ctx: Context, name: str, fmt: str, output: Path | None = None, f
     state, meta = read_adapter(ctx.store.folder(name))
     meta = {**meta, "identity": name}
     kind, writer = lora_writer(ctx, meta, fmt)
-    tag = expert_tag(meta)
-    example = Path(f"{name}{tag}.safetensors" if kind == "diffusers" else f"{name}_{kind}{tag}.safetensors")
-    output = Path(output).expanduser() if output is not None else example
-    _check_writable(output, force, example.name)
-    if output.suffix.lower() != ".safetensors":
-        raise PVError(f"-o {output}: a LoRA export is a .safetensors file, not {output.suffix or 'a file without suffix'}",
-                      f"e.g. -o {output.with_suffix('.safetensors')}")
+    parts = adapter_parts(state, meta)
+    stem = name if kind == "diffusers" else f"{name}_{kind}"
+    if len(parts) == 1:  # one file: -o names it
+        example = Path(f"{stem}{expert_tag(meta)}.safetensors")
+        outputs = [Path(output).expanduser() if output is not None else example]
+        base = outputs[0]
+    else:  # one file per expert: -o (or NAME_FORMAT) plus each expert's tag
+        example = Path(f"{stem}.safetensors")
+        base = Path(output).expanduser() if output is not None else example
+        outputs = [base.with_name(f"{base.stem}{expert_tag(m)}{base.suffix}") for _, m in parts]
+    for path in outputs:
+        _check_writable(path, force, example.name)
+    if base.suffix.lower() != ".safetensors":
+        raise PVError(f"-o {base}: a LoRA export is a .safetensors file, not {base.suffix or 'a file without suffix'}",
+                      f"e.g. -o {base.with_suffix('.safetensors')}")
     flow = family_workflow(ctx, meta.get("backbone"), fmt)
-    workflow_path = output.with_name(f"{output.stem}_workflow.json") if flow is not None else None
+    workflow_path = base.with_name(f"{base.stem}_workflow.json") if flow is not None else None
     if workflow_path is not None and workflow_path.exists() and not force:
         raise PVError(f"{workflow_path} already exists (the workflow written beside the LoRA)",
                       "pass --force to replace it, or choose another -o")
-    tensors, header = writer(state, meta)
-    if kind != "diffusers":
-        header = {**trainer_header(meta), **header}
-    header.update(pv_metadata(name, meta, kind, tensors))
+    files = []
+    for (part, part_meta), path in zip(parts, outputs, strict=True):
+        tensors, header = writer(part, part_meta)
+        if kind != "diffusers":
+            header = {**trainer_header(part_meta), **header}
+        header.update(pv_metadata(name, part_meta, kind, tensors))
+        files.append((path, tensors, header, part_meta.get("expert", "")))
     # everything is built before anything is written
-    workflow, wiring = flow(meta, read_settings(ctx.store.path(name)), output.name) if flow is not None else (None, None)
-    try:  # the temporary file beside `output` is removed whatever fails
-        atomic_write_file(output, lambda tmp: save_file(tensors, str(tmp), metadata=header))
-    except OSError as exc:
-        raise write_error(output, "-o", exc) from None
+    lora_names = outputs[0].name if len(files) == 1 else {expert: path.name for path, _, _, expert in files}
+    workflow, wiring = flow(meta, read_settings(ctx.store.path(name)), lora_names) if flow is not None else (None, None)
+    written: list[Path] = []
+    try:  # the temporary file beside each output is removed whatever fails
+        for path, tensors, header, _ in files:
+            try:
+                atomic_write_file(path, lambda tmp, t=tensors, h=header: save_file(t, str(tmp), metadata=h))
+            except OSError as exc:
+                raise write_error(path, "-o", exc) from None
+            written.append(path)
+        if workflow is not None:
+            try:
+                atomic_write_file(workflow_path, lambda tmp: tmp.write_text(json.dumps(workflow, indent=1) + "\n"))
+            except OSError as exc:
+                raise write_error(workflow_path, "-o", exc) from None
+    except PVError:
+        for path in written:  # nothing half-written: the LoRA files go together, with their workflow
+            path.unlink(missing_ok=True)
+        raise
     if workflow is not None:
-        try:
-            atomic_write_file(workflow_path, lambda tmp: tmp.write_text(json.dumps(workflow, indent=1) + "\n"))
-        except OSError as exc:
-            output.unlink(missing_ok=True)  # nothing half-written: the LoRA goes with its workflow
-            raise write_error(workflow_path, "-o", exc) from None
         ctx.reporter.status(f"{wiring}; {workflow_path.name} wires it")
     note = gating_note(meta) if workflow is None else ""  # a workflow carries the gating
     if note:
         ctx.reporter.warn(f"{name}: {note}")
-    return {"identity": name, "path": str(output), "format": kind, "tensors": len(tensors),
-            "bytes": output.stat().st_size, "trigger_phrase": header["pv.trigger_phrase"],
-            "tensors_sha256": header["pv.tensors_sha256"], "gating": note or None,
-            **({"workflow": str(workflow_path), "wiring": wiring} if workflow is not None else {})}
+    first, tensors, header, _ = files[0]
+    record = {"identity": name, "path": str(first), "format": kind, "tensors": len(tensors),
+              "bytes": first.stat().st_size, "trigger_phrase": header["pv.trigger_phrase"],
+              "tensors_sha256": header["pv.tensors_sha256"], "gating": note or None,
+              **({"workflow": str(workflow_path), "wiring": wiring} if workflow is not None else {})}
+    if len(files) > 1:  # one file per expert
+        record["experts"] = [{"path": str(p), "expert": e, "tensors": len(t), "bytes": p.stat().st_size,
+                            "tensors_sha256": h["pv.tensors_sha256"]} for p, t, h, e in files]
+    return record
 
 
 def _check_writable(output: Path, force: bool, example: str = "") -> None:

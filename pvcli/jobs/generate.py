@@ -69,7 +69,7 @@ class IdentityRenderer:
                 ctx.reporter.warn(f"identity {name!r} was tuned with {key} {meta[key]!r}; generating with {value!r}")
         add_adapter(self.backbone, meta.get("targets", settings.adapter.targets), int(meta["rank"]), float(meta["alpha"]),
                     layers=saved_layers(state))  # the layers it was tuned on
-        load_adapter_state_dict(self.backbone.denoiser, state)
+        load_adapter_state_dict(self.backbone.adapted, state)
         self.fraction = float(meta.get("active_fraction", 1.0))
         # the noise level the adapter turns on at (recorded at tuning); identities from before
         # it gate by step index as they always did: the last active_fraction of the steps
@@ -121,7 +121,9 @@ class IdentityRenderer:
             frames, extra = self.frames(full_prompt, g, plan, adapter, lambda i, _: step())
         record = {
             "identity": self.name, "prompt": full_prompt, "negative_prompt": g.negative_prompt, "seed": g.seed,
-            "steps": g.steps, "guidance_scale": g.guidance_scale, "frames": int(frames.shape[0]), "fps": g.fps,
+            "steps": g.steps, "guidance_scale": g.guidance_scale,
+            **({"guidance_scale_2": g.guidance_scale_2} if g.guidance_scale_2 else {}),
+            "frames": int(frames.shape[0]), "fps": g.fps,
             "height": g.height, "width": g.width, **extra, "backbone": self.backbone.name, "pv_version": __version__,
             **plan.record,
         }

@@ -169,7 +169,12 @@ class GroupRenderer(IdentityRenderer):
         self.region_mode = region_mode
         self.name = "+".join(m.name for m in members)
         for m in members:
-            check_backbone_matches(ctx.store.load_info(m.name), settings.backbone.name, m.name)
+            info = ctx.store.load_info(m.name)
+            check_backbone_matches(info, settings.backbone.name, m.name)
+            if info.get("adapter_parts"):  # region mixing drives the adapters on one denoiser
+                raise PVError(f"identity {m.name!r} has its adapter on several denoisers ({info.get('expert', '')}), "
+                              "which several identities in one clip cannot mix yet",
+                              f"render {m.name} alone, or tune it with its adapter on one denoiser")
         self.backbone = build_backbone(ctx, settings)
         self.adapters, self.fractions, self.gates, self.phrases = [], [], [], {}
         for k, m in enumerate(members):
@@ -177,7 +182,7 @@ class GroupRenderer(IdentityRenderer):
             adapter = f"pv_person{k + 1}"
             add_adapter(self.backbone, meta.get("targets", settings.adapter.targets), int(meta["rank"]),
                         float(meta["alpha"]), adapter_name=adapter, layers=saved_layers(state))
-            load_adapter_state_dict(self.backbone.denoiser, state, adapter)
+            load_adapter_state_dict(self.backbone.adapted, state, adapter)
             self.adapters.append(adapter)
             self.fractions.append(float(meta.get("active_fraction", 1.0)))
             self.gates.append(float(meta["gate_noise_level"]) if meta.get("gate_noise_level") else None)

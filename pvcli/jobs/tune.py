@@ -419,7 +419,7 @@ def _finish(s: _Session, progress: _Progress) -> dict:
     step_times = [rec["seconds"] for rec in log if isinstance(rec.get("seconds"), (int, float))]
     per_step = seconds / ran if ran else (sum(step_times) / len(step_times) if step_times else 0.0)
 
-    adapter = adapter_state_dict(backbone.denoiser)
+    adapter = adapter_state_dict(backbone.adapted)
     described = {**backbone.describe(), **encoder.describe()}
     a = settings.adapter
     metadata = {
