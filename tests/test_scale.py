@@ -7,49 +7,15 @@ import subprocess
 import sys
 
 import pytest
-from conftest import NO_HELD_OUT, press_ctrl_c_at, run, write_manifest
+from conftest import NO_HELD_OUT, press_ctrl_c_at, run, use_home, write_manifest
 
 from pvcli.engine.tune import Tuner
 
 
-def pv(*args, home, timeout=300):
-    env = {**os.environ, "PV_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+def pv(*args, home, timeout=300, env=None):
+    env = {**os.environ, "PV_HOME": str(home), "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "pvcli", *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=timeout)
-
-
-def test_an_interrupted_run_resumes_on_two_processes_in_lockstep_and_it_generates(astronaut, pv_home, monkeypatch,
-                                                                                  tmp_path):
-    """One launch of two processes covers data parallel from both ends: a run interrupted on one
-    process resumes on two, which step in lockstep and write one identity that generates."""
-    release = press_ctrl_c_at(monkeypatch, 1)
-    r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--steps", "3", "--quiet",
-            "--set", "tune.checkpoint_every=1", "--report-to", "tensorboard")
-    assert r.exit_code == 130
-    release()
-    r = pv("tune", "--resume", "alice", "--processes", "2", "--quiet", home=pv_home)  # the run keeps its tracker
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.splitlines() == ["alice"]  # one result line, from the main process only
-    log = [json.loads(line) for line in (pv_home / "identities" / "alice" / "log.jsonl").read_text().splitlines()]
-    assert [rec["step"] for rec in log] == [1, 2, 3]  # the loss curve is logged once
-    assert [rec.get("processes") for rec in log] == [None, 2, 2]
-    assert all(rec["replica_drift"] == 0.0 for rec in log[1:])  # identical adapters every step
-    assert all(rec["loss"] is not None for rec in log)
-    info = json.loads((pv_home / "identities" / "alice" / "identity.json").read_text())
-    assert info["steps"] == 3 and info["resumed_at"] == 1
-    # only the main process logs to the tracker: one event file per run of pv, each step once
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    (folder,) = (pv_home / "logs" / "tensorboard" / "alice").iterdir()
-    assert len(list(folder.glob("events.out.tfevents.*"))) == 2  # the interrupted run's and the main process's
-    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-    acc.Reload()
-    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3]
-    assert not (pv_home / "runs" / "alice").exists()
-    out = tmp_path / "a.gif"
-    g = run("generate", "alice", "surfing", "-o", out)
-    assert g.exit_code == 0, g.stderr
-    assert out.is_file()
 
 
 def test_clips_per_step_accumulates_several_clips_into_one_update(encoder, reference, tiny_settings):
@@ -146,7 +112,7 @@ def test_replica_drift_is_the_largest_difference_between_any_weight_of_two_repli
 
 
 SHARDED = '''
-import json, torch
+import json, os, torch
 from pv_animatediff.backbone import make_tiny
 from pv_facenet.encoder import make_facenet
 from pvcli.distributed import process_group
@@ -173,27 +139,76 @@ for shard in (False, True):
     kept[shard] = local / sum(p.numel() for p in frozen)
 gap = max(float((after[True][k] - after[False][k]).abs().max()) for k in after[False])
 moved = max(float((after[False][k] - start[k]).abs().max()) for k in start)
+drift = dp.drift(tuner.params)
 if dp.is_main:
-    print(json.dumps({"gap": gap, "moved": moved, "kept": kept, "drift": dp.drift(tuner.params)}))
-else:
-    dp.drift(tuner.params)
+    with open(os.environ["PV_TEST_SHARDED_OUT"], "w") as f:
+        json.dump({"gap": gap, "moved": moved, "kept": kept, "drift": drift}, f)
 '''
 
 
-def test_sharding_the_frozen_denoiser_over_two_processes_keeps_half_of_it_each_and_the_same_step(tmp_path):
-    """tune.fsdp: FSDP2 (gloo on CPU) splits the frozen denoiser between the processes and DDP keeps
+# Both ends of data parallel ride on one launch of two processes (each launch costs ~11 s of
+# torchrun, imports and model building on 2 cores): every process of `pv tune --resume alice
+# --processes 2` first runs SHARDED (from a sitecustomize.py, which Python runs at start-up; only
+# the processes torchrun started have a RANK), then pv's own `tune --resume`.
+SITE = """import os
+if os.environ.get("RANK") is not None and os.environ.get("PV_TEST_SHARDED_OUT"):
+    import runpy
+    runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "sharded.py"))
+"""
+
+
+def test_two_processes_resume_an_interrupted_run_in_lockstep_and_shard_the_frozen_denoiser(astronaut, tmp_path,
+                                                                                            monkeypatch):
+    """One launch of two processes covers data parallel from both ends: a run interrupted on one
+    process resumes on two, which step in lockstep and write one identity that generates.
+    tune.fsdp: FSDP2 (gloo on CPU) splits the frozen denoiser between the processes and DDP keeps
     the adapter whole on each; a step (two clips per process, accumulated) moves the adapter exactly
     as the unsharded processes do."""
-    script = tmp_path / "sharded.py"
-    script.write_text(SHARDED)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(script)], capture_output=True, text=True, env=env, timeout=300)
+    pv_home, site = tmp_path / "dp-home", tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITE)
+    (site / "sharded.py").write_text(SHARDED)
+    use_home(monkeypatch, pv_home)
+    release = press_ctrl_c_at(monkeypatch, 1)
+    r = run("tune", astronaut, "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--steps", "3", "--quiet",
+            "--set", "tune.checkpoint_every=1", "--report-to", "tensorboard")
+    assert r.exit_code == 130
+    release()
+    result = tmp_path / "sharded.json"
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p),
+           "PV_TEST_SHARDED_OUT": str(result), "OMP_NUM_THREADS": "1"}
+    r = pv("tune", "--resume", "alice", "--processes", "2", "--quiet", home=pv_home, env=env)  # keeps its tracker
     assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+
+    # sharding (SHARDED, run by each process before pv's resume)
+    assert result.is_file(), r.stderr[-3000:]
+    out = json.loads(result.read_text())
     assert out["kept"]["false"] == 1.0 and out["kept"]["true"] < 0.6, out  # each process holds about half
     assert out["moved"] > 0 and out["gap"] < 1e-6, out
     assert out["drift"] == 0.0
+
+    # the resumed run
+    assert r.stdout.splitlines() == ["alice"]  # one result line, from the main process only
+    log = [json.loads(line) for line in (pv_home / "identities" / "alice" / "log.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in log] == [1, 2, 3]  # the loss curve is logged once
+    assert [rec.get("processes") for rec in log] == [None, 2, 2]
+    assert all(rec["replica_drift"] == 0.0 for rec in log[1:])  # identical adapters every step
+    assert all(rec["loss"] is not None for rec in log)
+    info = json.loads((pv_home / "identities" / "alice" / "identity.json").read_text())
+    assert info["steps"] == 3 and info["resumed_at"] == 1
+    # only the main process logs to the tracker: one event file per run of pv, each step once
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (folder,) = (pv_home / "logs" / "tensorboard" / "alice").iterdir()
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 2  # the interrupted run's and the main process's
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3]
+    assert not (pv_home / "runs" / "alice").exists()
+    out = tmp_path / "a.gif"
+    g = run("generate", "alice", "surfing", "-o", out)
+    assert g.exit_code == 0, g.stderr
+    assert out.is_file()
 
 
 def test_sharding_with_a_trajectory_pool_is_refused_in_one_line(tiny_settings):

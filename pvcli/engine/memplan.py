@@ -190,7 +190,8 @@ class Planner:
                 "changes": changes, "switches": asdict(switches_of(settings, changes)),
                 "costs": {p: c for p, _, c in CANDIDATES if p in changes},
                 **self.timing(settings, changes, trace, gpu_gib),
-                "notes": [ATTENTION_NOTE, f"traced with 1 and 2 of {trace.units} block units, scaled linearly",
+                "notes": [ATTENTION_NOTE, (f"traced with 1 and 2 of {trace.units} block units, scaled linearly" if trace.units > 2
+                                          else f"traced whole ({trace.units} block units)"),
                           f"{RESERVE_GIB:g} GiB of the card kept free (CUDA context, workspaces, fragmentation)",
                           *trace.notes]}
 

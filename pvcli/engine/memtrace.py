@@ -14,8 +14,9 @@ adapter (peft), AdamW. Phases, each with what is resident on the GPU at that tim
 Attention is counted as the fused CUDA kernels hold it (flash attention: O(N), no N x N matrix);
 CPU SDPA would hold the matrix. The denoiser's repeated blocks are traced with 1 and 2 units and
 scaled linearly to the full depth (parameters, saved inputs and a checkpointed block's recompute are
-linear in blocks). Block offload (`tune.offload=blocks`) is modelled, not traced: the offloaded
-blocks' parameters leave the GPU except two (the running and the prefetched one)."""
+linear in blocks); a denoiser of 1 or 2 units is traced whole, once. Block offload
+(`tune.offload=blocks`) is modelled, not traced: the offloaded blocks' parameters leave the GPU
+except two (the running and the prefetched one)."""
 
 from __future__ import annotations
 
@@ -426,7 +427,8 @@ def trace_step(build, encoder_network, shape: StepShape, switches: Switches, not
         cut = [_units(m, model.blocks) for m in mods]
         full = cut[0][1]
         runs = []
-        for units in ((1, 2) if full > 1 else (1,)):
+        # with 2 units or fewer the full depth is traced once: a 1-unit run would scale back to it exactly
+        for units in ((1, 2) if full > 2 else (full,)):
             for m, (lists, n) in zip(mods, cut, strict=True):
                 _truncate(m, model.blocks, lists, n, units)
             runs.append(_run(model, encoder_network, shape, switches))
