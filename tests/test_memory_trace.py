@@ -94,3 +94,25 @@ def test_trace_agrees_with_the_measured_wan_components():
 
     for name, traced, measured in check(("vae 64 1 False", "vae 64 2 False", "transformer 128 False")):
         assert abs(traced - measured) <= 0.1 * measured, (name, traced, measured)
+
+
+def test_dry_run_and_profiles_give_generation_from_the_trace(astronaut):
+    """pv generate's clip per phase beside the tuning plan (the same keys as before), the A14B's with
+    only the expert at work on the GPU (the 14B's clip, the same transformer: the same peak), and the
+    smallest card for each in `pv profiles`."""
+    plans = {}
+    for profile in ("wan2.2-a14b", "wan2.1-14b"):
+        r = run("tune", astronaut, "--name", "x", "--profile", profile, "--dry-run", "--gpu-memory", 48, "--json")
+        assert r.exit_code == 0, r.stderr
+        plans[profile] = plan = json.loads(r.stdout)
+        g = plan["generation"]
+        assert set(g["phases_gib"]) == {"load", "prompt_encoding", "denoising", "decode"}
+        assert g["peak_gib"] == max(g["phases_gib"].values()) == plan["generation_gib"] and g["fits"]
+        assert g["clip"] == "81x480x832" and plan["traced_now"] == 0
+    assert plans["wan2.2-a14b"]["generation"]["peak_gib"] == plans["wan2.1-14b"]["generation"]["peak_gib"]
+    rows = {r["name"]: r for r in json.loads(run("profiles", "--json").stdout)}
+    for profile in ("wan2.1-1.3b", "wan2.2-5b", "wan2.1-14b", "wan2.2-a14b", "hunyuanvideo"):
+        memory = rows[profile]["tuning_memory"]
+        assert memory["smallest_card_gb"] is not None and memory["generation"]["smallest_card_gb"] is not None
+    text = run("profiles").stdout
+    assert "generation (traced): smallest card" in text

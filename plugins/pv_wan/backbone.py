@@ -15,6 +15,7 @@ around a VACE transformer whose base modules are this backbone's transformer's (
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -177,13 +178,35 @@ class WanBackbone(Backbone):
         device (with swap_experts the other one goes to the host)."""
         if self.high_noise is not None:
             boundary = self.boundary_ratio * self.scheduler.config.num_train_timesteps
-            busy, idle = ("high_noise", "denoiser") if float(t) >= boundary else ("denoiser", "high_noise")
-            if self.swap_experts:
-                self._put(idle, HOST)
-            self._put(busy, self.device)
+            busy = "high_noise" if float(t) >= boundary else "denoiser"
+            self._at_work(busy)
             return getattr(self, busy)
         self.place_denoiser()
         return self.denoiser
+
+    def _at_work(self, busy: str) -> None:
+        """Expert `busy` on the device; with swap_experts the other one on the host first."""
+        if self.swap_experts:
+            self._put("denoiser" if busy == "high_noise" else "high_noise", HOST)
+        self._put(busy, self.device)
+
+    @contextmanager
+    def _experts_for_pipeline(self):
+        """diffusers' pipelines call both experts: without swap_experts both go to the device; with
+        it each one comes when the pipeline first calls it in a run of steps (a forward pre-hook)
+        and the other waits on the host, as in pv's sampler."""
+        if self.high_noise is None or not self.swap_experts:
+            for part in self.where:
+                self._put(part, self.device)
+            yield
+            return
+        hooks = [getattr(self, part).register_forward_pre_hook(lambda module, args, _part=part: self._at_work(_part))
+                 for part in ("high_noise", "denoiser")]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     def predict_noise(self, latents, t, embeds):
         """The flow velocity (noise - clean) that the scheduler steps with."""
@@ -260,8 +283,13 @@ class WanBackbone(Backbone):
     def pipeline_call(self, plan, *, prompt, negative_prompt, num_inference_steps, guidance_scale, generator,
                       callback_on_step_end=None) -> torch.Tensor:
         self.check_frames(plan.frames)
-        for part in self.where:  # diffusers' pipelines call both experts: both on the device
-            self._put(part, self.device)
+        with self._experts_for_pipeline():
+            return self._pipeline_call(plan, prompt=prompt, negative_prompt=negative_prompt,
+                                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                       generator=generator, callback_on_step_end=callback_on_step_end)
+
+    def _pipeline_call(self, plan, *, prompt, negative_prompt, num_inference_steps, guidance_scale, generator,
+                       callback_on_step_end=None) -> torch.Tensor:
         if plan.controls:
             return self._vace_call(plan, prompt=prompt, negative_prompt=negative_prompt,
                                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
