@@ -281,3 +281,25 @@ def test_wan_generation_keeps_only_the_expert_at_work_on_the_device(monkeypatch)
         if swap:
             assert log[0] == ("high", "cpu") and log[-1] == ("low", "cpu")  # high-noise steps first, then swapped
     torch.testing.assert_close(clips[True], clips[False], rtol=0, atol=0)
+
+
+def test_block_offload_prefetches_the_next_block_in_passes_without_gradient(monkeypatch):
+    """tune.offload=blocks in the sampler's passes (no gradient): each block starts the next block's
+    copy before it computes, and the velocity is the plain model's."""
+    import pv_wan.backbone as wb
+
+    import pvcli.engine.offload as off
+
+    made = []
+    init = off.Prefetch.__init__
+    monkeypatch.setattr(off.Prefetch, "__init__", lambda self, *a: (init(self, *a), made.append(self))[0])
+    bb = wb.make_tiny_wan({})
+    x = torch.randn(1, bb.latent_channels, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    embeds = bb.encode_prompt(["a portrait of a person"])
+    with torch.no_grad():
+        plain = bb.predict_noise(x, 500, embeds)
+        blocks = off.offload_blocks(bb)
+        offloaded = bb.predict_noise(x, 500, embeds)
+    (prefetch,) = made
+    assert blocks > 1 and prefetch.hits == blocks - 1 and not prefetch.pending
+    torch.testing.assert_close(offloaded, plain, rtol=0, atol=0)
