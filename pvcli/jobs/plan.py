@@ -132,3 +132,41 @@ def fit_to_card(ctx: Context, settings: Settings) -> tuple[Settings, dict | None
           file=sys.stderr)
     return (apply_changes(settings, plan["changes"]) if plan["changes"] else settings), record
 
+
+
+
+def memory_hint(ctx: Context, settings: Settings, job: str, device=None) -> str:
+    """pv's memory plan's part of an out-of-memory error's one line (resources.out_of_memory_hint
+    puts it first), for tuning (`job` "tune") or generating ("generate") with `settings` on `device`:
+    planned for that card's total memory from the traces, the switches `tune.memory=auto` would set
+    there; where the trace says the settings fit it already (another process's memory, the
+    allocator's fragmentation), the tune.memory number a GiB under what the traced peak needs, and
+    what the plan for it adds; for generation, fp8 weights where they fit. "" off CUDA, for a
+    backbone without a memory model, where nothing fits, or if planning fails (the general advice
+    then stands alone). The family's own advice is added beside it by the caller, not here."""
+    import torch
+
+    from ..engine.memplan import RESERVE_GIB
+
+    try:
+        if device is None or torch.device(device).type != "cuda" or not torch.cuda.is_available():
+            return ""
+        if ctx.registry.get("backbones", settings.backbone.name).memory is None:
+            return ""
+        card = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
+        p = planner(ctx)
+        if job == "generate":
+            g = p.generation(settings, card)
+            return f"set {changes_text(g['changes'])} (traced: {g['peak_gib']:.1f} GiB)" if g["fits"] and g["changes"] \
+                else ""
+        plan = p.plan(settings, card, generation=False)
+        if plan["fits"] and plan["changes"]:
+            return (f"set {changes_text(plan['changes'])} (what tune.memory=auto picks for this {card:.0f} GiB card; "
+                    f"traced peak {plan['peak_gib']:.1f} GiB)")
+        target = int(plan["peak_gib"] + RESERVE_GIB) - 1  # a card a GiB smaller than the one the step just needs
+        smaller = p.plan(settings, target, generation=False) if target > RESERVE_GIB else None
+        if smaller is not None and smaller["fits"] and smaller["changes"]:
+            return f"set tune.memory={target} (its plan adds {changes_text(smaller['changes'])} to what ran)"
+        return ""
+    except Exception:  # noqa: BLE001 - advice only: the error it joins is raised whatever happens here
+        return ""
