@@ -369,6 +369,22 @@ def traced_gib(s, ckpt: bool) -> float | None:
         return None
 
 
+def traced_generation_gib(s, g) -> float | None:
+    """pv's memory trace of the same generation (memtrace.trace_generation at `g`'s clip): its peak
+    in GiB; None for a backbone pv cannot trace."""
+    import dataclasses
+
+    from pvcli.engine.memplan import GIB, Planner
+    from pvcli.errors import PVError
+    from pvcli.plugins import build_plugin_manager
+
+    try:
+        trace = Planner(build_plugin_manager(), status=log).generation_trace(dataclasses.replace(s, generate=g))
+        return round(max(trace.phases.values()) / GIB, 3)
+    except PVError:
+        return None
+
+
 def _totals(est: dict) -> dict[bool, float]:
     return {ckpt: est[key]["total_gb"] for ckpt, key in ((False, "without_checkpointing"), (True, "with_checkpointing"))
             if "total_gb" in (est.get(key) or {})}
@@ -464,7 +480,7 @@ def measure_profile(profile: str, real_profile: str, sets: list[str], dev: Devic
              generator=torch.Generator("cpu").manual_seed(g.seed), output_type="pt", **extra)
 
     gen: dict = {"frames": g.frames, "height": g.height, "width": g.width, "steps": g.steps,
-                 "guidance_scale": g.guidance_scale, "adapter_steps": gates}
+                 "guidance_scale": g.guidance_scale, "adapter_steps": gates, "traced_gib": traced_generation_gib(s, g)}
     try:
         dev.release()
         gen["warmup_s"] = round(dev.timed(pv_generate), 3)
@@ -555,18 +571,19 @@ def markdown(result: dict) -> str:
             lines.append(f"| {p['profile']} | {p['dtype']} | {clip} | {ckpt} | {e['median_s']:.2f} s (median of "
                          f"{len(e['runs_s'])}) | {_gib(e['max_allocated_gib'])} | {_gib(e['max_reserved_gib'])} "
                          f"| {est} | {traced} |")
-    lines += ["", "| profile | the same clip, generated | pv generate | raw diffusers pipeline | ratio | max allocated |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| profile | the same clip, generated | pv generate | raw diffusers pipeline | ratio | max allocated "
+              "| traced (pv's memory trace) |", "|---|---|---|---|---|---|---|"]
     for p in result["profiles"]:
         g = p.get("generation")
         if not g:
             continue
         clip = f"{g['frames']}x{g['height']}x{g['width']}, {g['steps']} steps, CFG {g['guidance_scale']:g}"
+        traced = _gib(g["traced_gib"]) if g.get("traced_gib") is not None else "-"
         if g["status"] != "ok":
-            lines.append(f"| {p['profile']} | {clip} | **{_status(g)}** | | | |")
+            lines.append(f"| {p['profile']} | {clip} | **{_status(g)}** | | | | {traced} |")
             continue
         lines.append(f"| {p['profile']} | {clip} | {g['pv_generate_s']:.2f} s | {g['raw_pipeline_s']:.2f} s | "
-                     f"{g['ratio']:.3f} | {_gib(g['max_allocated_gib'])} |")
+                     f"{g['ratio']:.3f} | {_gib(g['max_allocated_gib'])} | {traced} |")
     lines += ["", "Memory is torch.cuda.max_memory_allocated / max_memory_reserved over the configuration's steps "
               "(GiB = 2^30 bytes; the CPU-derived estimates of bench/ratios.py --real use the same unit). The raw "
               "pipeline runs the same modules with the identity LoRA on in every step; pv generate gates it to the "

@@ -148,6 +148,22 @@ def pairs(profile: str, size: int, encoder, reference) -> dict:
     return out
 
 
+def diffusers_group_offload(profile: str, size: int, encoder, reference) -> dict:
+    """diffusers' group offloading (`apply_group_offloading`, block level, one block a group) with
+    streams on the tuner's transformer, as the issue asks: what it answers on this machine. Without a
+    CUDA device it cannot run with streams, and without streams on the CPU host and device are one
+    memory (its moves are no-ops), so the training question is answered from its code (BENCHMARKS.md)."""
+    from diffusers.hooks import apply_group_offloading
+
+    tuner = make_tuner(profile, size, encoder, reference, fixed_face=False)
+    try:
+        apply_group_offloading(tuner.bb.denoiser, onload_device="cpu", offload_type="block_level",
+                               num_blocks_per_group=1, use_stream=True)
+        return {"use_stream": "applied"}
+    except Exception as exc:  # noqa: BLE001 - the error is the measurement
+        return {"use_stream": f"{type(exc).__name__}: {exc}"}
+
+
 def same_adapter(src, dst) -> None:
     from pvcli.engine.adapter import adapter_state_dict, load_adapter_state_dict
 
@@ -192,7 +208,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--margins", type=int, nargs="+", default=[2, 4, 8, -1])  # -1: the backbone's window_margin
     ap.add_argument("--profiles", nargs="+", default=list(PROFILES))
-    ap.add_argument("--only", choices=["faces", "pairs", "fp8"], default=None)
+    ap.add_argument("--only", choices=["faces", "pairs", "fp8", "group_offload"], default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     from common import astronaut_photo
@@ -212,6 +228,8 @@ def main() -> int:
             r.update(pairs(profile, args.size, encoder, reference))
         if args.only in (None, "fp8"):
             r["weights=fp8"] = fp8(profile, args.size, encoder, reference)
+        if args.only in (None, "group_offload") and profile != "tiny":
+            r["diffusers_group_offload"] = diffusers_group_offload(profile, min(args.size, 128), encoder, reference)
         results[profile] = r
         print(profile, json.dumps(r, indent=1), file=sys.stderr)
     text = json.dumps(results, indent=1)

@@ -286,7 +286,7 @@ class Identity:
         return render_batch(self.context, self.name, renderer, resolved.generate, items, output=output,
                             seeds=list(seeds) if seeds is not None else None, adapter=adapter,
                             addons=_extras(controls, loras, addons), video=video, one_bar=not _single,
-                            backbone=resolved.backbone)
+                            backbone=resolved.backbone, settings=resolved)
 
     def evaluate(self, **kwargs: Any) -> dict:
         """`pv eval NAME`: generate clips of this identity and score them (see `evaluate`)."""
@@ -344,7 +344,7 @@ class _Group(Identity):
         return render_batch(self.context, name, renderer, resolved.generate, items, output=output,
                             seeds=list(seeds) if seeds is not None else None, adapter=adapter,
                             addons=_extras(controls, loras, addons), video=video, one_bar=not _single,
-                            check_name=self.name, backbone=resolved.backbone)
+                            check_name=self.name, backbone=resolved.backbone, settings=resolved)
 
 
 def generate_clips(name: str | None, prompt: str | None = None, *, prompts_file: str | Path | None = None, stdin=None,

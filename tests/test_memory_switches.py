@@ -250,3 +250,56 @@ def test_block_offload_keeps_the_gradients_and_autograd_never_holds_a_blocks_wei
     kept_off, (loss_off, _, g_off, _) = kept_block_weights(off)
     assert kept > 0 and kept_off == 0
     assert abs(loss - loss_off) <= 1e-6 and (g - g_off).abs().max() <= 1e-5
+
+
+def test_wan_generation_keeps_only_the_expert_at_work_on_the_device(monkeypatch):
+    """pv generate on a two-expert tiny Wan (A14B's layout) through diffusers' WanPipeline, with the
+    fake device record above: with swap_experts (the default) at most one expert is ever on the
+    device, the high-noise one first, and the clip is the one both experts resident give."""
+    import dataclasses
+
+    import pv_wan.backbone as wb
+
+    from pvcli.engine.generate import render_latents
+    from pvcli.settings import resolve
+
+    g = dataclasses.replace(resolve("tiny-wan")[1].generate, steps=4, frames=5, height=32, width=32)
+    clips = {}
+    for swap in (False, True):
+        bb = wb.make_tiny_wan({"experts": 2, "swap_experts": swap})
+        monkeypatch.setattr(wb, "HOST", "host")
+        bb.where = dict.fromkeys(bb.where, "host")
+        names = {id(bb.denoiser): "low", id(bb.high_noise): "high"}
+        log = []
+        monkeypatch.setattr(wb, "_move", lambda module, device, names=names, log=log: log.append((names[id(module)], device)))
+        clips[swap] = render_latents(bb, "a person", g)
+        on_device = set()
+        for what, device in log:
+            (on_device.add if device == "cpu" else on_device.discard)(what)
+            assert len(on_device) <= (1 if swap else 2), log
+        assert ("low", "cpu") in log and ("high", "cpu") in log
+        if swap:
+            assert log[0] == ("high", "cpu") and log[-1] == ("low", "cpu")  # high-noise steps first, then swapped
+    torch.testing.assert_close(clips[True], clips[False], rtol=0, atol=0)
+
+
+def test_block_offload_prefetches_the_next_block_in_passes_without_gradient(monkeypatch):
+    """tune.offload=blocks in the sampler's passes (no gradient): each block starts the next block's
+    copy before it computes, and the velocity is the plain model's."""
+    import pv_wan.backbone as wb
+
+    import pvcli.engine.offload as off
+
+    made = []
+    init = off.Prefetch.__init__
+    monkeypatch.setattr(off.Prefetch, "__init__", lambda self, *a: (init(self, *a), made.append(self))[0])
+    bb = wb.make_tiny_wan({})
+    x = torch.randn(1, bb.latent_channels, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    embeds = bb.encode_prompt(["a portrait of a person"])
+    with torch.no_grad():
+        plain = bb.predict_noise(x, 500, embeds)
+        blocks = off.offload_blocks(bb)
+        offloaded = bb.predict_noise(x, 500, embeds)
+    (prefetch,) = made
+    assert blocks > 1 and prefetch.hits == blocks - 1 and not prefetch.pending
+    torch.testing.assert_close(offloaded, plain, rtol=0, atol=0)

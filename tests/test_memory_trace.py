@@ -94,3 +94,59 @@ def test_trace_agrees_with_the_measured_wan_components():
 
     for name, traced, measured in check(("vae 64 1 False", "vae 64 2 False", "transformer 128 False")):
         assert abs(traced - measured) <= 0.1 * measured, (name, traced, measured)
+
+
+def test_dry_run_and_profiles_give_generation_from_the_trace(astronaut):
+    """pv generate's clip per phase beside the tuning plan (the same keys as before), the A14B's with
+    only the expert at work on the GPU (the 14B's clip, the same transformer: the same peak), and the
+    smallest card for each in `pv profiles`."""
+    plans = {}
+    for profile in ("wan2.2-a14b", "wan2.1-14b"):
+        r = run("tune", astronaut, "--name", "x", "--profile", profile, "--dry-run", "--gpu-memory", 48, "--json")
+        assert r.exit_code == 0, r.stderr
+        plans[profile] = plan = json.loads(r.stdout)
+        g = plan["generation"]
+        assert set(g["phases_gib"]) == {"load", "prompt_encoding", "denoising", "decode"}
+        assert g["peak_gib"] == max(g["phases_gib"].values()) == plan["generation_gib"] and g["fits"]
+        assert g["clip"] == "81x480x832" and plan["traced_now"] == 0
+    assert plans["wan2.2-a14b"]["generation"]["peak_gib"] == plans["wan2.1-14b"]["generation"]["peak_gib"]
+    rows = {r["name"]: r for r in json.loads(run("profiles", "--json").stdout)}
+    for profile in ("wan2.1-1.3b", "wan2.2-5b", "wan2.1-14b", "wan2.2-a14b", "hunyuanvideo"):
+        memory = rows[profile]["tuning_memory"]
+        assert memory["smallest_card_gb"] is not None and memory["generation"]["smallest_card_gb"] is not None
+    text = run("profiles").stdout
+    assert "generation (traced): smallest card" in text
+
+
+def test_out_of_memory_names_what_the_traced_plan_would_change(monkeypatch):
+    """An out-of-memory error on a CUDA card (its total memory pretended) names, first in its one
+    line, the switches tune.memory=auto picks for that card; where the settings fit it by the trace
+    already, the tune.memory a GiB lower and what it adds; for generation the fp8 weights that fit;
+    nothing from the plan off CUDA (the general advice stays)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from pvcli.engine.memplan import with_changes
+    from pvcli.errors import PVError
+    from pvcli.jobs.plan import memory_hint
+    from pvcli.jobs.resources import out_of_memory_hint
+    from pvcli.plugins import build_plugin_manager
+    from pvcli.settings import resolve
+
+    card = {"gib": 24}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=card["gib"] * 2**30))
+    ctx = SimpleNamespace(registry=build_plugin_manager(), store=SimpleNamespace(home=None),
+                          reporter=SimpleNamespace(status=lambda m: pytest.fail(f"traced at an OOM: {m}")))
+    wan = resolve("wan2.1-14b")[1]
+    with pytest.raises(PVError) as err, out_of_memory_hint("tune", "cuda:0", lambda: memory_hint(ctx, wan, "tune", "cuda:0")):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    line = str(err.value)
+    assert "set tune.face_decode=faces, tune.offload=blocks (what tune.memory=auto picks for this 24 GiB card" in line
+    assert "otherwise lower memory with" in line and "\n" not in line
+    tuned = with_changes(wan, {"tune.face_decode": "faces", "tune.offload": "blocks"})  # what auto ran with
+    assert memory_hint(ctx, tuned, "tune", "cuda:0") == "set tune.memory=21 (its plan adds tune.decode_dtype=bfloat16 to what ran)"
+    card["gib"] = 48
+    assert memory_hint(ctx, resolve("hunyuanvideo")[1], "generate", "cuda").startswith("set backbone.options.weights=fp8")
+    assert memory_hint(ctx, wan, "tune", "cpu") == ""

@@ -18,6 +18,7 @@ around a VACE transformer whose base modules are this backbone's transformer's (
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -233,10 +234,8 @@ class WanBackbone(Backbone):
         """The transformer that denoises at timestep t (WanPipeline's rule for two experts), on the
         device (with swap_experts the other one goes to the host)."""
         if self.high_noise is not None:
-            busy, idle = ("high_noise", "denoiser") if self.high_noise_step(t) else ("denoiser", "high_noise")
-            if self.swap_experts:
-                self._put(idle, HOST)
-            self._put(busy, self.device)
+            busy = "high_noise" if self.high_noise_step(t) else "denoiser"
+            self._at_work(busy)
             return getattr(self, busy)
         self.place_denoiser()
         return self.denoiser
@@ -252,6 +251,30 @@ class WanBackbone(Backbone):
         if self.high_noise is None:
             return super().guidance_at(t, guidance_scale, guidance_scale_2)
         return guidance_scale if self.high_noise_step(t) or not guidance_scale_2 else guidance_scale_2
+
+    def _at_work(self, busy: str) -> None:
+        """Expert `busy` on the device; with swap_experts the other one on the host first."""
+        if self.swap_experts:
+            self._put("denoiser" if busy == "high_noise" else "high_noise", HOST)
+        self._put(busy, self.device)
+
+    @contextmanager
+    def _experts_for_pipeline(self):
+        """diffusers' pipelines call both experts: without swap_experts both go to the device; with
+        it each one comes when the pipeline first calls it in a run of steps (a forward pre-hook)
+        and the other waits on the host, as in pv's sampler."""
+        if self.high_noise is None or not self.swap_experts:
+            for part in self.where:
+                self._put(part, self.device)
+            yield
+            return
+        hooks = [getattr(self, part).register_forward_pre_hook(lambda module, args, _part=part: self._at_work(_part))
+                 for part in ("high_noise", "denoiser")]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     def predict_noise(self, latents, t, embeds):
         """The flow velocity (noise - clean) that the scheduler steps with."""
@@ -330,8 +353,13 @@ class WanBackbone(Backbone):
     def pipeline_call(self, plan, *, prompt, negative_prompt, num_inference_steps, guidance_scale, generator,
                       callback_on_step_end=None) -> torch.Tensor:
         self.check_frames(plan.frames)
-        for part in self.where:  # diffusers' pipelines call both experts: both on the device
-            self._put(part, self.device)
+        with self._experts_for_pipeline():
+            return self._pipeline_call(plan, prompt=prompt, negative_prompt=negative_prompt,
+                                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                       generator=generator, callback_on_step_end=callback_on_step_end)
+
+    def _pipeline_call(self, plan, *, prompt, negative_prompt, num_inference_steps, guidance_scale, generator,
+                       callback_on_step_end=None) -> torch.Tensor:
         if plan.controls:
             return self._vace_call(plan, prompt=prompt, negative_prompt=negative_prompt,
                                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,

@@ -47,6 +47,7 @@ def register(app: typer.Typer, state: AppState) -> None:
                 emit(f"{r['name']}{' (default)' if r['default'] else ''}: {r['description']}", False)
                 if r.get("tuning_memory"):
                     emit(f"  tuning (traced): {_cards(r['tuning_memory'])}", False)
+                    emit(f"  generation (traced): {_cards(r['tuning_memory']['generation'])}", False)
 
     @app.command()
     @handle_errors

@@ -13,7 +13,17 @@ from pathlib import Path
 
 from ..errors import PVError
 from ..settings import Settings, from_dict, parse_memory  # noqa: F401 (pv's one parser of GiB values)
-from .memtrace import ATTENTION_NOTE, GIB, StepShape, Switches, Trace, offloaded, trace_step
+from .memtrace import (
+    ATTENTION_NOTE,
+    GEN_PHASES,
+    GIB,
+    StepShape,
+    Switches,
+    Trace,
+    offloaded,
+    trace_generation,
+    trace_step,
+)
 
 RESERVE_GIB = 2.0  # CUDA context, cuBLAS/cuDNN workspaces, allocator fragmentation: kept free on every card
 CARDS = (12, 16, 24, 48, 80)  # the card classes BENCHMARKS.md and `pv profiles` report
@@ -157,8 +167,59 @@ class Planner:
         out = {"load": load, "prompt_encoding": encoding, "sampling": p["sampling"], "gradient_step": p["gradient_step"]}
         return {k: round(v / GIB, 2) for k, v in out.items()}, trace
 
-    def plan(self, settings: Settings, gpu_gib: float) -> dict:
-        """The cheapest switch combination whose traced peak fits `gpu_gib` - RESERVE_GIB."""
+    @staticmethod
+    def generation_key(settings: Settings, weights: str) -> str:
+        s = shape_of(settings)
+        return json.dumps(["generation", settings.backbone.name,
+                           {k: v for k, v in sorted(settings.backbone.options.items()) if k != "weights"}, weights,
+                           {"frames": s.gen_frames, "height": s.gen_height, "width": s.gen_width,
+                            "guidance_scale": s.gen_guidance_scale, "targets": s.targets, "rank": s.rank}],
+                          sort_keys=True)
+
+    def generation_trace(self, settings: Settings, weights: str | None = None) -> Trace:
+        """The trace of one clip of pv generate at the settings' generate section (cached as tuning
+        traces are), with the frozen weights stored as `weights` (default: the settings')."""
+        weights = weights or switches_of(settings).weights
+        key = self.generation_key(settings, weights)
+        if key not in self.cache:
+            if self.cache_only:
+                raise LookupError(key)
+            entry = self.registry.get("backbones", settings.backbone.name)
+            if entry.memory is None:
+                raise PVError(f"backbone {settings.backbone.name!r} has no memory model (its plugin registers no memory=)",
+                              "the dry run and tune.memory need one; set the switches yourself")
+            options = {**settings.backbone.options, "weights": weights}
+            self.status(f"tracing generation with {settings.backbone.name} (weights={weights}) on the meta device")
+            self.cache[key] = trace_generation(lambda: entry.memory(options), shape_of(settings)).to_dict()
+            self.traced += 1
+            if self.user_cache is not None:
+                _write(self.user_cache, {k: v for k, v in self.cache.items() if k not in _read(CACHE)})
+        return Trace.from_dict(self.cache[key])
+
+    def generation(self, settings: Settings, gpu_gib: float) -> dict:
+        """pv generate's clip on a card: the traced peak per phase as the settings are, or with the
+        frozen weights in fp8 (the one switch that acts on generation) when the settings as they are
+        do not fit (`changes` says so, whether or not fp8 fits)."""
+        usable = gpu_gib - RESERVE_GIB
+        current = switches_of(settings).weights
+        options = [{}] + ([{"backbone.options.weights": "fp8"}] if current != "fp8" else [])
+        for changes in options:
+            trace = self.generation_trace(settings, changes.get("backbone.options.weights"))
+            phases = {k: round(trace.phases[k] / GIB, 2) for k in GEN_PHASES}
+            peak = max(phases.values())
+            if peak <= usable:
+                break
+        g = settings.generate
+        steps = g.steps
+        tflops = THROUGHPUT_TFLOPS[min(CARDS, key=lambda c: abs(c - gpu_gib))]
+        total = trace.flops["denoising"] * steps + trace.flops["decode"]
+        return {"fits": peak <= usable, "peak_gib": peak, "phases_gib": phases, "changes": changes, "clip": f"{g.frames}x{g.height}x{g.width}", "steps": steps, "tflop": round(total / 1e12, 1),
+                "seconds": round(total / (tflops * 1e12), 1), "notes": trace.notes}
+
+    def plan(self, settings: Settings, gpu_gib: float, generation: bool = True) -> dict:
+        """The cheapest switch combination whose traced peak fits `gpu_gib` - RESERVE_GIB; with
+        `generation`, pv generate's clip on that card too (`generation`, and its peak in
+        `generation_gib`)."""
         usable = gpu_gib - RESERVE_GIB
         steps = [(path, value, cost) for path, value, cost in CANDIDATES if not _is_on(settings, path, value)
                  and self._applies(settings, path, value)]
@@ -186,7 +247,7 @@ class Planner:
                     changes, phases, trace = fewer, p2, t2
         return {"fits": fits, "gpu_memory_gib": round(gpu_gib, 2), "usable_gib": round(usable, 2),
                 "peak_gib": max(phases.values()), "phases_gib": phases,
-                "generation_gib": round(trace.phases["generation"] / GIB, 2) if "generation" in trace.phases else None,
+                **self._generation_fields(settings, gpu_gib, generation),
                 "changes": changes, "switches": asdict(switches_of(settings, changes)),
                 "costs": {p: c for p, _, c in CANDIDATES if p in changes},
                 **self.timing(settings, changes, trace, gpu_gib),
@@ -194,6 +255,12 @@ class Planner:
                                           else f"traced whole ({trace.units} block units)"),
                           f"{RESERVE_GIB:g} GiB of the card kept free (CUDA context, workspaces, fragmentation)",
                           *trace.notes]}
+
+    def _generation_fields(self, settings: Settings, gpu_gib: float, wanted: bool) -> dict:
+        if not wanted:
+            return {"generation_gib": None}
+        gen = self.generation(settings, gpu_gib)
+        return {"generation_gib": gen["peak_gib"], "generation": gen}
 
     def _applies(self, settings: Settings, path: str, value) -> bool:
         if path == "tune.supervised_window":

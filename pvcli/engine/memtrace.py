@@ -11,6 +11,8 @@ adapter (peft), AdamW. Phases, each with what is resident on the GPU at that tim
   sampling        the no-grad denoiser forward at the CFG batch, the adapter and AdamW state resident;
   gradient step   grad_steps denoiser forwards under grad, the decoder under grad on the decoded
                   window, the face network on the face crops, backward, AdamW's step.
+pv generate's clip is traced apart (trace_generation: load, prompt encoding, denoising, decode),
+at the generate settings, without gradient, every component resident as generation holds it.
 Attention is counted as the fused CUDA kernels hold it (flash attention: O(N), no N x N matrix);
 CPU SDPA would hold the matrix. The denoiser's repeated blocks are traced with 1 and 2 units and
 scaled linearly to the full depth (parameters, saved inputs and a checkpointed block's recompute are
@@ -48,7 +50,7 @@ class StepShape:
     rank: int
     gradient_checkpointing: bool
     offload_text_encoder: bool = True
-    # generation (pv generate): the clip it renders, every component on the GPU, nothing under grad
+    # generation (pv generate, trace_generation): the clip it renders
     gen_frames: int = 0
     gen_height: int = 0
     gen_width: int = 0
@@ -320,17 +322,6 @@ def _run(model, encoder_network, shape: StepShape, switches: Switches) -> tuple[
             model.encode()
         peaks["prompt_encoding"], snaps["prompt_encoding"] = tracker.peak, tracker.peak_snap
         extra = {"guidance": shape.guidance_scale} if bb.embedded_guidance else {}
-        if shape.gen_frames:  # generation: one denoiser step at the CFG batch, then the whole clip decoded
-            gcfg = 1 if bb.embedded_guidance or shape.gen_guidance_scale <= 1 else 2
-            with torch.no_grad():
-                latents = torch.empty(gcfg, bb.latent_channels, bb.latent_frames(shape.gen_frames),
-                                      shape.gen_height // bb.vae_scale_factor, shape.gen_width // bb.vae_scale_factor,
-                                      device=meta)
-                v = bb.predict_noise(latents, 500, model.conditioning(gcfg), **extra)
-                del latents
-                bb.decode(v[:1])
-                del v
-            peaks["generation"], snaps["generation"] = tracker.peak, tracker.peak_snap
         # the adapter's AdamW state exists from the first step on
         for p in params:
             p.grad = torch.zeros_like(p)
@@ -407,22 +398,14 @@ def _run(model, encoder_network, shape: StepShape, switches: Switches) -> tuple[
         flops["gradient_step"] = (shape.grad_steps * flops["sampling"] * (3 + recompute) + decode * (3 + dec_recompute)
                                   + seen + faces * 3)
         flops["load"] = 0.0
-        if shape.gen_frames:
-            gcfg = 1 if bb.embedded_guidance or shape.gen_guidance_scale <= 1 else 2
-            gl = torch.empty(gcfg, bb.latent_channels, bb.latent_frames(shape.gen_frames),
-                             shape.gen_height // bb.vae_scale_factor, shape.gen_width // bb.vae_scale_factor, device=meta)
-            flops["generation"] = count(lambda: bb.predict_noise(gl, 500, model.conditioning(gcfg), **extra)) + \
-                count(lambda: bb.decode(gl[:1]))
     return peaks, snaps, flops, block_bytes, expert_bytes, sum(_param_bytes(e) for e in encoders)
 
 
-def trace_step(build, encoder_network, shape: StepShape, switches: Switches, notes: list[str] | None = None) -> Trace:
-    """Trace one tuning step with 1 and 2 units of the denoiser's blocks and scale to the full
-    depth; `build()` returns contracts.RealSizeModel (with `switches.weights` applied)."""
-    start = time.perf_counter()
+def _scaled(model_of, run, notes: list[str] | None, start: float) -> Trace:
+    """Run `run(model)` with 1 and 2 units of the denoisers' blocks (`model_of()` builds the prepared
+    model) and scale every count to the full depth."""
     with meta_pinned():
-        model = build()
-        _prepare(model, shape, switches)
+        model = model_of()
         mods = [model.backbone.denoiser, *model.experts.values()]
         cut = [_units(m, model.blocks) for m in mods]
         full = cut[0][1]
@@ -431,7 +414,7 @@ def trace_step(build, encoder_network, shape: StepShape, switches: Switches, not
         for units in ((1, 2) if full > 2 else (full,)):
             for m, (lists, n) in zip(mods, cut, strict=True):
                 _truncate(m, model.blocks, lists, n, units)
-            runs.append(_run(model, encoder_network, shape, switches))
+            runs.append(run(model))
     p1, s1, f1, b1, e1, t1 = runs[0]
     p2, s2, f2, b2, e2, _ = runs[-1]
 
@@ -441,11 +424,102 @@ def trace_step(build, encoder_network, shape: StepShape, switches: Switches, not
     phases = {k: scale(p1[k], p2[k]) for k in p1}
     breakdown = {k: {c: scale(s1[k].get(c, 0), s2[k].get(c, 0)) for c in set(s1[k]) | set(s2[k])} for k in s1}
     flops = {k: float(scale(f1[k], f2[k])) for k in f1}
-    trace = Trace(phases, breakdown, flops, scale(b1, b2), scale(e1, e2), full, time.perf_counter() - start,
-                  list(notes or []), text_encoder_bytes=t1)
+    return Trace(phases, breakdown, flops, scale(b1, b2), scale(e1, e2), full, time.perf_counter() - start,
+                 list(notes or []), text_encoder_bytes=t1)
+
+
+def trace_step(build, encoder_network, shape: StepShape, switches: Switches, notes: list[str] | None = None) -> Trace:
+    """Trace one tuning step with 1 and 2 units of the denoiser's blocks and scale to the full
+    depth; `build()` returns contracts.RealSizeModel (with `switches.weights` applied)."""
+    start = time.perf_counter()
+
+    def model_of():
+        model = build()
+        _prepare(model, shape, switches)
+        return model
+
+    trace = _scaled(model_of, lambda m: _run(m, encoder_network, shape, switches), notes, start)
     if switches.offload == "blocks":
         trace = offloaded(trace)
     return trace
+
+
+GEN_PHASES = ("load", "prompt_encoding", "denoising", "decode")
+GEN_NOTE = ("generation: every component on the GPU as pv generate holds it (text encoders, VAE, the adapted "
+            "denoiser; with swap_experts only the expert at work), classifier-free guidance's two forwards one "
+            "after the other as the pipelines run them, the whole clip decoded at once in the VAE's dtype")
+
+
+def _generate(model, shape: StepShape) -> tuple[dict, dict, dict, int, int, int]:
+    """One traced generation step (no gradient) at the generate settings: per phase (peak bytes,
+    breakdown, flops), as _run gives them."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    bb = model.backbone
+    block_bytes = sum(_param_bytes(getattr(bb.denoiser, n)) for n in model.blocks)
+    expert_bytes = sum(_param_bytes(e) for e in model.experts.values())
+    encoders = list(model.text_encoders.values())
+    meta = torch.device("meta")
+    cfg = not bb.embedded_guidance and shape.gen_guidance_scale > 1
+    extra = {"guidance": shape.gen_guidance_scale} if bb.embedded_guidance else {}
+    lat = (1, bb.latent_channels, bb.latent_frames(shape.gen_frames), shape.gen_height // bb.vae_scale_factor,
+           shape.gen_width // bb.vae_scale_factor)
+    peaks, snaps, flops = {}, {}, {}
+    tracker = _tracker_class()()
+    for module in [bb.denoiser, *model.experts.values(), bb.vae, *encoders]:
+        tracker.track_external(module)
+
+    def denoise(latents):
+        v = bb.predict_noise(latents, 500, model.conditioning(1), **extra)
+        if cfg:  # the unconditional forward while the conditional velocity is held
+            u = bb.predict_noise(latents, 500, model.conditioning(1), **extra)
+            v = u + shape.gen_guidance_scale * (v - u)
+        return v
+
+    with tracker, fused_attention(), torch.no_grad():
+        peaks["load"], snaps["load"] = tracker.total(), tracker.current()
+        tracker.reset_peak()
+        model.encode()
+        peaks["prompt_encoding"], snaps["prompt_encoding"] = tracker.peak, tracker.peak_snap
+        tracker.reset_peak()
+        latents = torch.empty(*lat, device=meta)
+        v = denoise(latents)
+        latents = latents - 0.1 * v
+        del v
+        peaks["denoising"], snaps["denoising"] = tracker.peak, tracker.peak_snap
+        tracker.reset_peak()
+        bb.decode(latents)
+        del latents
+        peaks["decode"], snaps["decode"] = tracker.peak, tracker.peak_snap
+    with torch.no_grad(), fused_attention():
+        def count(fn) -> float:
+            with FlopCounterMode(display=False) as fc:
+                fn()
+            return float(fc.get_total_flops())
+
+        one = torch.empty(*lat, device=meta)
+        flops["load"] = 0.0
+        flops["prompt_encoding"] = count(model.encode)
+        flops["denoising"] = count(lambda: denoise(one))
+        flops["decode"] = count(lambda: bb.decode(one))
+    return peaks, snaps, flops, block_bytes, expert_bytes, sum(_param_bytes(e) for e in encoders)
+
+
+def trace_generation(build, shape: StepShape, notes: list[str] | None = None) -> Trace:
+    """Trace one clip of pv generate at the generate settings (gen_frames x gen_height x gen_width):
+    the resident components, the prompt's encoding, one denoising step (flops: per step) and the
+    whole clip's decode, with the identity adapter in the denoiser; `build()` as for trace_step."""
+    from .adapter import add_adapter
+
+    start = time.perf_counter()
+
+    def model_of():
+        model = build()
+        add_adapter(model.backbone, shape.targets, shape.rank, float(shape.rank))
+        return model
+
+    return _scaled(model_of, lambda m: _generate(m, shape), [GEN_NOTE, *(notes or [])], start)
 
 
 def offloaded(trace: Trace) -> Trace:

@@ -51,36 +51,98 @@ def offload_blocks(backbone: Backbone) -> int:
     wait on the host; each block's forward copies them to the device for that call only, under
     non-reentrant checkpointing, so that backward recomputes the block from fresh copies too and
     autograd never holds a block's weights beyond its own forward or backward. Trainable (adapter)
-    weights stay on the device. Returns the number of blocks.
+    weights stay on the device. In a forward without gradient (the sampler's steps, most of a
+    tuning step's passes) each block starts the copy of the next one before it computes: on CUDA on
+    a side stream from pinned host memory, so the copy overlaps the block's compute (two blocks'
+    weights on the device at a time). Returns the number of blocks.
 
-    Not diffusers' group offloading: its hooks swap `param.data` back to the host after each forward,
-    and the weights autograd saved for backward are those same tensors."""
+    Not diffusers' group offloading (`apply_group_offloading`, with or without `use_stream`): after
+    each group's forward its hooks set `param.data` back to the host copy, for every parameter of the
+    group, the adapter's trainable ones included, under the very tensors autograd saved for backward
+    (BENCHMARKS.md, "Memory switches")."""
     import torch
 
     blocks = backbone.offload_blocks()
+    device = torch.device(backbone.device)
+    pin = device.type == "cuda" and torch.cuda.is_available()
+    frozen = []
     for block in blocks:
-        frozen = {n: p for n, p in block.named_parameters() if not p.requires_grad}
-        for p in frozen.values():
+        weights = {n: p for n, p in block.named_parameters() if not p.requires_grad}
+        for p in weights.values():
             p.data = p.data.to(HOST)
-        _wrap(block, frozen, backbone.device, torch)
+            if pin:
+                p.data = p.data.pin_memory()
+        frozen.append(weights)
+    prefetch = Prefetch(frozen, device)
+    for i, block in enumerate(blocks):
+        _wrap(block, i, prefetch, torch)
     return len(blocks)
 
 
-def _wrap(block, frozen: dict, device, torch) -> None:
+class Prefetch:
+    """The device copies of block i's frozen weights, made for its call, or started by block i-1
+    (`start(i)`) on a side stream where the device has streams (CUDA); `hits` counts the calls a
+    started copy served."""
+
+    def __init__(self, frozen: list[dict], device):
+        import torch
+
+        self.frozen, self.device = frozen, device
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" and torch.cuda.is_available() else None
+        self.pending: dict[int, tuple[dict, object]] = {}
+        self.hits = 0
+
+    def _copy(self, i: int) -> dict:
+        return {n: p.to(self.device, non_blocking=True) for n, p in self.frozen[i].items()}
+
+    def start(self, i: int) -> None:
+        import torch
+
+        if i >= len(self.frozen) or i in self.pending:
+            return
+        if self.stream is None:  # no streams: the copy now (on the CPU host and device are one memory)
+            self.pending[i] = (self._copy(i), None)
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            copies = self._copy(i)
+            done = torch.cuda.Event()
+            done.record(self.stream)
+        self.pending[i] = (copies, done)
+
+    def take(self, i: int) -> dict:
+        import torch
+
+        if i not in self.pending:
+            return self._copy(i)
+        copies, done = self.pending.pop(i)
+        self.hits += 1
+        if done is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(done)
+            for t in copies.values():  # made on the side stream, used (and freed) on this one
+                t.record_stream(current)
+        return copies
+
+
+def _wrap(block, index: int, prefetch: Prefetch, torch) -> None:
     from torch.func import functional_call
     from torch.utils.checkpoint import checkpoint
 
     forward = block.forward
 
     def run(*args, **kwargs):
-        on_device = {n: p.to(device, non_blocking=True) for n, p in frozen.items()}
+        on_device = prefetch._copy(index)
         with _plain_forward(block, forward):
             return functional_call(block, on_device, args, kwargs, strict=False)
 
     def offloaded(*args, **kwargs):
         if torch.is_grad_enabled():
             return checkpoint(run, *args, use_reentrant=False, **kwargs)
-        return run(*args, **kwargs)
+        on_device = prefetch.take(index)
+        prefetch.start(index + 1)  # the next block's copy overlaps this block's compute
+        with _plain_forward(block, forward):
+            return functional_call(block, on_device, args, kwargs, strict=False)
 
     block.forward = offloaded
 

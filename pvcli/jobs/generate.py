@@ -260,10 +260,20 @@ def _check_backbone(info: dict, backbone: BackboneSettings | None, name: str) ->
         check_backbone_matches(info, backbone.name, name)
 
 
+def _memory_hint(ctx: Context, settings, clip: GenerateSettings) -> str:
+    """plan.memory_hint for the clip that ran out of memory (the settings it rendered with)."""
+    import dataclasses
+
+    from .plan import memory_hint
+
+    return memory_hint(ctx, dataclasses.replace(settings, generate=clip), "generate", ctx.device) \
+        if settings is not None else ""
+
+
 def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, requests, *, output=None,
                  seeds: list[int] | None = None, adapter: bool = True, addons: list[AddOn] | None = None,
                  video=None, one_bar: bool = True, check_name: str | None = None,
-                 backbone: BackboneSettings | None = None):
+                 backbone: BackboneSettings | None = None, settings=None):
     """Render every request (a prompt or ClipRequest, read lazily) once per seed (default the
     settings' seed; a request's own seed renders once), yielding each Video as soon as it is
     written. `renderer()` gives the loaded IdentityRenderer; `output` is a file template ({name},
@@ -271,7 +281,7 @@ def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, request
     bar for the batch instead of one per clip. `check_name`: the identity whose record the inputs are
     checked against, when `name` names a group of them. `backbone`: the backbone settings the clips
     render with (a mismatch with the identity's, or what the model cannot take, is refused before it
-    loads)."""
+    loads). `settings`: all of them (an out-of-memory error's hint plans the clip with them)."""
     import dataclasses
 
     from ..engine.generate import denoising_steps
@@ -301,7 +311,7 @@ def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, request
                                         else None)
                 if target is not None:
                     check_video_path(Path(target))
-                with out_of_memory_hint("generate", ctx.device):
+                with out_of_memory_hint("generate", ctx.device, lambda clip=clip: _memory_hint(ctx, settings, clip)):
                     video_out = renderer().render(req.prompt, Path(target) if target is not None else None,
                                                   adapter=adapter, generate=clip, addons=addons, video=video,
                                                   advance=advance)

@@ -29,7 +29,8 @@ def profiles() -> list[dict]:
 
 def tuning_memory(profile: str) -> dict | None:
     """The profile's tuning step per card class, from the shipped traces (engine/memory_traces.json):
-    {"smallest_card_gb", "cards": {GB: {fits, peak_gib, changes}}}; None where it was not traced."""
+    {"smallest_card_gb", "cards": {GB: {fits, peak_gib, changes}}, "generation": the same for pv generate's
+    clip}; None where it was not traced."""
     from ..engine.memplan import CARDS, Planner
     from ..settings import resolve
 
@@ -40,9 +41,13 @@ def tuning_memory(profile: str) -> dict | None:
     except LookupError:
         return None
     fitting = [c for c, p in cards.items() if p["fits"]]
+    generating = [c for c, p in cards.items() if p["generation"]["fits"]]
     return {"smallest_card_gb": min(fitting) if fitting else None,
             "cards": {str(c): {"fits": p["fits"], "peak_gib": p["peak_gib"], "changes": p["changes"]}
-                      for c, p in cards.items()}}
+                      for c, p in cards.items()},
+            "generation": {"smallest_card_gb": min(generating) if generating else None,
+                           "cards": {str(c): {k: p["generation"][k] for k in ("fits", "peak_gib", "changes")}
+                                     for c, p in cards.items()}}}
 
 
 def environment(ctx: Context) -> dict:

@@ -11,7 +11,7 @@ from ..errors import PVError
 from ..settings import Settings, parse_memory
 
 PHASE_LABELS = {"load": "load", "prompt_encoding": "prompt encoding", "sampling": "sampling",
-                "gradient_step": "gradient step"}
+                "gradient_step": "gradient step", "denoising": "denoising", "decode": "decode"}
 
 
 def planner(ctx: Context):
@@ -55,6 +55,9 @@ def describe(plan: dict) -> str:
         lines = [f"{plan['profile']}: tuning clip {plan['tuning_clip']} ({plan['card']}: every card class)"]
         for card, sub in plan["cards"].items():
             lines.append(f"  {card:>3} GB: {_one(sub)}")
+        for card, sub in plan["cards"].items():
+            if sub.get("generation"):
+                lines.append(f"  {card:>3} GB: {_generation(sub['generation'])}")
         return "\n".join([*lines, *_notes(next(iter(plan["cards"].values())))])
     lines = [f"{plan['profile']}: tuning clip {plan['tuning_clip']} on a {plan['gpu_memory_gib']:g} GiB card "
              f"({plan['card']}): {_one(plan)}"]
@@ -62,7 +65,19 @@ def describe(plan: dict) -> str:
     lines.append(f"  traced peak per phase (GiB): {phases}")
     lines.append(f"  estimated step time: ~{plan['step_seconds']:g} s ({plan['step_tflop']:g} TFLOP; "
                  f"{plan['step_time_assumes']})")
+    if plan.get("generation"):
+        g = plan["generation"]
+        lines.append(f"  {_generation(g)}")
+        phases = " | ".join(f"{PHASE_LABELS[k]} {v:.1f}" for k, v in g["phases_gib"].items())
+        lines.append(f"  generation's traced peak per phase (GiB): {phases}")
     return "\n".join([*lines, *_notes(plan)])
+
+
+def _generation(g: dict) -> str:
+    changes = changes_text(g["changes"])
+    verdict = (f"fits, traced peak {g['peak_gib']:.1f} GiB" + (f" with {changes}" if changes else "") if g["fits"] else
+               f"does not fit (traced peak {g['peak_gib']:.1f} GiB" + (f" even with {changes}" if changes else "") + ")")
+    return f"generation of {g['clip']} ({g['steps']} steps): {verdict}"
 
 
 def _one(plan: dict) -> str:
@@ -104,7 +119,7 @@ def fit_to_card(ctx: Context, settings: Settings) -> tuple[Settings, dict | None
     entry = ctx.registry.get("backbones", settings.backbone.name)
     if entry.memory is None:
         return settings, None
-    plan = planner(ctx).plan(settings, gib)
+    plan = planner(ctx).plan(settings, gib, generation=False)
     if not plan["fits"]:
         raise PVError(f"this tuning step does not fit {gib:.1f} GiB ({source}): traced peak {plan['peak_gib']:.1f} GiB "
                       f"with every memory switch on, {plan['usable_gib']:.1f} GiB usable",
@@ -116,3 +131,42 @@ def fit_to_card(ctx: Context, settings: Settings) -> tuple[Settings, dict | None
     print(f"tune.memory: {gib:.1f} GiB ({source}): {chosen}; traced peak {plan['peak_gib']:.1f} GiB",
           file=sys.stderr)
     return (apply_changes(settings, plan["changes"]) if plan["changes"] else settings), record
+
+
+
+
+def memory_hint(ctx: Context, settings: Settings, job: str, device=None) -> str:
+    """pv's memory plan's part of an out-of-memory error's one line (resources.out_of_memory_hint
+    puts it first), for tuning (`job` "tune") or generating ("generate") with `settings` on `device`:
+    planned for that card's total memory from the traces, the switches `tune.memory=auto` would set
+    there; where the trace says the settings fit it already (another process's memory, the
+    allocator's fragmentation), the tune.memory number a GiB under what the traced peak needs, and
+    what the plan for it adds; for generation, fp8 weights where they fit. "" off CUDA, for a
+    backbone without a memory model, where nothing fits, or if planning fails (the general advice
+    then stands alone). The family's own advice is added beside it by the caller, not here."""
+    import torch
+
+    from ..engine.memplan import RESERVE_GIB
+
+    try:
+        if device is None or torch.device(device).type != "cuda" or not torch.cuda.is_available():
+            return ""
+        if ctx.registry.get("backbones", settings.backbone.name).memory is None:
+            return ""
+        card = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
+        p = planner(ctx)
+        if job == "generate":
+            g = p.generation(settings, card)
+            return f"set {changes_text(g['changes'])} (traced: {g['peak_gib']:.1f} GiB)" if g["fits"] and g["changes"] \
+                else ""
+        plan = p.plan(settings, card, generation=False)
+        if plan["fits"] and plan["changes"]:
+            return (f"set {changes_text(plan['changes'])} (what tune.memory=auto picks for this {card:.0f} GiB card; "
+                    f"traced peak {plan['peak_gib']:.1f} GiB)")
+        target = int(plan["peak_gib"] + RESERVE_GIB) - 1  # a card a GiB smaller than the one the step just needs
+        smaller = p.plan(settings, target, generation=False) if target > RESERVE_GIB else None
+        if smaller is not None and smaller["fits"] and smaller["changes"]:
+            return f"set tune.memory={target} (its plan adds {changes_text(smaller['changes'])} to what ran)"
+        return ""
+    except Exception:  # noqa: BLE001 - advice only: the error it joins is raised whatever happens here
+        return ""

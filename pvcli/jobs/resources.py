@@ -20,8 +20,10 @@ LOWER_MEMORY = {
 
 
 @contextmanager
-def out_of_memory_hint(job: str, device=None):
-    """A GPU (or CPU allocator) out-of-memory error becomes one line naming what lowers memory."""
+def out_of_memory_hint(job: str, device=None, hint=None):
+    """A GPU (or CPU allocator) out-of-memory error becomes one line naming what lowers memory:
+    `hint()` first where given (plan.memory_hint: the switch the traced plan says makes it fit),
+    then the general advice."""
     try:
         yield
     except MemoryError:
@@ -35,8 +37,9 @@ def out_of_memory_hint(job: str, device=None):
         where = f" on {device}" if device is not None else ""
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        first = hint() if hint is not None else ""
         raise PVError(f"out of GPU memory while {'tuning' if job == 'tune' else 'generating'}{where}",
-                      f"lower memory with {LOWER_MEMORY[job]}") from None
+                      (f"{first}; otherwise " if first else "") + f"lower memory with {LOWER_MEMORY[job]}") from None
 
 
 def build_backbone(ctx: Context, settings: Settings):

@@ -363,8 +363,11 @@ def _loop(s: _Session, progress: _Progress) -> None:
     tuner, run, t, dp = s.tuner, s.run, s.r.settings.tune, s.dp
     progress.done = copy.deepcopy(tuner.state_dict()) if run is not None else None
     start = time.perf_counter()
+    from .plan import memory_hint
+
     with s.ctx.reporter.progress(f"tuning {s.r.name}", t.steps) as advance, \
-            out_of_memory_hint("tune", s.backbone.device):
+            out_of_memory_hint("tune", s.backbone.device,
+                               lambda: memory_hint(s.ctx, s.r.settings, "tune", s.backbone.device)):
         for _ in range(s.first_step):
             advance()
         while tuner.step_index < t.steps:
