@@ -286,11 +286,15 @@ def test_a14b_with_both_experts_exports_a_file_per_expert_and_wires_each_lora_af
 
     home = tmp_path / "home"
     scales = [f"--set={k}.guidance_scale{n}={v}" for k in ("tune", "generate") for n, v in (("", 4), ("_2", 3))]
-    tune_home(home, astronaut, "b", "tiny-wan", "--steps", "1", "--set", "tune.held_out=0", "--set",
-              "backbone.options.experts=2", "--set", "backbone.options.adapter_experts=both", "--set",
-              "tune.num_inference_steps=2", "--set", "tune.grad_steps=2", *scales)
+    info = tune_home(home, astronaut, "b", "tiny-wan", "--steps", "1", "--set", "tune.held_out=0", "--set",
+                     "backbone.options.experts=2", "--set", "backbone.options.adapter_experts=both", "--set",
+                     "tune.num_inference_steps=2", "--set", "tune.grad_steps=2", *scales)
+    assert json.loads(info["adapter_parts"]) == {"transformer.": HIGH_NOISE, "transformer_2.": LOW_NOISE}
     use_home(monkeypatch, home)
     monkeypatch.chdir(tmp_path)
+    r = run("generate", "b", "surfing", "-o", tmp_path / "b.mp4", "--json")  # the identity loads on both experts
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["guidance_scale_2"] == 3.0
     r = run("export", "b", "--format", "comfy")
     assert r.exit_code == 0, r.stderr
     assert r.stdout.split() == ["b_comfy_high_noise.safetensors", "b_comfy_low_noise.safetensors"]

@@ -425,6 +425,12 @@ SWEEP = [
     ("boundary-ratio-absurd", ["tune", "{photo}", "--name", "bob", "--profile", "tiny-wan", "--set",
                                "backbone.options.experts=2", "--set", "backbone.options.boundary_ratio=7"],
      ["backbone.options.boundary_ratio must be between 0 and 1", "got 7"]),
+    ("adapter-experts-one", ["tune", "{photo}", "--name", "bob", "--profile", "tiny-wan", "--set",
+                             "backbone.options.adapter_experts=both"],
+     ["backbone.options.adapter_experts=both needs a model of two experts"]),
+    ("adapter-experts-unknown", ["tune", "{photo}", "--name", "bob", "--profile", "tiny-wan", "--set",
+                                 "backbone.options.experts=2", "--set", "backbone.options.adapter_experts=high"],
+     ["backbone.options.adapter_experts must be one of low, both, got 'high'"]),
     # ComfyUI exports
     ("comfy-into-a-file", ["export", "w", "--format", "comfy", "-o", "{d}/notes.txt/w.safetensors"],
      ["{d}/notes.txt", "is a file"]),
