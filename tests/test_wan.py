@@ -455,3 +455,25 @@ def test_a_supervised_window_bounds_what_the_causal_decoder_decodes(encoder, ref
                        (["tune.supervised_window=3"], "smaller than the 4 frames drawn from it")):
         with pytest.raises(PVError, match=re.escape(says)):
             from_dict(wan_settings.to_dict(), [parse_set(sets)])
+
+
+@pytest.mark.parametrize("kind", ["euler", "unipc"])
+def test_flow_shift_acts_on_a_model_folders_own_scheduler(kind, tmp_path):
+    """backbone.options.flow_shift on a Wan model folder (diffusers layout, saved from the tiny
+    components) whose scheduler is FlowMatchEuler (it calls the shift `shift`) or UniPC (`flow_shift`):
+    the loaded backbone samples the shifted schedule and records that shift, instead of the folder's."""
+    from diffusers import WanPipeline
+    from pv_wan.backbone import build_tiny_components, flow_scheduler, make_wan
+
+    from pvcli.engine.sampling import schedule_levels
+
+    c = build_tiny_components(scheduler=kind)
+    WanPipeline(**{k: c[k] for k in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")}).save_pretrained(
+        tmp_path / "model")
+    shipped = make_wan({"model": str(tmp_path / "model")}, device="cpu")
+    shifted = make_wan({"model": str(tmp_path / "model"), "flow_shift": 7.0}, device="cpu")
+    assert type(shifted.scheduler) is type(c["scheduler"])
+    assert (shipped.describe()["flow_shift"], shifted.describe()["flow_shift"]) == ("3", "7")
+    levels = schedule_levels(shifted.scheduler, 8)
+    assert levels == pytest.approx(schedule_levels(flow_scheduler(kind, 7.0), 8), abs=1e-6)
+    assert levels[4] - schedule_levels(shipped.scheduler, 8)[4] > 0.1  # a shift of 7 keeps more noise mid-schedule
