@@ -78,6 +78,8 @@ def test_tuning_leaves_queries_keys_text_encoders_and_vae_bit_identical(hy, enco
     assert kinds == {"attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_v_proj", "ff.net.0.proj", "ff.net.2",
                      "proj_out"}
     before = adapter_state_dict(hy.denoiser)
+    held = [p for group in tuner.optimizer.param_groups for p in group["params"]]  # the adapter, nothing else
+    assert {id(p) for p in held} == {id(p) for n, p in hy.denoiser.named_parameters() if ADAPTER_NAME in n}
     assert tuner.step().loss is not None
     after = adapter_state_dict(hy.denoiser)
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the adapter learned

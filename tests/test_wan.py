@@ -98,6 +98,8 @@ def test_tuning_adapts_only_frame_wise_layers_and_leaves_the_rest_bit_identical(
     assert tuner.layers and all(".attn1." not in n for n in tuner.layers)
     assert {n.split(".")[2] for n in tuner.layers} == {"attn2", "ffn"}  # cross-attention and feed-forward
     before = adapter_state_dict(wan.denoiser)
+    held = [p for group in tuner.optimizer.param_groups for p in group["params"]]  # the adapter, nothing else
+    assert {id(p) for p in held} == {id(p) for n, p in wan.denoiser.named_parameters() if ADAPTER_NAME in n}
     stats = tuner.step()
     assert stats.loss is not None
     after = adapter_state_dict(wan.denoiser)
