@@ -73,6 +73,7 @@ def latent_frames(frames: int) -> int:
 class WanBackbone(Backbone):
     accepts = ACCEPTS  # what it takes: the package's ACCEPTS, registered with it
     long_videos = False
+    causal_decoder = True  # decode_frames decodes the latent prefix only (tune.supervised_window bounds it)
     target_sets = TARGETS
     frame_mixing = "attn1"  # the only op that mixes frames
     component = "transformer"

@@ -364,7 +364,7 @@ def _loop(s: _Session, progress: _Progress) -> None:
     progress.done = copy.deepcopy(tuner.state_dict()) if run is not None else None
     start = time.perf_counter()
     with s.ctx.reporter.progress(f"tuning {s.r.name}", t.steps) as advance, \
-            out_of_memory_hint("tune", s.backbone.device):
+            out_of_memory_hint("tune", s.backbone.device, s.backbone, t):
         for _ in range(s.first_step):
             advance()
         while tuner.step_index < t.steps:
