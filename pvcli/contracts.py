@@ -67,6 +67,9 @@ class Backbone(ABC):
     window_margin: int = 8
     max_frames: int  # the motion module's window
     long_videos: bool = False  # whether pipeline_call renders plan.frames > max_frames (sliding windows)
+    # decode_frames decodes only the latent frames up to the last frame asked (a decoder causal in
+    # time): tune.supervised_window then bounds what a tuning step decodes under gradient
+    causal_decoder: bool = False
     random_weights: bool = False  # built in-process for offline runs and tests: it never draws a face
     # a guidance-distilled model takes the guidance scale as an input (embedded guidance) instead of
     # classifier-free guidance: pv's sampler then runs no unconditional branch and calls

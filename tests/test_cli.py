@@ -143,6 +143,48 @@ def test_out_of_memory_is_one_line_naming_what_lowers_memory(astronaut, monkeypa
     assert "out of GPU memory while tuning" in r.stderr and "tune.gradient_checkpointing=true" in r.stderr
 
 
+def test_the_memory_hint_names_what_lowers_memory_on_the_model_that_ran_out(astronaut, tuned, monkeypatch, tmp_path):
+    """The model-specific part of the hint: the frame rule and tune.supervised_window where the model
+    has them (a causal decoder: only the clip's first latent frames are decoded under gradient), long
+    clips' context_length where the backbone has windows, and a half-precision dtype only for a model
+    that runs in float32 (never bf16 -> fp16 to a model in bf16)."""
+    import torch
+    from pv_animatediff.backbone import make_tiny
+    from pv_hunyuanvideo.backbone import make_tiny_hunyuanvideo
+    from pv_wan.backbone import make_tiny_wan
+
+    from pvcli.engine.tune import Tuner
+    from pvcli.jobs.generate import IdentityRenderer
+    from pvcli.jobs.resources import model_memory_hint
+    from pvcli.settings import resolve
+
+    wan_tune, hy_tune, ad_generate = (resolve("tiny-wan")[1].tune, resolve("tiny-hunyuan")[1].tune,
+                                      resolve("tiny")[1].generate)
+    wan = model_memory_hint("tune", make_tiny_wan({"dtype": "bfloat16"}), wan_tune)
+    assert wan == ("tune.frames in steps of 4 (this model renders 4k+1 frames: 5 instead of 9), --set "
+                   "tune.supervised_window=5 (the losses read, and the decoder decodes under gradient, only the clip's "
+                   "first 5 frames)")
+    hy = model_memory_hint("tune", make_tiny_hunyuanvideo(), hy_tune)  # its decoder sees the whole clip
+    assert "4k+1" in hy and "supervised_window" not in hy and "dtype=float16 or bfloat16" in hy
+    ad = model_memory_hint("generate", make_tiny(), ad_generate)
+    assert ad == "long clips: --set generate.context_length=16, --set backbone.options.dtype=float16 or bfloat16 " \
+                 "(the model runs in float32)"
+    assert model_memory_hint("generate", None) == ""  # out of memory before the model loaded
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Tuner, "step", oom)
+    r = run("tune", astronaut, "--name", "w", "--profile", "tiny-wan", *NO_HELD_OUT, "--set",
+            "backbone.options.dtype=bfloat16")
+    assert r.exit_code == 1 and "Traceback" not in r.stderr and "out of GPU memory while tuning" in r.stderr
+    assert f"on this model: {wan}" in r.stderr and "float16" not in r.stderr.replace("bfloat16", "")
+    monkeypatch.setattr(IdentityRenderer, "render", oom)
+    monkeypatch.setenv("PV_HOME", str(tuned[0]))
+    r = run("generate", "alice", "surfing", "-o", tmp_path / "x.mp4")
+    assert r.exit_code == 1 and "out of GPU memory while generating" in r.stderr and f"on this model: {ad}" in r.stderr
+
+
 def test_a_tune_that_fails_before_any_checkpoint_leaves_no_run_behind(astronaut):
     app = create_app()
     bad = ["tune", str(astronaut), "--name", "alice", "--profile", "tiny", *NO_HELD_OUT, "--quiet", "--set", "tune.trajectory_pool=4"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import random_adapter, randomize_lora_b, run, tune_home, use_home
 
-from pvcli.engine.adapter import adapter_disabled, set_adapter_scale
+from pvcli.engine.adapter import ADAPTER_NAME, adapter_disabled, set_adapter_scale
 from pvcli.engine.generate import render_latents
 from pvcli.engine.sampling import (
     adapted_steps,
@@ -130,6 +130,43 @@ def test_a_steps_clean_estimate_is_the_clean_sample_on_flow_schedulers():
             expected = lat - noise_level(scheduler, t) * wan.predict_noise(lat, t, cond)
         assert (out.x0 - expected).abs().max() < 2e-3 * expected.abs().max(), options
         assert (out.x0 - out.latents).abs().max() > 0.1  # not the next noisy latent
+
+
+def test_one_step_at_the_real_gating_moves_only_the_adapter_and_acts_only_past_its_gate(encoder, reference):
+    """tiny-wan on UniPC at the real Wan profiles' gating (the last quarter of 8 steps, one under grad),
+    one gradient step. The optimizer holds exactly the adapter's parameters (were pv to stop freezing,
+    it would hold the frozen ones and move them); a frozen weight that something made trainable is
+    frozen again before the step by pv's guard (Tuner._keep_frozen) and gets no gradient; the adapter
+    moves and every other weight (the transformer's frozen layers, the text encoder, the VAE) stays
+    bit-identical. Generation with the tuned adapter at the gate the identity records is the base
+    model's, step for step, until the gate, and departs from it in the steps past it."""
+    wan = _wan()
+    tuner = Tuner(wan, encoder, _settings("tune.supervised_frames=1"), reference)
+    adapter = {n: p for n, p in wan.denoiser.named_parameters() if ADAPTER_NAME in n}
+    held = [p for group in tuner.optimizer.param_groups for p in group["params"]]
+    assert len(held) == len(adapter) == 24 and {id(p) for p in held} == {id(p) for p in adapter.values()}
+    frozen = {f"{part}.{n}": p.detach().clone() for part in ("denoiser", "text_encoder", "vae")
+              for n, p in getattr(wan, part).named_parameters() if ADAPTER_NAME not in n}
+    start = {n: p.detach().clone() for n, p in adapter.items()}
+    leaked = wan.denoiser.blocks[1].attn1.to_q.weight  # a forced bug: frame-mixing attention made trainable
+    leaked.requires_grad_(True)
+    assert tuner.step().loss is not None
+    assert not leaked.requires_grad and leaked.grad is None
+    assert all(not torch.equal(p, start[n]) for n, p in adapter.items() if "lora_B" in n)  # every layer learned
+    for part in ("denoiser", "text_encoder", "vae"):
+        for n, p in getattr(wan, part).named_parameters():
+            assert ADAPTER_NAME in n or torch.equal(p, frozen[f"{part}.{n}"]), f"{part}.{n} changed"
+
+    g = _settings().generate
+    g = type(g)(**{**g.__dict__, "seed": 2})
+    k = steps_within_gate(schedule_levels(wan.scheduler, g.steps), tuner.gate)
+    assert k == tuner.adapter_steps == 2  # the recorded gate opens the last 2 of the 8 steps
+    tuned, base = [], []
+    render_latents(wan, "sks person, surfing", g, gate=tuner.gate, on_step=lambda i, x: tuned.append(x.clone()))
+    render_latents(wan, "sks person, surfing", g, adapter_scale=0.0, on_step=lambda i, x: base.append(x.clone()))
+    assert len(tuned) == len(base) == 8
+    assert all(torch.equal(tuned[i], base[i]) for i in range(8 - k))
+    assert all((tuned[i] - base[i]).abs().max() > 1e-6 for i in range(8 - k, 8))
 
 
 @pytest.fixture(scope="module")

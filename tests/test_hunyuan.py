@@ -81,6 +81,8 @@ def test_tuning_leaves_queries_keys_text_encoders_and_vae_bit_identical(hy, enco
     kinds = {n.split(".", 2)[2] for n in tuner.layers}
     assert kinds == {"attn.add_k_proj", "attn.add_v_proj", "ff.net.0.proj", "ff.net.2", "proj_mlp"}
     before = adapter_state_dict(hy.denoiser)
+    held = [p for group in tuner.optimizer.param_groups for p in group["params"]]  # the adapter, nothing else
+    assert {id(p) for p in held} == {id(p) for n, p in hy.denoiser.named_parameters() if ADAPTER_NAME in n}
     assert tuner.step().loss is not None
     after = adapter_state_dict(hy.denoiser)
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the adapter learned
@@ -137,6 +139,13 @@ def test_the_vae_statistics_span_the_clip_so_the_loss_decodes_it_whole(hy):
     assert whole.shape == (1, 13, 3, 64, 64) and some.shape == (1, 3, 3, 64, 64)
     assert torch.equal(some, whole[:, [0, 3, 6]])
     assert (prefix - whole[:, :9]).abs().max() > 1e-2  # GroupNorm over all frames: no prefix shortcut
+    # the oracle: HunyuanVideoPipeline's own decode path (scaling, VAE, postprocessing) on the same
+    # latents, handed to it as its last step's result; frames in [0, 1], (B, F, 3, H, W)
+    with torch.no_grad():
+        theirs = hy.pipeline()(prompt="x", height=64, width=64, num_frames=13, num_inference_steps=1,
+                               callback_on_step_end=lambda p, i, t, kw: {"latents": lat.clone()}, output_type="pt",
+                               prompt_template=hy.prompt_template, max_sequence_length=hy.max_sequence_length).frames
+    assert (some - theirs[:, [0, 3, 6]]).abs().max() < 1e-6 and (whole - theirs).abs().max() < 1e-6
 
 
 def test_diffusers_and_comfy_exports_load_into_hunyuanvideopipeline_and_render_pv_latents(pv_home, tmp_path):

@@ -98,6 +98,8 @@ def test_tuning_adapts_only_frame_wise_layers_and_leaves_the_rest_bit_identical(
     assert tuner.layers and all(".attn1." not in n for n in tuner.layers)
     assert {n.split(".")[2] for n in tuner.layers} == {"attn2", "ffn"}  # cross-attention and feed-forward
     before = adapter_state_dict(wan.denoiser)
+    held = [p for group in tuner.optimizer.param_groups for p in group["params"]]  # the adapter, nothing else
+    assert {id(p) for p in held} == {id(p) for n, p in wan.denoiser.named_parameters() if ADAPTER_NAME in n}
     stats = tuner.step()
     assert stats.loss is not None
     after = adapter_state_dict(wan.denoiser)
@@ -554,3 +556,93 @@ def test_a_supervised_window_bounds_what_the_causal_decoder_decodes(encoder, ref
                        (["tune.supervised_window=3"], "smaller than the 4 frames drawn from it")):
         with pytest.raises(PVError, match=re.escape(says)):
             from_dict(wan_settings.to_dict(), [parse_set(sets)])
+
+
+@pytest.mark.parametrize("kind", ["euler", "unipc"])
+def test_flow_shift_acts_on_a_model_folders_own_scheduler(kind, tmp_path):
+    """backbone.options.flow_shift on a Wan model folder (diffusers layout, saved from the tiny
+    components) whose scheduler is FlowMatchEuler (it calls the shift `shift`) or UniPC (`flow_shift`):
+    the loaded backbone samples the shifted schedule and records that shift, instead of the folder's."""
+    from diffusers import WanPipeline
+    from pv_wan.backbone import build_tiny_components, flow_scheduler, make_wan
+
+    from pvcli.engine.sampling import schedule_levels
+
+    c = build_tiny_components(scheduler=kind)
+    WanPipeline(**{k: c[k] for k in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")}).save_pretrained(
+        tmp_path / "model")
+    shipped = make_wan({"model": str(tmp_path / "model")}, device="cpu")
+    shifted = make_wan({"model": str(tmp_path / "model"), "flow_shift": 7.0}, device="cpu")
+    assert type(shifted.scheduler) is type(c["scheduler"])
+    assert (shipped.describe()["flow_shift"], shifted.describe()["flow_shift"]) == ("3", "7")
+    levels = schedule_levels(shifted.scheduler, 8)
+    assert levels == pytest.approx(schedule_levels(flow_scheduler(kind, 7.0), 8), abs=1e-6)
+    assert levels[4] - schedule_levels(shipped.scheduler, 8)[4] > 0.1  # a shift of 7 keeps more noise mid-schedule
+
+
+def _tiny_ti2v(scheduler: str = "unipc"):
+    """Wan 2.2 TI2V-5B's layout, tiny: its 16x VAE as the real config has it (48 latent channels,
+    2x2 patches folded into 12 channels, residual up blocks; pv_wan.configs.VAES) at small widths with
+    latent statistics of its own, a 48-channel tiny transformer, and expand_timesteps (its pipeline's)."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from pv_wan.backbone import WanBackbone, build_tiny_components
+    from pv_wan.configs import VAES
+
+    c = build_tiny_components(scheduler=scheduler)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vae = AutoencoderKLWan(**{**VAES["wan2.2-5b"], "base_dim": 16, "decoder_base_dim": 24,
+                                  "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1,
+                                  "latents_mean": (0.1 * torch.randn(48)).tolist(),
+                                  "latents_std": (0.5 + torch.rand(48)).tolist()})
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=48, out_channels=48,
+            text_dim=32, freq_dim=256, ffn_dim=64, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32)
+    return WanBackbone("wan-tiny", transformer, vae, c["text_encoder"], c["tokenizer"], c["scheduler"], {}, "cpu",
+                       torch.float32, max_sequence_length=32, expand_timesteps=True)
+
+
+def test_the_wan22_16x_vae_decodes_a_prefix_and_a_window_as_the_whole_clip():
+    """On Wan 2.2's 16x VAE (patches, residual up blocks): the frames a loss reads, decoded from the
+    latent prefix (plain and through pv's checkpointed per-frame decoder), are diffusers' decode of
+    the whole clip, sliced; decode_window's pixels `window_margin` in from its edge are the whole frame's."""
+    bb = _tiny_ti2v()
+    assert (bb.vae_scale_factor, bb.latent_channels) == (16, 48)
+    c = bb.vae.config
+    lat = initial_latents(bb, 13, 64, 64, torch.Generator().manual_seed(1))  # 4 latent frames of 4 x 4
+    z = lat * torch.tensor(c.latents_std).view(1, 48, 1, 1, 1) + torch.tensor(c.latents_mean).view(1, 48, 1, 1, 1)
+    with torch.no_grad():
+        whole = (bb.vae.decode(z, return_dict=False)[0].permute(0, 2, 1, 3, 4) / 2 + 0.5).clamp(0, 1)
+        some = bb.decode_frames(lat, [0, 3, 6])  # latent frames 0..2 only
+    assert whole.shape == (1, 13, 3, 64, 64) and whole.std() > 0.05
+    assert (some - whole[:, [0, 3, 6]]).abs().max() < 1e-6
+    bb.enable_decoder_checkpointing()
+    checked = bb.decode_frames(lat.clone().requires_grad_(), [0, 3, 6])  # under grad: pv's decoder
+    assert checked.requires_grad and (checked.detach() - whole[:, [0, 3, 6]]).abs().max() < 1e-5
+    bb.decoder_checkpointing = False
+    s, r = bb.vae_scale_factor, bb.window_margin
+    lat = torch.randn(1, 48, 2, 4, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        frames = bb.decode_frames(lat, [0, 3])
+        window = bb.decode_window(lat, [0, 3], (0, 4, 3, 16))  # one edge inside the frame, at x = 3
+    assert window.shape == (1, 2, 3, 4 * s, 13 * s)
+    assert (window[..., (r * s):] - frames[..., (3 + r) * s:]).abs().max() < 1e-5
+    assert (window[..., :s] - frames[..., 3 * s:4 * s]).abs().max() > 1e-3  # the edge itself is not exact
+
+
+def test_the_5b_denoises_with_a_timestep_per_token_as_wanpipeline():
+    """Wan 2.2 TI2V-5B (expand_timesteps): pv's sampler gives the transformer one timestep per latent
+    patch, as WanPipeline does, and so renders WanPipeline's latents bit for bit from the same noise
+    (a single timestep takes the transformer's other path: off by ~1e-6)."""
+    bb = _tiny_ti2v()
+    seen = []
+    bb.denoiser.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["timestep"].shape), with_kwargs=True)
+    lat = initial_latents(bb, 9, 64, 64, torch.Generator().manual_seed(1))  # 3 latent frames of 4 x 4
+    cond = bb.encode_prompt(["sks person, surfing"])
+    with torch.no_grad():
+        ours = sample(bb, cond, None, lat, 4, 1.0).latents
+        theirs = bb.pipeline()(prompt_embeds=cond, height=64, width=64, num_frames=9, num_inference_steps=4,
+                               guidance_scale=1.0, latents=lat.clone(), output_type="latent").frames
+    assert seen[:4] == [(1, 3 * 2 * 2)] * 4 and seen[4:] == seen[:4]  # 3 frames of 2 x 2 patches: pv's, then theirs
+    assert torch.equal(ours, theirs)

@@ -100,6 +100,7 @@ def latent_frames(frames: int) -> int:
 class WanBackbone(Backbone):
     accepts = ACCEPTS  # what it takes: the package's ACCEPTS, registered with it
     long_videos = False
+    causal_decoder = True  # decode_frames decodes the latent prefix only (tune.supervised_window bounds it)
     target_sets = TARGETS
     frame_mixing = "attn1"  # the only op that mixes frames
     component = "transformer"
@@ -277,8 +278,17 @@ class WanBackbone(Backbone):
                 hook.remove()
 
     def predict_noise(self, latents, t, embeds):
-        """The flow velocity (noise - clean) that the scheduler steps with."""
-        timestep = torch.as_tensor(t, device=self.device).expand(latents.shape[0])
+        """The flow velocity (noise - clean) that the scheduler steps with. Wan 2.2 TI2V-5B
+        (`expand_timesteps`) takes a timestep per token, as WanPipeline gives it (text-to-video:
+        every token at t); a single timestep goes through another path of the transformer."""
+        timestep = torch.as_tensor(t, device=self.device)
+        if self.expand_timesteps:  # (B, tokens): one per latent patch, WanPipeline's mask * t
+            _, p_h, p_w = self.denoiser.config.patch_size
+            f, h, w = latents.shape[2:]
+            timestep = (torch.ones(f, h // p_h, w // p_w, device=self.device) * timestep).flatten()[None]
+            timestep = timestep.expand(latents.shape[0], -1)
+        else:
+            timestep = timestep.expand(latents.shape[0])
         return self.expert(t)(hidden_states=latents.to(self.dtype), timestep=timestep, encoder_hidden_states=embeds,
                               return_dict=False)[0].float()
 

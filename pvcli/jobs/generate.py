@@ -300,7 +300,7 @@ def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, request
     per_clip = denoising_steps(g.steps, g.strength if video is not None else None)
     bar = ctx.reporter.progress(f"generating {name}", None if total is None else total * per_clip) if one_bar \
         else nullcontext()
-    index = 0
+    index, loaded = 0, {}
     with bar as advance:
         for item in requests:
             req = ClipRequest(item) if isinstance(item, str) else item
@@ -311,9 +311,12 @@ def render_batch(ctx: Context, name: str, renderer, g: GenerateSettings, request
                                         else None)
                 if target is not None:
                     check_video_path(Path(target))
-                with out_of_memory_hint("generate", ctx.device, lambda clip=clip: _memory_hint(ctx, settings, clip)):
-                    video_out = renderer().render(req.prompt, Path(target) if target is not None else None,
-                                                  adapter=adapter, generate=clip, addons=addons, video=video,
-                                                  advance=advance)
+                # the hint names the traced plan's switch, then what lowers memory on the renderer's model, once it loaded
+                with out_of_memory_hint("generate", ctx.device, lambda clip=clip: _memory_hint(ctx, settings, clip),
+                                        lambda: getattr(loaded.get("r"), "backbone", None), clip):
+                    loaded["r"] = renderer()
+                    video_out = loaded["r"].render(req.prompt, Path(target) if target is not None else None,
+                                                   adapter=adapter, generate=clip, addons=addons, video=video,
+                                                   advance=advance)
                 yield video_out
                 index += 1

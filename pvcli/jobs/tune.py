@@ -367,7 +367,7 @@ def _loop(s: _Session, progress: _Progress) -> None:
 
     with s.ctx.reporter.progress(f"tuning {s.r.name}", t.steps) as advance, \
             out_of_memory_hint("tune", s.backbone.device,
-                               lambda: memory_hint(s.ctx, s.r.settings, "tune", s.backbone.device)):
+                               lambda: memory_hint(s.ctx, s.r.settings, "tune", s.backbone.device), s.backbone, t):
         for _ in range(s.first_step):
             advance()
         while tuner.step_index < t.steps:
