@@ -28,6 +28,7 @@ from .adapter import (
     adapter_state_dict,
     add_adapter,
     load_adapter_state_dict,
+    set_adapter_scale,
     trainable_parameters,
 )
 from .face_crops import (
@@ -453,17 +454,37 @@ class Tuner:
         self.noise.manual_seed(seed)
 
     # ------------------------------------------------------------------ measurement
+    def held_out_size(self) -> dict:
+        """The clip size the held-out measure renders: generation's (generate.*), not tuning's."""
+        g = self.s.generate
+        return {"frames": g.frames, "height": g.height, "width": g.width, "steps": g.steps}
+
     @torch.no_grad()
     def held_out_similarity(self, seeds: list[int], prompt: str | None = None, adapter: bool = True) -> float:
-        """Mean ID similarity of clips from seeds never used in tuning (to the fixed reference)."""
+        """Mean ID similarity (to the fixed reference) of clips from seeds never used in tuning,
+        rendered as `pv generate` renders the identity: generation's pipeline at the generate
+        settings (frames, size, steps, guidance, negative prompt, long-clip windows), the adapter
+        at generate.adapter_scale in the steps at or below the tuned gate's noise level (or off:
+        `adapter=False`), every frame of each clip scored."""
+        from dataclasses import replace
+
+        from ..contracts import GenerationPlan
+        from .generate import render_latents
+
         prompt = prompt or self.prompts.prompts[0]
-        t = self.s.tune
+        g = self.s.generate
         sims = []
-        for seed in seeds:
-            g = torch.Generator("cpu").manual_seed(seed)  # the initial noise, then any noise the steps add
-            latents = initial_latents(self.bb, t.frames, t.height, t.width, g)
-            final = self._final(prompt, latents, grad=False, adapter=adapter, generator=g)
-            faces = frame_faces(self.bb.decode(final)[0], self.enc, t.no_face)
-            if len(faces.crops):
-                sims.append(float((self.enc.embed(faces.crops).float() @ self.reference).mean()))
+        # the pipeline encodes its prompts itself: offloaded text encoders come back for the clips
+        with text_encoders_on(self.bb) if self.embeds.offloaded else nullcontext():
+            try:
+                for seed in seeds:
+                    plan = GenerationPlan(g.frames, g.height, g.width, context_length=g.context_length,
+                                          context_stride=g.context_stride)
+                    final = render_latents(self.bb, prompt, replace(g, seed=seed), plan=plan, gate=self.gate,
+                                           adapter_scale=g.adapter_scale if adapter else 0.0)
+                    faces = frame_faces(self.bb.decode(final)[0], self.enc, self.s.tune.no_face)
+                    if len(faces.crops):
+                        sims.append(float((self.enc.embed(faces.crops).float() @ self.reference).mean()))
+            finally:
+                set_adapter_scale(self.bb.denoiser, 1.0)  # tuning samples with the adapter at its own scale
         return sum(sims) / len(sims) if sims else math.nan
