@@ -133,8 +133,7 @@ class TrajectoryPool:
     def __init__(self, tuner: Tuner, rank: int):
         t = tuner.s.tune
         self.tuner = tuner
-        self.start = adapter_free_prefix(t.num_inference_steps, tuner.adapter_steps, tuner.grad_steps,
-                                         tuner.dead_final)
+        self.start = tuner.prefix
         if not self.start:
             raise PVError("tune.trajectory_pool reuses the adapter-free early steps, and these settings have none",
                           "set adapter.active_fraction below 1, or tune.trajectory_pool=0")
@@ -236,6 +235,9 @@ class Tuner:
         # the loss is scaled (steps whose gradients overflow are skipped and the scale lowered)
         self.scaler = torch.amp.GradScaler(backbone.device.type, init_scale=2.0**12,
                                            enabled=_denoiser_dtype(backbone) == torch.float16)
+        # the first steps, run without the adapter and without grad: the same for any adapter (the
+        # trajectory pool keeps them; the SCR's tuned and frozen clips share them)
+        self.prefix = adapter_free_prefix(t.num_inference_steps, self.adapter_steps, self.grad_steps, self.dead_final)
         self.pool = TrajectoryPool(self, rank) if t.trajectory_pool else None
         self.scorer = scorer
         self.frame_rng = random.Random(t.seed + 1)
@@ -282,17 +284,25 @@ class Tuner:
         """Sample one clip from an augmented prompt and return (loss or None, id_sim, scr, faces, prompt).
         A non-finite loss is returned as is (the caller stops every process on it)."""
         t = self.s.tune
+        scr_on = t.scr_weight > 0
         if self.pool:
             prompt, latents, start, resume = self.pool.draw_resumable(self.noise)
         else:
             prompt, start, resume = self.prompts(), 0, None
             latents = initial_latents(self.bb, t.frames, t.height, t.width, self.noise)
-        window = range(t.supervised_window or t.frames)  # the frames the losses may read
+            if scr_on and self.prefix:  # the steps before the gate opens: the same in both SCR branches, run once
+                with torch.no_grad():
+                    head = sample(self.bb, self.embeds(prompt), self.uncond, latents, t.num_inference_steps,
+                                  t.guidance_scale, adapter_steps=self.adapter_steps, stop=self.prefix,
+                                  generator=self.noise)
+                latents, start, resume = head.latents, self.prefix, head.scheduler
+        window = range(t.supervised_window or t.frames)  # the frames the losses may decode under gradient
         idx = sorted(self.frame_rng.sample(window, t.supervised_frames))
-        scr_idx = sorted(self.frame_rng.sample(window, t.scr_frames)) if t.scr_weight > 0 else []
+        scr_idx = self._scr_frames() if scr_on else []
+        scr_live = [f for f in scr_idx if f in window]  # SCR frames decoded under gradient; the rest without
         faces_only = t.face_decode == "faces"
         # the frames decoded under gradient: only those a loss reads (faces: only the SCR's, whole)
-        decoded_idx = sorted(set(scr_idx) if faces_only else set(idx) | set(scr_idx))
+        decoded_idx = sorted(set(scr_live) if faces_only else set(idx) | set(scr_live))
         noise_state = self.noise.get_state()  # the frozen clip draws the same step noise (LCM)
         final = self._final(prompt, latents, grad=True, start=start, generator=self.noise, scheduler=resume)
         decoded = self._decode(final, decoded_idx) if decoded_idx else None  # (K, 3, H, W)
@@ -307,16 +317,26 @@ class Tuner:
             cos = self.enc.embed(faces.crops).float() @ reference
             losses.append((1 - cos).mean())
             sim_val = float(cos.detach().mean())
-        if t.scr_weight > 0:
+        if scr_on:
             with torch.no_grad():
                 same_noise = torch.Generator("cpu").set_state(noise_state)
                 frozen_final = self._final(prompt, latents, grad=False, adapter=False, start=start,
                                            generator=same_noise, scheduler=resume)
                 frozen_scores = self.scorer.score(self.bb.decode_frames(frozen_final, scr_idx)[0], prompt)
-            scr = scr_loss(self.scorer.score(decoded[[at[i] for i in scr_idx]], prompt), frozen_scores)
+                far = [f for f in scr_idx if f not in at]
+                far_frames = self.bb.decode_frames(final.detach(), far)[0].float() if far else None
+            frames = torch.stack([decoded[at[f]] if f in at else far_frames[far.index(f)] for f in scr_idx])
+            scr = scr_loss(self.scorer.score(frames, prompt), frozen_scores)
             losses.append(t.scr_weight * scr)
             scr_val = float(scr.detach())
         return (sum(losses) if losses else None), sim_val, scr_val, faces, prompt
+
+    def _scr_frames(self) -> list[int]:
+        """The frames the Semantic Consistency Reward scores: tune.scr_frames of them spread over the
+        whole clip, one drawn from each of as many equal parts of it."""
+        t = self.s.tune
+        bounds = [k * t.frames // t.scr_frames for k in range(t.scr_frames + 1)]
+        return [self.frame_rng.randrange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def _decode(self, latents: torch.Tensor, indices: list[int], box=None) -> torch.Tensor:
         """Frames `indices` of the clip decoded under gradient (only the latent window `box` if given),
