@@ -262,16 +262,27 @@ class Tuner:
 
     # ------------------------------------------------------------------ sampling
     def _final(self, prompt: str, latents: torch.Tensor, grad: bool, adapter: bool = True, start: int = 0,
-               generator: torch.Generator | None = None, scheduler=None) -> torch.Tensor:
+               generator: torch.Generator | None = None, scheduler=None, at: int | None = None) -> torch.Tensor:
         """The clip's final latents, what generation decodes (from noise, or from `start` with a copy
-        of `scheduler`, the scheduler as the first `start` steps left it)."""
+        of `scheduler`, the scheduler as the first `start` steps left it); given `at`, the predicted
+        clean sample of step `at` instead (the trajectory stops there)."""
         t = self.s.tune
         ctx = nullcontext() if adapter else adapter_disabled(self.bb.denoiser)
         resumed = copy.deepcopy(scheduler) if scheduler is not None else None
+        end = None if at is None else at + 1
         with ctx:
-            return sample(self.bb, self.embeds(prompt), self.uncond, latents, t.num_inference_steps, t.guidance_scale,
-                          grad_steps=self.grad_steps if grad else 0, adapter_steps=self.adapter_steps, start=start,
-                          generator=generator, scheduler=resumed).latents
+            out = sample(self.bb, self.embeds(prompt), self.uncond, latents, t.num_inference_steps, t.guidance_scale,
+                         grad_steps=self.grad_steps if grad else 0, adapter_steps=self.adapter_steps, start=start,
+                         generator=generator, scheduler=resumed, stop=end, grad_end=end)
+        return out.latents if at is None else out.x0
+
+    def _supervised_step(self) -> int | None:
+        """tune.supervise_at=random: a step drawn inside the open gate among those that change the
+        sample, whose predicted clean sample the losses read; None (last): the final sample."""
+        if self.s.tune.supervise_at == "last":
+            return None
+        n = self.s.tune.num_inference_steps
+        return self.frame_rng.randint(n - self.adapter_steps, n - 1 - int(self.dead_final))
 
     def _step_reference(self) -> torch.Tensor:
         if not (self.refs and self.s.tune.reference_augment):
@@ -299,18 +310,19 @@ class Tuner:
         window = range(t.supervised_window or t.frames)  # the frames the losses may decode under gradient
         idx = sorted(self.frame_rng.sample(window, t.supervised_frames))
         scr_idx = self._scr_frames() if scr_on else []
+        at = self._supervised_step()
         scr_live = [f for f in scr_idx if f in window]  # SCR frames decoded under gradient; the rest without
         faces_only = t.face_decode == "faces"
         # the frames decoded under gradient: only those a loss reads (faces: only the SCR's, whole)
         decoded_idx = sorted(set(scr_live) if faces_only else set(idx) | set(scr_live))
         noise_state = self.noise.get_state()  # the frozen clip draws the same step noise (LCM)
-        final = self._final(prompt, latents, grad=True, start=start, generator=self.noise, scheduler=resume)
+        final = self._final(prompt, latents, grad=True, start=start, generator=self.noise, scheduler=resume, at=at)
         decoded = self._decode(final, decoded_idx) if decoded_idx else None  # (K, 3, H, W)
-        at = {f: k for k, f in enumerate(decoded_idx)}
+        row = {f: k for k, f in enumerate(decoded_idx)}
         if faces_only:
             faces = self._window_faces(final, idx)
         else:
-            faces = frame_faces(decoded[[at[i] for i in idx]], self.enc, t.no_face)
+            faces = frame_faces(decoded[[row[i] for i in idx]], self.enc, t.no_face)
         sim_val = scr_val = None
         losses = []
         if len(faces.crops):
@@ -321,11 +333,11 @@ class Tuner:
             with torch.no_grad():
                 same_noise = torch.Generator("cpu").set_state(noise_state)
                 frozen_final = self._final(prompt, latents, grad=False, adapter=False, start=start,
-                                           generator=same_noise, scheduler=resume)
+                                           generator=same_noise, scheduler=resume, at=at)
                 frozen_scores = self.scorer.score(self.bb.decode_frames(frozen_final, scr_idx)[0], prompt)
-                far = [f for f in scr_idx if f not in at]
+                far = [f for f in scr_idx if f not in row]
                 far_frames = self.bb.decode_frames(final.detach(), far)[0].float() if far else None
-            frames = torch.stack([decoded[at[f]] if f in at else far_frames[far.index(f)] for f in scr_idx])
+            frames = torch.stack([decoded[row[f]] if f in row else far_frames[far.index(f)] for f in scr_idx])
             scr = scr_loss(self.scorer.score(frames, prompt), frozen_scores)
             losses.append(t.scr_weight * scr)
             scr_val = float(scr.detach())
