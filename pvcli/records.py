@@ -82,6 +82,13 @@ def _number(value, low, high, integer: bool) -> str | None:
     return None
 
 
+def held_out_at_text(info: dict) -> str:
+    """The size an identity's held-out clips were rendered at, as the summary line and the report
+    say it ("" for an identity from before pv recorded it)."""
+    at = info.get("held_out_at")
+    return f"{at['frames']} frames {at['height']}x{at['width']}, {at['steps']} steps" if at else ""
+
+
 def _size(value, keys: tuple[str, ...]) -> str | None:
     if not isinstance(value, dict) or set(value) != set(keys):
         return f"must be a mapping of {', '.join(keys)}, got {_show(value)}"
