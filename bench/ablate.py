@@ -4,6 +4,7 @@ similarity before/after, a motion statistic (mean Farneback optical-flow magnitu
 consecutive frames of generated clips, px/frame) and seconds per step.
 
     python bench/ablate.py --steps 30
+    python bench/ablate.py --profile tiny-wan --only "tiny profile" "random adapted"
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ VARIANTS = {
                                               "generate.steps=8"],
     "augmentation off (one prompt)": ["tune.augment=false"],
     "SCR on (clip-tiny, weight 1)": ["tune.scr_weight=1.0", "tune.scorer=clip-tiny"],
+    # the ID loss on the predicted clean sample of a random step inside the gate, not the final sample
+    "supervise a random adapted step": ["tune.supervise_at=random"],
 }
 SEEDS = [1001, 1002, 1003]
 
@@ -79,14 +82,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--only", nargs="*", help="substrings of setting names to run")
+    ap.add_argument("--profile", default="tiny", help="the tiny profile to tune (tiny, tiny-wan, tiny-hunyuan)")
     args = ap.parse_args()
     photo, reg = setup()
     rows = []
     for name, sets in VARIANTS.items():
         if args.only and not any(o in name for o in args.only):
             continue
-        rows.append(run(name, sets, args.steps, photo, reg))
+        rows.append(run(name, sets, args.steps, photo, reg, args.profile))
         print(json.dumps(rows[-1]), file=sys.stderr)
+    print(f"{args.profile}, {args.steps} steps")
     print("| setting | held-out ID sim before | after | gain | motion (px/frame) | s/step |")
     print("|---|---|---|---|---|---|")
     for r in rows:

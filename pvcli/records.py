@@ -21,11 +21,13 @@ NUMBERS = {"seconds": (0.0, 1e12), "seconds_per_step": (0.0, 1e12), "peak_memory
            "id_sim_first": (-1.0, 1.0), "id_sim_last": (-1.0, 1.0), "held_out_id_sim_before": (-1.0, 1.0),
            "held_out_id_sim_after": (-1.0, 1.0), "face_hit_rate": (0.0, 1.0), "active_fraction": (0.0, 1.0),
            "gate_noise_level": (0.0, 1.0)}
-MAPPINGS = {"memory_plan"}  # what tune.memory chose: names, numbers and settings, nested a few levels
+MAPPINGS = {"memory_plan"}
+# the size the held-out clips were rendered at: each a positive integer
+SIZES = {"held_out_at": ("frames", "height", "width", "steps")}  # what tune.memory chose: names, numbers and settings, nested a few levels
 TEXTS = {"name", "created", "pv_version", "profile", "backbone", "base_model", "base_model_version", "architecture",
          "encoder", "encoder_weights", "encoder_crop", "note", "imported_from", "imported_name", "path"}
 MAY_BE_NULL = {"resumed_at", "id_sim_first", "id_sim_last", "held_out_id_sim_before", "held_out_id_sim_after",
-               "face_hit_rate", "imported_name", "memory_plan"}
+               "face_hit_rate", "imported_name", "memory_plan", "held_out_at"}
 # the adapter's safetensors metadata (every value is text there): the fields pv parses
 ADAPTER_INTS = {"rank": (1, 1024), "steps": (0, MAX_COUNT), "seed": (-(2**63), 2**64 - 1)}
 ADAPTER_FLOATS = {"alpha": (1e-6, 1e6), "active_fraction": (1e-6, 1.0)}
@@ -80,6 +82,19 @@ def _number(value, low, high, integer: bool) -> str | None:
     return None
 
 
+def held_out_at_text(info: dict) -> str:
+    """The size an identity's held-out clips were rendered at, as the summary line and the report
+    say it ("" for an identity from before pv recorded it)."""
+    at = info.get("held_out_at")
+    return f"{at['frames']} frames {at['height']}x{at['width']}, {at['steps']} steps" if at else ""
+
+
+def _size(value, keys: tuple[str, ...]) -> str | None:
+    if not isinstance(value, dict) or set(value) != set(keys):
+        return f"must be a mapping of {', '.join(keys)}, got {_show(value)}"
+    return next((f"{k} {f}" for k in keys if (f := _number(value[k], 1, MAX_COUNT, integer=True))), None)
+
+
 def identity_fault(info) -> str | None:
     """What is wrong with an identity record (parsed identity.json), as "FIELD must be ...", or None."""
     if not isinstance(info, dict):
@@ -95,6 +110,8 @@ def identity_fault(info) -> str | None:
             fault = (f"must be a list of file names, got {_show(value)}" if not isinstance(value, list)
                      else f"lists {len(value)} photos, over {MAX_ITEMS}" if len(value) > MAX_ITEMS
                      else next((f"[{i}] {f}" for i, f in enumerate(map(_text, value)) if f), None))
+        elif key in SIZES:
+            fault = _size(value, SIZES[key])
         elif key in MAPPINGS:
             fault = _plain(value)
         elif key == "tracker":

@@ -61,6 +61,10 @@ class TuneSettings:
     # guidance scale, diffusers' guidance_scale_2 (guidance_scale is then the high-noise expert's); 0: unset
     guidance_scale_2: float = 0.0
     supervised_frames: int = 4
+    # what the ID loss (and SCR) reads: last = the sampler's final sample, what generation decodes;
+    # random = the predicted clean sample x0 at a step drawn at random inside the open gate (the
+    # trajectory stops there), with gradient through the grad_steps steps ending at it
+    supervise_at: Literal["last", "random"] = "last"
     # draw the supervised (and SCR) frames from the clip's first N frames only (0 = the whole
     # clip): with a causal video VAE, which decodes every frame up to the last supervised one under
     # gradient, this bounds the decoder's memory whatever tune.frames is

@@ -206,3 +206,23 @@ def test_held_out_zero_skips_the_held_out_clips_and_says_so(astronaut, pv_home, 
     assert info["held_out_id_sim_before"] is None and info["held_out_id_sim_after"] is None
     r = run("tune", astronaut, "--name", "two", "--profile", "tiny", "--steps", "0", "--set", "tune.held_out=2", "-q")
     assert r.exit_code == 0 and measured == [([1001, 1002],), ([1001, 1002],)]  # before and after, 2 seeds each
+
+
+def test_the_identity_and_the_summary_say_the_size_held_out_was_measured_at(astronaut, pv_home, monkeypatch):
+    """Held-out clips render at the generate settings (here 6 frames in 3 steps; tuning's are 4 in 4):
+    identity.json, `pv show` and the summary line name that size; an identity without it still loads."""
+    from pvcli.engine.tune import Tuner
+
+    monkeypatch.setattr(Tuner, "held_out_similarity", lambda self, *a, **k: 0.25)
+    r = run("tune", astronaut, "--name", "sized", "--profile", "tiny", "--steps", "0", "--set", "tune.held_out=1",
+            "--set", "generate.frames=6", "--set", "generate.steps=3")
+    assert r.exit_code == 0, r.stderr
+    assert "held-out ID similarity (facenet) 0.25 -> 0.25 at 6 frames 64x64, 3 steps" in r.stderr
+    path = pv_home / "identities" / "sized" / "identity.json"
+    info = json.loads(path.read_text())
+    assert info["held_out_at"] == {"frames": 6, "height": 64, "width": 64, "steps": 3}
+    shown = run("show", "sized").stdout
+    assert "held_out_at: {'frames': 6, 'height': 64, 'steps': 3, 'width': 64}" in shown.splitlines(), shown
+    del info["held_out_at"]  # an identity from before the field
+    path.write_text(json.dumps(info))
+    assert run("show", "sized", "--json").exit_code == 0

@@ -292,3 +292,35 @@ def test_a_nan_loss_reaches_the_gradient_sync_so_every_process_stops(encoder, re
     synced_peer, message_peer = run(local_nan=False, peer_nan=True)
     assert len(synced_peer) == 1 and math.isfinite(synced_peer[0][0])
     assert message == message_peer
+
+
+def test_the_semantic_reward_shares_the_steps_before_the_gate_and_scores_frames_over_the_clip(encoder, reference):
+    """SCR's tuned and frozen clips run the steps before the gate once (8 DDIM steps, the last one
+    dead, the gate at half: 4 shared + 3 tuned + 3 frozen denoiser calls, not 14), and both clips are
+    bit for bit the un-shared trajectories of the same noise; its frames are one from each half of
+    the clip, those past tune.supervised_window decoded without gradient."""
+    from pv_animatediff.backbone import make_tiny
+
+    s = _settings("adapter.active_fraction=0.5", "tune.num_inference_steps=8", "tune.scr_weight=1",
+                  "tune.no_face=skip", "tune.scr_frames=2", "tune.supervised_window=2", "tune.supervised_frames=1")
+    torch.manual_seed(0)
+    tuner = Tuner(make_tiny(), encoder, s, reference, scorer=FrameBrightness())
+    _randomise_adapter(tuner.bb, 0.3)
+    calls, decodes = [], []
+    predict, decode = tuner.bb.predict_noise, tuner.bb.decode_frames
+    tuner.bb.predict_noise = lambda *a, **k: calls.append(1) or predict(*a, **k)
+    tuner.bb.decode_frames = lambda lat, idx: decodes.append((lat.detach().clone(), list(idx), lat.requires_grad)) \
+        or decode(lat, idx)
+    state = tuner.noise.get_state()
+    loss, _, scr, _, prompt = tuner._clip_loss(tuner.reference)
+    assert len(calls) == 10 and scr > 0
+    noise = initial_latents(tuner.bb, 4, 64, 64, torch.Generator().set_state(state))
+    with torch.no_grad():
+        tuned, frozen = tuner._final(prompt, noise, grad=False), tuner._final(prompt, noise, grad=False, adapter=False)
+    live = [d for d in decodes if d[2]]  # under gradient: the supervised frame and the SCR frame in the window
+    assert len(live) == 1 and torch.equal(live[0][0], tuned) and max(live[0][1]) < 2
+    first, second = next(d[1] for d in decodes if len(d[1]) == 2 and torch.equal(d[0], frozen))
+    assert first in (0, 1) and second in (2, 3)  # the frozen clip's SCR frames: one from each half
+    assert [d[1] for d in decodes if not d[2] and torch.equal(d[0], tuned)] == [[second]]  # past the window
+    loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in tuner.params if p.grad is not None) > 0

@@ -164,3 +164,24 @@ def test_tuning_raises_held_out_similarity_and_off_is_exact(tiny, encoder, refer
     after = tuner.held_out_similarity(seeds)
     assert after - before > 0.05, (before, after)
     assert tuner.held_out_similarity(seeds, adapter=False) == pytest.approx(before, abs=1e-6)
+
+
+def test_held_out_similarity_is_measured_on_the_clips_generation_renders(tiny, encoder, reference, tiny_settings):
+    """The held-out clips are rendered as `pv generate` renders the identity (generate.*, not
+    tuning's 4 frames in 4 steps): the number is the similarity of the frames generation writes
+    for that seed (up to their 8-bit rounding: measured 1.4e-5 apart; at the tuning size it was
+    9e-4 off), whatever the generate settings, and the tuner states the size it rendered at."""
+    from dataclasses import replace
+
+    from pvcli.engine.face_crops import frame_faces
+    from pvcli.engine.generate import generate_frames
+    from pvcli.settings import from_dict
+
+    settings = from_dict(tiny_settings.to_dict(), [{"generate": {"frames": 6, "steps": 3}}])
+    tuner = Tuner(tiny, encoder, settings, reference)
+    assert tuner.held_out_size() == {"frames": 6, "height": 64, "width": 64, "steps": 3}
+    clip = generate_frames(tiny, tuner.prompts.prompts[0], replace(settings.generate, seed=1001), adapter_scale=0.0)
+    assert clip.shape[0] == 6
+    faces = frame_faces(clip.permute(0, 3, 1, 2).float() / 255, encoder, "center")
+    rendered = float((encoder.embed(faces.crops).float() @ tuner.reference).mean())
+    assert tuner.held_out_similarity([1001], adapter=False) == pytest.approx(rendered, abs=2e-4)

@@ -474,3 +474,28 @@ def test_a_size_the_backbone_cannot_patch_is_refused_in_one_line_before_loading(
         assert r.exit_code == 1 and f"multiples of {multiple} pixels" in r.stderr, (profile, r.stderr)
         assert setting.split("=")[0] in r.stderr and "loading backbone" not in r.stderr
         assert not (tmp_path / "home" / "runs" / "s").exists()
+
+
+def test_supervising_a_random_adapted_step_reads_its_clean_estimate(encoder, reference):
+    """tune.supervise_at=random: a clip's loss reads the predicted clean sample x0 of a step drawn
+    inside the open gate (step 6 or 7 of 8 here; step 6 below), the trajectory stopping there (one denoiser call
+    per step run), with gradient to the adapter; it is the sampler's own x0 of that step."""
+    settings = _settings("tune.supervise_at=random", "tune.supervised_frames=1")
+    tuner = Tuner(_wan(), encoder, settings, reference)
+    assert {tuner._supervised_step() for _ in range(50)} == {6, 7}
+    tuner._supervised_step = lambda: 6  # the step whose estimate is not the final sample
+    randomize_lora_b(tuner.bb.denoiser)
+    calls, decoded = [], []
+    predict, decode = tuner.bb.predict_noise, tuner.bb.decode_frames
+    tuner.bb.predict_noise = lambda *a, **k: calls.append(1) or predict(*a, **k)
+    tuner.bb.decode_frames = lambda latents, idx: decoded.append(latents.detach().clone()) or decode(latents, idx)
+    state = tuner.noise.get_state()
+    loss, _, _, _, prompt = tuner._clip_loss(tuner.reference)
+    assert len(calls) == 7  # the step supervised is the last one run
+    noise = initial_latents(tuner.bb, 9, 64, 64, torch.Generator().set_state(state))
+    with torch.no_grad():
+        x0 = sample(tuner.bb, tuner.embeds(prompt), tuner.uncond, noise, 8, 1.0, adapter_steps=2, stop=7).x0
+        final = tuner._final(prompt, noise, grad=False)
+    assert torch.equal(decoded[0], x0) and not torch.equal(decoded[0], final)
+    loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in tuner.params if p.grad is not None) > 0

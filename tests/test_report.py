@@ -80,7 +80,8 @@ def home(alice_home, tmp_path_factory):
     shutil.copytree(home / "identities" / "alice", home / "identities" / "carol")
     info_path = home / "identities" / "carol" / "identity.json"
     info = json.loads(info_path.read_text())
-    info.update(name="carol", held_out_id_sim_before=-0.142, held_out_id_sim_after=-0.095)
+    info.update(name="carol", held_out_id_sim_before=-0.142, held_out_id_sim_after=-0.095,
+                held_out_at={"frames": 9, "height": 64, "width": 64, "steps": 4})
     info_path.write_text(json.dumps(info))
     return home
 
@@ -103,6 +104,11 @@ def reports(home, tmp_path_factory):
     finally:
         mp.undo()
     return {"identity": identity, "eval": evaluation, "dir": out}
+
+
+def test_identity_report_says_the_size_the_held_out_clips_were_rendered_at(reports):
+    text = (reports["dir"] / "carol.html").read_text()
+    assert "<th>held-out clips rendered at</th><td class='n'>9 frames 64x64, 4 steps</td>" in text
 
 
 def test_identity_report_is_one_self_contained_file(reports):

@@ -147,7 +147,10 @@ def _print_manifest(records, as_json: bool) -> None:
 
 def _summary(info: dict) -> str:
     before, after = info["held_out_id_sim_before"], info["held_out_id_sim_after"]
-    held_out = (f"held-out ID similarity ({info['encoder']}) {before} -> {after}" if after is not None
+    from ..records import held_out_at_text
+
+    size = f" at {held_out_at_text(info)}" if info.get("held_out_at") else ""
+    held_out = (f"held-out ID similarity ({info['encoder']}) {before} -> {after}{size}" if after is not None
                 else "held-out ID similarity not measured (tune.held_out=0)")
     return (f"[green]Tuned[/green] {escape(info['name'])}: {info['steps']} steps, {info['seconds_per_step']} s/step; "
             f"{escape(held_out)}")

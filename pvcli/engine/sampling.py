@@ -117,6 +117,7 @@ def sample(
     generator: torch.Generator | None = None,
     scheduler=None,
     guidance_scale_2: float = 0.0,
+    grad_end: int | None = None,
 ) -> SampleResult:
     """Denoise `latents` (pure noise) in `steps` steps. The last `grad_steps` steps that change
     the sample run under grad; the rest without. `uncond` is used when guidance_scale > 1 (for a
@@ -130,7 +131,9 @@ def sample(
     after k steps, not noise) and from `scheduler`, the first half's `SampleResult.scheduler` (or
     a copy of it: the run steps it on). The two halves give exactly the full trajectory; without
     `scheduler` a fresh one starts at step k, exact only for schedulers that keep no history of
-    earlier steps (DDIM, Euler, LCM; not a multistep solver such as UniPC)."""
+    earlier steps (DDIM, Euler, LCM; not a multistep solver such as UniPC). `grad_end=k` puts the
+    gradient window on the `grad_steps` steps before step k instead of the schedule's last ones
+    (with `stop=k`: the predicted clean sample `x0` of step k - 1 under gradient)."""
     if scheduler is None:
         scheduler = backbone.new_scheduler()
         scheduler.set_timesteps(steps, device=backbone.device)
@@ -146,7 +149,10 @@ def sample(
     timesteps = scheduler.timesteps
     n = len(timesteps)
     dead = final_step_is_identity(scheduler, steps)
-    first_grad = grad_window(n, grad_steps, dead) if grad_steps else n
+    if not grad_steps:
+        first_grad = n
+    else:
+        first_grad = grad_window(n, grad_steps, dead) if grad_end is None else max(0, grad_end - grad_steps)
     first_adapted = 0 if adapter_steps is None else n - adapter_steps
     for i, t in enumerate(timesteps[start:stop], start=start):
         if dead and i == n - 1:  # returns its input: nothing to compute, nothing to learn

@@ -28,6 +28,7 @@ from .adapter import (
     adapter_state_dict,
     add_adapter,
     load_adapter_state_dict,
+    set_adapter_scale,
     trainable_parameters,
 )
 from .face_crops import (
@@ -164,8 +165,7 @@ class TrajectoryPool:
     def __init__(self, tuner: Tuner, rank: int):
         t = tuner.s.tune
         self.tuner = tuner
-        self.start = adapter_free_prefix(t.num_inference_steps, tuner.adapter_steps, tuner.grad_steps,
-                                         tuner.dead_final)
+        self.start = tuner.prefix
         if not self.start:
             raise PVError("tune.trajectory_pool reuses the adapter-free early steps, and these settings have none",
                           "set adapter.active_fraction below 1, or tune.trajectory_pool=0")
@@ -269,6 +269,9 @@ class Tuner:
         # the loss is scaled (steps whose gradients overflow are skipped and the scale lowered)
         self.scaler = torch.amp.GradScaler(backbone.device.type, init_scale=2.0**12,
                                            enabled=_denoiser_dtype(backbone) == torch.float16)
+        # the first steps, run without the adapter and without grad: the same for any adapter (the
+        # trajectory pool keeps them; the SCR's tuned and frozen clips share them)
+        self.prefix = adapter_free_prefix(t.num_inference_steps, self.adapter_steps, self.grad_steps, self.dead_final)
         self.pool = TrajectoryPool(self, rank) if t.trajectory_pool else None
         self.scorer = scorer
         self.frame_rng = random.Random(t.seed + 1)
@@ -293,16 +296,28 @@ class Tuner:
 
     # ------------------------------------------------------------------ sampling
     def _final(self, prompt: str, latents: torch.Tensor, grad: bool, adapter: bool = True, start: int = 0,
-               generator: torch.Generator | None = None, scheduler=None) -> torch.Tensor:
+               generator: torch.Generator | None = None, scheduler=None, at: int | None = None) -> torch.Tensor:
         """The clip's final latents, what generation decodes (from noise, or from `start` with a copy
-        of `scheduler`, the scheduler as the first `start` steps left it)."""
+        of `scheduler`, the scheduler as the first `start` steps left it); given `at`, the predicted
+        clean sample of step `at` instead (the trajectory stops there)."""
         t = self.s.tune
         ctx = nullcontext() if adapter else adapter_disabled(self.bb.adapted)
         resumed = copy.deepcopy(scheduler) if scheduler is not None else None
+        end = None if at is None else at + 1
         with ctx:
-            return sample(self.bb, self.embeds(prompt), self.uncond, latents, t.num_inference_steps, t.guidance_scale,
-                          grad_steps=self.grad_steps if grad else 0, adapter_steps=self.adapter_steps, start=start,
-                          generator=generator, scheduler=resumed, guidance_scale_2=t.guidance_scale_2).latents
+            out = sample(self.bb, self.embeds(prompt), self.uncond, latents, t.num_inference_steps, t.guidance_scale,
+                         grad_steps=self.grad_steps if grad else 0, adapter_steps=self.adapter_steps, start=start,
+                         generator=generator, scheduler=resumed, stop=end, grad_end=end,
+                         guidance_scale_2=t.guidance_scale_2)
+        return out.latents if at is None else out.x0
+
+    def _supervised_step(self) -> int | None:
+        """tune.supervise_at=random: a step drawn inside the open gate among those that change the
+        sample, whose predicted clean sample the losses read; None (last): the final sample."""
+        if self.s.tune.supervise_at == "last":
+            return None
+        n = self.s.tune.num_inference_steps
+        return self.frame_rng.randint(n - self.adapter_steps, n - 1 - int(self.dead_final))
 
     def _step_reference(self) -> torch.Tensor:
         if not (self.refs and self.s.tune.reference_augment):
@@ -315,41 +330,60 @@ class Tuner:
         """Sample one clip from an augmented prompt and return (loss or None, id_sim, scr, faces, prompt).
         A non-finite loss is returned as is (the caller stops every process on it)."""
         t = self.s.tune
+        scr_on = t.scr_weight > 0
         if self.pool:
             prompt, latents, start, resume = self.pool.draw_resumable(self.noise)
         else:
             prompt, start, resume = self.prompts(), 0, None
             latents = initial_latents(self.bb, t.frames, t.height, t.width, self.noise)
-        window = range(t.supervised_window or t.frames)  # the frames the losses may read
+            if scr_on and self.prefix:  # the steps before the gate opens: the same in both SCR branches, run once
+                with torch.no_grad():
+                    head = sample(self.bb, self.embeds(prompt), self.uncond, latents, t.num_inference_steps,
+                                  t.guidance_scale, adapter_steps=self.adapter_steps, stop=self.prefix,
+                                  generator=self.noise, guidance_scale_2=t.guidance_scale_2)
+                latents, start, resume = head.latents, self.prefix, head.scheduler
+        window = range(t.supervised_window or t.frames)  # the frames the losses may decode under gradient
         idx = sorted(self.frame_rng.sample(window, t.supervised_frames))
-        scr_idx = sorted(self.frame_rng.sample(window, t.scr_frames)) if t.scr_weight > 0 else []
+        scr_idx = self._scr_frames() if scr_on else []
+        at = self._supervised_step()
+        scr_live = [f for f in scr_idx if f in window]  # SCR frames decoded under gradient; the rest without
         faces_only = t.face_decode == "faces"
         # the frames decoded under gradient: only those a loss reads (faces: only the SCR's, whole)
-        decoded_idx = sorted(set(scr_idx) if faces_only else set(idx) | set(scr_idx))
+        decoded_idx = sorted(set(scr_live) if faces_only else set(idx) | set(scr_live))
         noise_state = self.noise.get_state()  # the frozen clip draws the same step noise (LCM)
-        final = self._final(prompt, latents, grad=True, start=start, generator=self.noise, scheduler=resume)
+        final = self._final(prompt, latents, grad=True, start=start, generator=self.noise, scheduler=resume, at=at)
         decoded = self._decode(final, decoded_idx) if decoded_idx else None  # (K, 3, H, W)
-        at = {f: k for k, f in enumerate(decoded_idx)}
+        row = {f: k for k, f in enumerate(decoded_idx)}
         if faces_only:
             faces = self._window_faces(final, idx)
         else:
-            faces = frame_faces(decoded[[at[i] for i in idx]], self.enc, t.no_face)
+            faces = frame_faces(decoded[[row[i] for i in idx]], self.enc, t.no_face)
         sim_val = scr_val = None
         losses = []
         if len(faces.crops):
             cos = self.enc.embed(faces.crops).float() @ reference
             losses.append((1 - cos).mean())
             sim_val = float(cos.detach().mean())
-        if t.scr_weight > 0:
+        if scr_on:
             with torch.no_grad():
                 same_noise = torch.Generator("cpu").set_state(noise_state)
                 frozen_final = self._final(prompt, latents, grad=False, adapter=False, start=start,
-                                           generator=same_noise, scheduler=resume)
+                                           generator=same_noise, scheduler=resume, at=at)
                 frozen_scores = self.scorer.score(self.bb.decode_frames(frozen_final, scr_idx)[0], prompt)
-            scr = scr_loss(self.scorer.score(decoded[[at[i] for i in scr_idx]], prompt), frozen_scores)
+                far = [f for f in scr_idx if f not in row]
+                far_frames = self.bb.decode_frames(final.detach(), far)[0].float() if far else None
+            frames = torch.stack([decoded[row[f]] if f in row else far_frames[far.index(f)] for f in scr_idx])
+            scr = scr_loss(self.scorer.score(frames, prompt), frozen_scores)
             losses.append(t.scr_weight * scr)
             scr_val = float(scr.detach())
         return (sum(losses) if losses else None), sim_val, scr_val, faces, prompt
+
+    def _scr_frames(self) -> list[int]:
+        """The frames the Semantic Consistency Reward scores: tune.scr_frames of them spread over the
+        whole clip, one drawn from each of as many equal parts of it."""
+        t = self.s.tune
+        bounds = [k * t.frames // t.scr_frames for k in range(t.scr_frames + 1)]
+        return [self.frame_rng.randrange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def _decode(self, latents: torch.Tensor, indices: list[int], box=None) -> torch.Tensor:
         """Frames `indices` of the clip decoded under gradient (only the latent window `box` if given),
@@ -487,17 +521,37 @@ class Tuner:
         self.noise.manual_seed(seed)
 
     # ------------------------------------------------------------------ measurement
+    def held_out_size(self) -> dict:
+        """The clip size the held-out measure renders: generation's (generate.*), not tuning's."""
+        g = self.s.generate
+        return {"frames": g.frames, "height": g.height, "width": g.width, "steps": g.steps}
+
     @torch.no_grad()
     def held_out_similarity(self, seeds: list[int], prompt: str | None = None, adapter: bool = True) -> float:
-        """Mean ID similarity of clips from seeds never used in tuning (to the fixed reference)."""
+        """Mean ID similarity (to the fixed reference) of clips from seeds never used in tuning,
+        rendered as `pv generate` renders the identity: generation's pipeline at the generate
+        settings (frames, size, steps, guidance, negative prompt, long-clip windows), the adapter
+        at generate.adapter_scale in the steps at or below the tuned gate's noise level (or off:
+        `adapter=False`), every frame of each clip scored."""
+        from dataclasses import replace
+
+        from ..contracts import GenerationPlan
+        from .generate import render_latents
+
         prompt = prompt or self.prompts.prompts[0]
-        t = self.s.tune
+        g = self.s.generate
         sims = []
-        for seed in seeds:
-            g = torch.Generator("cpu").manual_seed(seed)  # the initial noise, then any noise the steps add
-            latents = initial_latents(self.bb, t.frames, t.height, t.width, g)
-            final = self._final(prompt, latents, grad=False, adapter=adapter, generator=g)
-            faces = frame_faces(self.bb.decode(final)[0], self.enc, t.no_face)
-            if len(faces.crops):
-                sims.append(float((self.enc.embed(faces.crops).float() @ self.reference).mean()))
+        # the pipeline encodes its prompts itself: offloaded text encoders come back for the clips
+        with text_encoders_on(self.bb) if self.embeds.offloaded else nullcontext():
+            try:
+                for seed in seeds:
+                    plan = GenerationPlan(g.frames, g.height, g.width, context_length=g.context_length,
+                                          context_stride=g.context_stride)
+                    final = render_latents(self.bb, prompt, replace(g, seed=seed), plan=plan, gate=self.gate,
+                                           adapter_scale=g.adapter_scale if adapter else 0.0)
+                    faces = frame_faces(self.bb.decode(final)[0], self.enc, self.s.tune.no_face)
+                    if len(faces.crops):
+                        sims.append(float((self.enc.embed(faces.crops).float() @ self.reference).mean()))
+            finally:
+                set_adapter_scale(self.bb.denoiser, 1.0)  # tuning samples with the adapter at its own scale
         return sum(sims) / len(sims) if sims else math.nan

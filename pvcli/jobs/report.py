@@ -20,6 +20,7 @@ from .. import __version__
 from .. import webpage as wp
 from ..context import Context
 from ..errors import PVError
+from ..records import held_out_at_text
 
 MAX_SAMPLES = 24  # samples shown in an identity report (spread over the run, the last always)
 SAMPLE_SIDE = 192  # longest side of an inlined sample (a 512x512x16 clip: about 100 KiB of WebP)
@@ -54,6 +55,8 @@ def _numbers(info: dict, counts: dict) -> dict:
             ("adapter layers / parameters", f"{info.get('adapter_layers', '?')} / {info.get('adapter_parameters', '?')}"),
             ("held-out ID similarity before", before), ("held-out ID similarity after", after)]
     rows = [(label, wp.number(value, trim=True), "") for label, value in rows]
+    if info.get("held_out_at"):  # generation's size, not tuning's
+        rows.append(("held-out clips rendered at", held_out_at_text(info), ""))
     if before is not None and after is not None:
         delta = after - before
         rows.append(("held-out change", f"{delta:+.4f}", "good" if delta > 0 else "bad"))

@@ -445,6 +445,8 @@ def _finish(s: _Session, progress: _Progress) -> dict:
         "seconds_per_step": round(per_step, 3),
         "id_sim_first": _round(sims[0]) if sims else None, "id_sim_last": _round(sims[-1]) if sims else None,
         "held_out_id_sim_before": _round(s.before), "held_out_id_sim_after": _round(after),
+        # the clip size and steps the held-out clips were rendered at (generation's)
+        "held_out_at": tuner.held_out_size() if after is not None or s.before is not None else None,
         "face_hit_rate": round(hits / frames, 3) if frames else None,
         "peak_memory_mb": round(peak_memory_mb(backbone.device), 1),
         "memory_plan": r.memory_plan,
