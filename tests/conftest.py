@@ -37,17 +37,42 @@ def _write(path: Path, rgb: np.ndarray) -> Path:
     return path
 
 
+def shared_build(tmp_path_factory, name: str, build) -> Path:
+    """The folder `name`, built once for the whole run by `build(folder)`: pytest-xdist's workers
+    share it (it lies under the run's base temp folder; the first worker to ask builds it under a
+    file lock, the others wait for it and reuse it). Read it or copy it; never write into it."""
+    import shutil
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's popen-gwN
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed in another worker
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def photo_dir(tmp_path_factory) -> Path:
+    """The test photos, one folder for the whole run (an identity tuned on them records the same
+    path in every worker)."""
+    return shared_build(tmp_path_factory, "photos", _write_photos)
+
+
+def _write_photos(d: Path) -> None:
     import skimage.data
 
-    d = tmp_path_factory.mktemp("photos")
     astro = skimage.data.astronaut()
     _write(d / "astronaut.png", astro)
     _write(d / "astronaut_small.jpg", cv2.resize(astro, (384, 384)))
     _write(d / "blank.png", np.full((128, 128, 3), 127, np.uint8))
     (d / "not_an_image.jpg").write_text("hello")
-    return d
 
 
 @pytest.fixture(scope="session")
@@ -145,10 +170,10 @@ def tune_home(home: Path, photo: Path, name: str, profile: str, *args) -> dict:
 @pytest.fixture(scope="session")
 def tuned_alice(tmp_path_factory, astronaut) -> Path:
     """A PV_HOME holding `alice`, tuned once per session on the tiny profile (HARD_TUNE). Read it
-    through `alice_home` (a copy per module) or copy it; never write into it."""
-    home = tmp_path_factory.mktemp("alice-home")
-    tune_home(home, astronaut, "alice", "tiny", *HARD_TUNE)
-    return home
+    through `alice_home` (a copy per module) or copy it; never write into it. Tuned once for the
+    whole run: pytest-xdist's workers share it (shared_build)."""
+    return shared_build(tmp_path_factory, "alice-home",
+                        lambda home: tune_home(home, astronaut, "alice", "tiny", *HARD_TUNE))
 
 
 def fixed_clip_similarities(backbone, encoder, reference, settings, steps: int = 6, lr: float = 5e-3) -> list[float]:
