@@ -305,10 +305,10 @@ def _validate(s: Settings) -> None:
         if window > s.tune.frames:
             raise PVError(f"tune.supervised_window ({window}) cannot exceed tune.frames ({s.tune.frames})",
                           "0 draws from the whole clip")
-        drawn = max(s.tune.supervised_frames, s.tune.scr_frames if s.tune.scr_weight > 0 else 0)
+        drawn = s.tune.supervised_frames  # the ID loss's frames (SCR's are drawn over the whole clip)
         if drawn > window:
             raise PVError(f"tune.supervised_window ({window}) is smaller than the {drawn} frames drawn from it",
-                          "raise it, or lower tune.supervised_frames / tune.scr_frames")
+                          "raise it, or lower tune.supervised_frames")
 
 
 def check_seed(seed, where: str = "--seed") -> int:

@@ -256,16 +256,16 @@ class Planner:
                           f"{RESERVE_GIB:g} GiB of the card kept free (CUDA context, workspaces, fragmentation)",
                           *trace.notes]}
 
-    def _generation_fields(self, settings: Settings, gpu_gib: float, wanted: bool) -> dict:
-        if not wanted:
+    def _generation_fields(self, settings: Settings, gpu_gib: float, asked: bool) -> dict:
+        if not asked:
             return {"generation_gib": None}
         gen = self.generation(settings, gpu_gib)
         return {"generation_gib": gen["peak_gib"], "generation": gen}
 
     def _applies(self, settings: Settings, path: str, value) -> bool:
         if path == "tune.supervised_window":
-            return settings.tune.frames > value and settings.tune.supervised_frames <= value and \
-                (settings.tune.scr_frames <= value or settings.tune.scr_weight == 0)
+            # SCR frames past the window are decoded without gradient: only the ID loss's frames must fit in it
+            return settings.tune.frames > value and settings.tune.supervised_frames <= value
         return True
 
     @staticmethod
