@@ -453,6 +453,13 @@ def plan_text(plan: dict) -> str:
     return describe(plan)
 
 
+def held_out_at_text(info: dict) -> str:
+    """The clip size an identity's held-out similarity was measured at (identity.json's held_out_at), in words."""
+    from .records import held_out_at_text as text
+
+    return text(info)
+
+
 def plan_changes_text(changes: dict) -> str:
     """A plan's setting changes in one phrase (`pv profiles`)."""
     from .jobs.plan import changes_text

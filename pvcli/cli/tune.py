@@ -147,7 +147,7 @@ def _print_manifest(records, as_json: bool) -> None:
 
 def _summary(info: dict) -> str:
     before, after = info["held_out_id_sim_before"], info["held_out_id_sim_after"]
-    from ..records import held_out_at_text
+    from ..api import held_out_at_text
 
     size = f" at {held_out_at_text(info)}" if info.get("held_out_at") else ""
     held_out = (f"held-out ID similarity ({info['encoder']}) {before} -> {after}{size}" if after is not None
