@@ -156,7 +156,8 @@ def test_tuning_raises_held_out_similarity_and_off_is_exact(tiny, encoder, refer
     from pvcli.settings import from_dict
 
     seeds = [101, 102]
-    settings = from_dict(tiny_settings.to_dict(), [{"tune": {"lr": 2e-2, "warmup_steps": 0}}])
+    # held-out clips at the tuning clip's 4 frames (the generate size's own test is the next one)
+    settings = from_dict(tiny_settings.to_dict(), [{"tune": {"lr": 2e-2, "warmup_steps": 0}, "generate": {"frames": 4}}])
     tuner = Tuner(tiny, encoder, settings, reference)
     before = tuner.held_out_similarity(seeds)
     for _ in range(6):
