@@ -240,3 +240,36 @@ def write_manifest(folder: Path, photos: dict[str, Path]) -> Path:
     path = folder / "people.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's (CI installs it; the browser tests skip without it)
+
+
+def chromium_probe(page: Path, script: str, element_id: str, tmp_path: Path, budget_ms: int = 5000) -> dict:
+    """Open `page` in headless Chromium with `script` added before its </body>; the JSON the script
+    wrote into <pre id=element_id>."""
+    import html
+    import json
+    import re
+    import subprocess
+
+    probe = tmp_path / f"probe_{page.name}"
+    probe.write_text(page.read_text().replace("</body>", script, 1))
+    out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--virtual-time-budget={budget_ms}",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    m = re.search(rf'<pre id="{element_id}">(.*?)</pre>', out.stdout, re.S)
+    assert m, out.stderr[-2000:]
+    return json.loads(html.unescape(m.group(1)))
+
+
+def load_bench_gpu(monkeypatch, module_name: str = "pv_bench_gpu"):
+    """bench/gpu.py as a module (bench/ on sys.path for its own imports)."""
+    import importlib.util
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location(module_name, bench / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -5,7 +5,6 @@ run, and bad input."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_bench_gpu
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -24,11 +24,7 @@ NOT_ON_A_BARE_BOX = ("cv2", "onnxruntime", "insightface", "moviepy", "imageio", 
 
 @pytest.fixture
 def gpu(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("pv_bench_gpu", BENCH / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_gpu(monkeypatch)
 
 
 def test_cpu_tiny_run_measures_every_family_with_nothing_but_the_bare_box_packages(tmp_path):

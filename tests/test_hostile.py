@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import yaml
-from conftest import copy_home, run
+from conftest import CHROMIUM, chromium_probe, copy_home, run
 
 # each payload sets window.pvPwned if a browser ever runs it
 SCRIPT = "</script><script>window.pvPwned=1</script>"
@@ -154,7 +154,6 @@ def test_a_bundle_full_of_markup_imports_and_its_report_shows_every_value_as_tex
     assert run("rm", "mallory", "--yes").exit_code == 0
 
 
-CHROMIUM = "/usr/bin/chromium"
 PROBE = """<script>window.addEventListener("load", function () {
   var pre = document.createElement("pre"); pre.id = "pv-probe";
   pre.textContent = JSON.stringify({pwned: window.pvPwned || 0, images: document.images.length});
@@ -164,17 +163,7 @@ PROBE = """<script>window.addEventListener("load", function () {
 
 def browser_ran_payload(page, tmp_path) -> dict:
     """Open the page in headless Chromium (a probe added at its end): whether any payload ran."""
-    import re
-    import subprocess
-
-    probe = tmp_path / f"probe_{page.name}"
-    probe.write_text(page.read_text().replace("</body>", PROBE, 1))
-    out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                          f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=5000",
-                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
-    m = re.search(r'<pre id="pv-probe">(.*?)</pre>', out.stdout, re.S)
-    assert m, out.stderr[-2000:]
-    return json.loads(m.group(1).replace("&quot;", '"'))
+    return chromium_probe(page, PROBE, "pv-probe", tmp_path, 5000)
 
 
 @pytest.mark.parametrize("crafted, says", [

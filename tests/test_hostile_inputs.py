@@ -14,7 +14,7 @@ import tarfile
 import zlib
 
 import pytest
-from conftest import run
+from conftest import load_bench_gpu, run
 from test_bad_inputs import MODELS, loads, one_error  # noqa: F401 (loads: a fixture)
 
 GEN = ("generate", "alice", "a walk", "--frames", "2", "--steps", "1", "-q")
@@ -328,16 +328,8 @@ def test_a_lora_that_matches_only_part_of_the_model_warns_with_the_count(home, l
 
 @pytest.fixture
 def bench(monkeypatch):
-    """bench/gpu.py as a module (test_bench_gpu's way of loading it)."""
-    import importlib.util
-
-    from test_bench_gpu import BENCH
-
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("pv_bench_gpu_hostile", BENCH / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """bench/gpu.py as a module."""
+    return load_bench_gpu(monkeypatch, "pv_bench_gpu_hostile")
 
 
 @pytest.mark.parametrize("argv,says", [

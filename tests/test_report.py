@@ -10,15 +10,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
 import pytest
-from conftest import copy_home, run
+from conftest import CHROMIUM, chromium_probe, copy_home, run
 from PIL import Image
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 class Page(HTMLParser):
@@ -237,14 +234,7 @@ window.addEventListener("load", function () {
 
 def render(page_path, tmp_path) -> dict:
     """Open the page in headless Chromium with a check script added; what the script found."""
-    probe = tmp_path / f"probe_{page_path.name}"
-    probe.write_text(page_path.read_text().replace("</body>", CHECK, 1))
-    out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                          f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=10000",
-                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
-    m = re.search(r'<pre id="pv-check">(.*?)</pre>', out.stdout, re.S)
-    assert m, out.stderr[-2000:]
-    return json.loads(html.unescape(m.group(1)))
+    return chromium_probe(page_path, CHECK, "pv-check", tmp_path, 10000)
 
 
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (apt-get install chromium)")
